@@ -1,0 +1,229 @@
+"""The `rootbuild` command line: argument parsing and reporting only.
+
+Rules:
+- Every subcommand turns its arguments into typed options and calls one function of the
+  library; no build logic lives here.
+- A ``RootbuildError`` becomes one line on stderr (``rootbuild: <message>``) and its exit
+  code; no traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from rootbuild.errors import RootbuildError, UsageError
+from rootbuild.platform import Platform, host_platform
+from rootbuild.progress import make_progress
+
+COMPRESSIONS = ("gzip", "zstd", "none")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _key_value(text: str) -> tuple[str, str | None]:
+    key, sep, value = text.partition("=")
+    if not key:
+        raise UsageError(f"parse {text!r}: expected KEY[=VALUE]")
+    return key, value if sep else None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _add_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root", type=Path, default=None,
+        help="image store (default: $ROOTBUILD_ROOT, else $XDG_DATA_HOME/rootbuild)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rootbuild", description="Rootless container image builder.")
+    parser.add_argument("--version", action="version", version="rootbuild 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    b = sub.add_parser("build", help="build an image from a Dockerfile")
+    _add_root(b)
+    b.add_argument("context", help="build context directory")
+    b.add_argument("-f", "--file", dest="dockerfile", help="Dockerfile (- for stdin)")
+    b.add_argument("-t", "--tag", dest="tags", action="append", default=[], help="name[:tag]")
+    b.add_argument("--build-arg", dest="build_args", action="append", default=[],
+                   metavar="K[=V]")
+    b.add_argument("--target", help="build only up to this stage")
+    b.add_argument("--label", dest="labels", action="append", default=[], metavar="K=V")
+    b.add_argument("--no-cache", action="store_true", help="do not use the step cache")
+    b.add_argument("--output", "-o", dest="outputs", action="append", default=[],
+                   metavar="DEST",
+                   help="oci:DIR[:TAG], oci-archive:FILE[:TAG], "
+                        "docker-archive:FILE[:NAME:TAG], dir:PATH")
+    b.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1,
+                   help="stages built at once (default: CPU count)")
+    b.add_argument("--compression", choices=COMPRESSIONS, default="gzip")
+    b.add_argument("--platform", help="target platform (default: the host's)")
+    b.add_argument("--iidfile", type=Path, help="write the image ID to this file")
+    b.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto")
+    b.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress; print the image ID on success")
+
+    i = sub.add_parser("images", help="list images in the store")
+    _add_root(i)
+    i.add_argument("-q", "--quiet", action="store_true", help="names only")
+
+    ins = sub.add_parser("inspect", help="print an image's manifest and config as JSON")
+    _add_root(ins)
+    ins.add_argument("name")
+
+    r = sub.add_parser("rmi", help="remove image names from the store")
+    _add_root(r)
+    r.add_argument("names", nargs="+")
+
+    p = sub.add_parser("prune", help="remove blobs and layers no image uses")
+    _add_root(p)
+    return parser
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from rootbuild.build.builder import BuildOptions, build
+    from rootbuild.image.refs import parse_output
+    from rootbuild.image.store import Store
+
+    build_args: dict[str, str] = {}
+    for item in args.build_args:
+        key, value = _key_value(item)
+        if value is None:  # `--build-arg K` takes K from the environment, as docker does
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        build_args[key] = value
+    labels: dict[str, str] = {}
+    for item in args.labels:
+        key, value = _key_value(item)
+        labels[key] = value or ""
+    dockerfile_text = sys.stdin.read() if args.dockerfile == "-" else None
+    sde = os.environ.get("SOURCE_DATE_EPOCH") or build_args.get("SOURCE_DATE_EPOCH")
+    try:
+        epoch = int(sde) if sde else None
+    except ValueError:
+        raise UsageError(f"parse SOURCE_DATE_EPOCH {sde!r}: not an integer") from None
+    options = BuildOptions(
+        context_dir=Path(args.context),
+        dockerfile=None if args.dockerfile == "-" else args.dockerfile,
+        dockerfile_text=dockerfile_text,
+        tags=tuple(args.tags),
+        build_args=build_args,
+        target=args.target,
+        labels=labels,
+        no_cache=args.no_cache,
+        outputs=tuple(parse_output(o) for o in args.outputs),
+        jobs=args.jobs,
+        compression=args.compression,
+        target_platform=Platform.parse(args.platform) if args.platform else host_platform(),
+        source_date_epoch=epoch,
+    )
+    progress = make_progress(args.progress, quiet=args.quiet)
+    store = Store.open(args.root)
+    try:
+        result = trio.run(build, options, store, progress)
+    finally:
+        progress.close()
+    if args.iidfile:
+        args.iidfile.write_text(result.image_id)
+    if args.quiet:
+        print(result.image_id)
+    else:
+        names = ", ".join(options.tags) or "(untagged)"
+        sys.stderr.write(f"built {result.image_id} {names}\n")
+    return 0
+
+
+def _cmd_images(args: argparse.Namespace) -> int:
+    from rootbuild.image.store import Store
+
+    store = Store.open(args.root)
+    rows = store.images()
+    if args.quiet:
+        for name, _digest, _created in rows:
+            print(name)
+        return 0
+    print(f"{'NAME':<40} {'MANIFEST':<20} CREATED")
+    for name, digest, created in rows:
+        print(f"{name:<40} {digest.removeprefix('sha256:')[:12]:<20} {created}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from rootbuild.image.store import Store
+
+    store = Store.open(args.root)
+    image = store.resolve(args.name)
+    if image is None:
+        raise RootbuildError(f"inspect {args.name}: no such image in the store")
+    doc = {
+        "Name": args.name,
+        "ManifestDigest": image.manifest.digest,
+        "Id": image.config.digest,
+        "Manifest": image.manifest_json,
+        "Config": image.config_json,
+    }
+    print(json.dumps(doc, indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_rmi(args: argparse.Namespace) -> int:
+    from rootbuild.image.store import Store
+
+    store = Store.open(args.root)
+    for name in args.names:
+        store.untag(name)
+        print(f"untagged: {name}")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from rootbuild.image.store import Store
+
+    freed = Store.open(args.root).prune()
+    print(f"reclaimed {freed} bytes")
+    return 0
+
+
+_COMMANDS = {
+    "build": _cmd_build,
+    "images": _cmd_images,
+    "inspect": _cmd_inspect,
+    "rmi": _cmd_rmi,
+    "prune": _cmd_prune,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except RootbuildError as exc:
+        sys.stderr.write(f"rootbuild: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("rootbuild: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what rootbuild needs on a fresh Debian 12 machine. Run as root (or with sudo).
+# Idempotent. The virtual environment is built from Debian's /usr/bin/python3 in a
+# world-readable place so that an unprivileged user can run rootbuild from it.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${ROOTBUILD_VENV:-/opt/rootbuild/venv}
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup-debian: run as root (sudo $0)" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# python3-venv/python3-dev/gcc: the venv and packages that compile; libfuse3-dev fuse3
+# pkg-config: pyfuse3 and the FUSE overlay; uidmap: newuidmap/newgidmap; skopeo umoci:
+# independent validators of what rootbuild exports; docker-registry: the real registry the
+# tests push to; busybox-static: the example image's only binary; util-linux/procps: runuser,
+# setpriv, pgrep for the tests.
+apt-get install -y -qq --no-install-recommends \
+    python3 python3-venv python3-dev gcc libc6-dev \
+    libfuse3-dev fuse3 pkg-config uidmap \
+    skopeo umoci docker-registry busybox-static \
+    util-linux procps git ca-certificates >/dev/null
+
+if [ ! -x "$venv/bin/python" ]; then
+    /usr/bin/python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --upgrade pip setuptools wheel
+# A real (non-editable) install: the package lands inside the venv, readable by every user
+# even when the checkout itself is in a private directory.
+"$venv/bin/pip" install -q "$here[test]"
+"$venv/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$here"
+chmod -R a+rX "$(dirname "$venv")"
+ln -sf "$venv/bin/rootbuild" /usr/local/bin/rootbuild
+echo "setup-debian: rootbuild installed in $venv (on PATH as /usr/local/bin/rootbuild)"
