@@ -1,0 +1,314 @@
+"""COPY and ADD: the entries of the one layer a ``CopyStep`` produces.
+
+Rules (Docker's Dockerfile reference for COPY/ADD; BuildKit's file-op copy):
+- A source directory copies its *contents*; a source file lands at ``dest`` itself, or at
+  ``dest/<name>`` when ``dest`` ends in ``/`` or already is a directory in the image.
+  Several sources (named, or matched by a wildcard) need a directory destination.
+- Owners are 0:0 unless ``--chown`` (names looked up in the image's /etc/passwd and
+  /etc/group, parsed as data with a size cap; a user without a group takes the user's
+  numeric id as gid, as Docker documents). ``--chmod`` applies to every copied file and
+  directory; otherwise modes and mtimes come from the source.
+- Missing parent directories are created (0755, owned like the copied files); existing ones
+  are recorded with their image attributes, as an overlay diff shows them.
+- The destination is resolved inside the image: in-image symlinks on the way are followed
+  with chroot semantics (``RootfsView.realpath``), never against the host.
+- Symlinks inside a copied directory stay symlinks. Context access goes through
+  ``BuildContext`` (dir fds, no-follow); nothing here opens a host path by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import posixpath
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from rootbuild.context import BuildContext, ContextEntry
+from rootbuild.dockerfile.dockerignore import glob_match, has_wildcards
+from rootbuild.errors import ContextError, DockerfileError, ImageError, Location
+from rootbuild.image.layer_write import TarEntry
+from rootbuild.image.rootfs import RootfsView, ViewEntry
+
+ID_FILE_CAP = 4 << 20  # /etc/passwd and /etc/group are read as data, at most 4 MiB
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One entry below a source: ``rel`` is "" for the source itself."""
+
+    rel: str
+    kind: str  # file, dir, symlink
+    mode: int
+    mtime: int
+    size: int = 0
+    linkname: str = ""
+    uid: int = 0
+    gid: int = 0
+    opener: Callable[[], BinaryIO] | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str  # the name a file keeps when copied into a directory
+    is_dir: bool
+    items: Callable[[], Iterator[SourceItem]]
+
+
+# -- sources ----------------------------------------------------------------------------
+
+
+def _kind(mode_kind: str) -> str:
+    return {"file": "file", "dir": "dir", "symlink": "symlink"}.get(mode_kind, "other")
+
+
+def context_sources(
+    ctx: BuildContext, patterns: Sequence[str], excludes: Sequence[str], where: Location
+) -> list[Source]:
+    """The context entries named by ``patterns`` (expanded), minus ``--exclude`` globs."""
+    sources: list[Source] = []
+    for pattern in patterns:
+        for entry in ctx.resolve_sources(pattern, location=where):
+            sources.append(_context_source(ctx, entry, excludes, where))
+    return sources
+
+
+def _context_source(
+    ctx: BuildContext, top: ContextEntry, excludes: Sequence[str], where: Location
+) -> Source:
+    prefix = top.real if top.kind == "dir" else ""
+
+    def items() -> Iterator[SourceItem]:
+        for entry in ctx.walk(top):
+            real = entry.real
+            rel = "" if real == prefix else real[len(prefix):].lstrip("/") if prefix else ""
+            if rel and _excluded(rel, excludes):
+                continue
+            kind = _kind(entry.kind)
+            if kind == "other":
+                raise ContextError(
+                    f'COPY: source "{entry.relpath}" is not a file, directory or symlink',
+                    where,
+                )
+            yield SourceItem(
+                rel=rel,
+                kind=kind,
+                mode=entry.mode & 0o7777,
+                mtime=entry.mtime_ns // 1_000_000_000,
+                size=entry.size if kind == "file" else 0,
+                linkname=entry.linkname,
+                opener=functools.partial(ctx.open_file, entry) if kind == "file" else None,
+            )
+
+    name = posixpath.basename(top.relpath.rstrip("/")) or "."
+    return Source(name=name, is_dir=top.kind == "dir", items=items)
+
+
+def _excluded(rel: str, excludes: Sequence[str]) -> bool:
+    return any(glob_match(p.strip("/"), rel) for p in excludes)
+
+
+def image_sources(
+    view: RootfsView, patterns: Sequence[str], excludes: Sequence[str], where: Location,
+    what: str,
+) -> list[Source]:
+    """Sources from another stage or image (``COPY --from``): paths inside its root."""
+    sources: list[Source] = []
+    for pattern in patterns:
+        matches = _image_glob(view, pattern)
+        if not matches:
+            raise ContextError(f'COPY --from={what}: source "{pattern}" not found', where)
+        for entry in matches:
+            sources.append(_image_source(view, entry, excludes))
+    return sources
+
+
+def _image_glob(view: RootfsView, pattern: str) -> list[ViewEntry]:
+    clean = posixpath.normpath("/" + pattern).lstrip("/")
+    if not has_wildcards(clean):
+        entry = view.lookup(clean, follow=True)
+        return [entry] if entry is not None else []
+    parent, _, leaf = clean.rpartition("/")
+    candidates = _image_glob(view, parent) if has_wildcards(parent) else (
+        [e] if (e := view.lookup(parent, follow=True)) is not None else []
+    )
+    out: list[ViewEntry] = []
+    for dir_entry in candidates:
+        if not dir_entry.is_dir:
+            continue
+        for name in view.listdir(dir_entry.path):
+            if glob_match(leaf, name):
+                child = view.lookup(posixpath.join(dir_entry.path, name), follow=True)
+                if child is not None:
+                    out.append(child)
+    return out
+
+
+def _image_source(view: RootfsView, top: ViewEntry, excludes: Sequence[str]) -> Source:
+    def items() -> Iterator[SourceItem]:
+        for entry in view.walk(top.path) if top.is_dir else iter([top]):
+            rel = entry.path[len(top.path):].lstrip("/") if top.is_dir else ""
+            if rel and _excluded(rel, excludes):
+                continue
+            kind = "file" if entry.kind == "hardlink" else entry.kind
+            if kind not in ("file", "dir", "symlink"):
+                continue  # devices and FIFOs are not copied (BuildKit skips them too)
+            yield SourceItem(
+                rel=rel, kind=kind, mode=entry.mode & 0o7777, mtime=entry.mtime,
+                size=entry.size if kind == "file" else 0, linkname=entry.linkname,
+                uid=entry.uid, gid=entry.gid,
+                opener=functools.partial(_open_view, view, entry) if kind == "file" else None,
+            )
+
+    name = posixpath.basename(top.path) or "."
+    return Source(name=name, is_dir=top.is_dir, items=items)
+
+
+def _open_view(view: RootfsView, entry: ViewEntry) -> BinaryIO:
+    if entry.hardlink_to:
+        return view.open(entry.hardlink_to)
+    return view.open_entry(entry)
+
+
+def heredoc_source(name: str, content: str, mtime: int) -> Source:
+    data = content.encode()
+
+    def items() -> Iterator[SourceItem]:
+        yield SourceItem(
+            rel="", kind="file", mode=0o644, mtime=mtime, size=len(data),
+            opener=lambda: io.BytesIO(data),
+        )
+
+    return Source(name=name, is_dir=False, items=items)
+
+
+# -- owners -----------------------------------------------------------------------------
+
+
+def _id_table(view: RootfsView, path: str) -> dict[str, int]:
+    entry = view.lookup(path, follow=True)
+    if entry is None or entry.kind not in ("file", "hardlink"):
+        return {}
+    try:
+        text = view.read_small_file(path, ID_FILE_CAP).decode("utf-8", "replace")
+    except ImageError:
+        return {}
+    table: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] and fields[2].isdigit():
+            table.setdefault(fields[0], int(fields[2]))
+    return table
+
+
+def resolve_chown(spec: str, view: RootfsView, where: Location) -> tuple[int, int]:
+    """``user[:group]``, numeric or by name in the image's own passwd/group files."""
+    user, _, group = spec.partition(":")
+
+    def lookup(name: str, path: str, what: str) -> int:
+        if name.isdigit():
+            return int(name)
+        ids = _id_table(view, path)
+        if name not in ids:
+            raise DockerfileError(
+                f"--chown={spec}: unable to find {what} {name!r} in the image's {path}", where
+            )
+        return ids[name]
+
+    if not user:
+        raise DockerfileError(f"--chown={spec}: no user given", where)
+    uid = lookup(user, "etc/passwd", "user")
+    gid = lookup(group, "etc/group", "group") if group else uid
+    return uid, gid
+
+
+# -- layer entries ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    sources: Sequence[Source]
+    dest: str  # absolute, trailing "/" when written so
+    owner: tuple[int, int] | None
+    chmod: int | None
+    now: int  # mtime for directories this copy creates
+    keep_owner: bool = False  # ADD of an archive keeps the archive's owners
+
+
+def _entry_from_view(entry: ViewEntry) -> TarEntry:
+    return TarEntry(
+        path=entry.path, kind="dir", mode=entry.mode & 0o7777, uid=entry.uid, gid=entry.gid,
+        mtime=entry.mtime, xattrs=entry.xattrs,
+    )
+
+
+def copy_entries(plan: CopyPlan, view: RootfsView, where: Location) -> list[TarEntry]:
+    """The layer entries for one COPY/ADD: copied items, created and existing parents."""
+    owner = plan.owner or (0, 0)
+    dir_syntax = plan.dest.endswith("/")
+    dest = view.realpath(plan.dest.rstrip("/") or "/").strip("/")
+    existing = view.lookup(dest, follow=True) if dest else view.lookup("", follow=True)
+    dest_is_dir = existing is not None and existing.is_dir
+    if dest_is_dir and existing is not None:
+        dest = existing.path
+    if len(plan.sources) > 1 and not (dir_syntax or dest_is_dir):
+        raise DockerfileError(
+            "when using COPY with more than one source file, "
+            "the destination must be a directory and end with a /", where,
+        )
+    out: dict[str, TarEntry] = {}
+
+    def add_parents(path: str) -> None:
+        parent = posixpath.dirname(path)
+        chain: list[str] = []
+        while parent:
+            chain.append(parent)
+            parent = posixpath.dirname(parent)
+        for p in reversed(chain):
+            if p in out:
+                continue
+            found = view.lookup(p, follow=False)
+            if found is not None and found.is_dir:
+                out[p] = _entry_from_view(found)
+            elif found is None:
+                out[p] = TarEntry(p, "dir", 0o755, owner[0], owner[1], plan.now)
+            else:
+                raise DockerfileError(
+                    f"copy to /{path}: /{p} exists in the image and is not a directory", where
+                )
+
+    into_dir = dir_syntax or dest_is_dir or any(s.is_dir for s in plan.sources)
+    for source in plan.sources:
+        base = dest if (source.is_dir or not into_dir) else posixpath.join(dest, source.name)
+        base = base.strip("/")
+        for item in source.items():
+            path = posixpath.join(base, item.rel) if item.rel else base
+            if not path:
+                continue  # the image root itself keeps its attributes
+            if item.rel == "" and item.kind == "dir":
+                if path not in out:
+                    found = view.lookup(path, follow=True)
+                    out[path] = (
+                        _entry_from_view(found) if found is not None and found.is_dir
+                        else TarEntry(path, "dir", plan.chmod or 0o755, *owner, plan.now)
+                    )
+                add_parents(path)
+                continue
+            uid, gid = (item.uid, item.gid) if plan.keep_owner and plan.owner is None else owner
+            mode = item.mode if plan.chmod is None or item.kind == "symlink" else plan.chmod
+            out[path] = TarEntry(
+                path=path, kind=item.kind, mode=mode, uid=uid, gid=gid, mtime=item.mtime,
+                size=item.size, linkname=item.linkname, source=item.opener,
+            )
+            add_parents(path)
+    return list(out.values())
+
+
+def parse_chmod(text: str | None, where: Location) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise DockerfileError(f"--chmod={text}: only octal modes are supported", where) from None
