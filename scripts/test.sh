@@ -20,8 +20,11 @@ chmod -R a+rX "$(dirname "$venv")"
 if ! id "$user" >/dev/null 2>&1; then
     useradd --create-home --shell /bin/bash "$user"
 fi
-grep -q "^$user:" /etc/subuid || usermod --add-subuids 200000-265535 "$user"
-grep -q "^$user:" /etc/subgid || usermod --add-subgids 200000-265535 "$user"
+# A 65536-id range per test user, placed by uid so that several test users never overlap.
+uid=$(id -u "$user")
+first=$((100000 + (uid % 1000) * 65536))
+grep -q "^$user:" /etc/subuid || usermod --add-subuids "$first-$((first + 65535))" "$user"
+grep -q "^$user:" /etc/subgid || usermod --add-subgids "$first-$((first + 65535))" "$user"
 # /dev/fuse is 0600 on these machines; rootbuild doctor tells users the same fix.
 [ -c /dev/fuse ] && chmod 0666 /dev/fuse
 

@@ -180,11 +180,13 @@ class Harness:
         return snap
 
 
-def _leftover_processes(uid: int) -> list[str]:
+def _leftover_processes(uid: int, marker: str) -> list[str]:
+    """Processes of ``uid`` that belong to this test (their command line names its
+    directory; other tests may run builds as the same user at the same time)."""
     out = subprocess.run(
         ["ps", "-o", "pid=,args=", "-u", str(uid)], capture_output=True, text=True
     ).stdout
-    return [line for line in out.splitlines() if line.strip()]
+    return [line for line in out.splitlines() if marker in line]
 
 
 @pytest.fixture
@@ -201,7 +203,7 @@ def rb(build_user: BuildUser) -> Iterator[Harness]:
         mounts = [
             line for line in Path("/proc/mounts").read_text().splitlines() if str(base) in line
         ]
-        leftovers = [] if build_user.is_current else _leftover_processes(build_user.uid)
+        leftovers = _leftover_processes(build_user.uid, str(base))
         shutil.rmtree(base, ignore_errors=True)
         assert not mounts, f"mounts left behind: {mounts}"
         assert not leftovers, f"processes left behind: {leftovers}"
