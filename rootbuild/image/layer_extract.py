@@ -1,0 +1,756 @@
+"""Safe extraction of one OCI layer tar into a plain directory, plus its LayerMeta.
+
+Job: decompress a layer stream, compute its diffID (sha256 of the uncompressed tar) while
+reading, and write every entry ourselves beneath ``dest_dir``; what an unprivileged user
+cannot apply on disk (owners, setuid/setgid/sticky, devices, FIFOs, xattrs, exact mtimes)
+goes into the returned ``LayerMeta`` instead.
+
+Rules (SECURITY.md rules 1-3):
+- ``tarfile`` only parses headers (stream mode ``r|``); nothing is extracted by it. Headers
+  that are corrupt or truncated anywhere in the archive are errors (tarfile on its own would
+  silently stop there); a clean end of data on a block boundary ends the archive, as in Go's
+  archive/tar, which Docker and containerd use.
+- Every file operation is relative to a directory fd opened with O_NOFOLLOW|O_DIRECTORY;
+  files are created O_CREAT|O_EXCL|O_NOFOLLOW. Nothing is ever written through a symlink:
+  a parent component that is a symlink (or not a directory) in this layer rejects the layer.
+- Names are the effective (PAX/GNU long) names, with leading "/" and "./" stripped and ".."
+  applied lexically; a name or hardlink target that climbs above the layer root rejects the
+  *whole layer* with ImageError naming the layer and entry (Docker's pkg/archive and
+  containerd both refuse such "breakout" entries).
+- Hardlink targets must be earlier, non-directory entries of this layer; a hardlink to an
+  earlier symlink becomes a second symlink with the same target (indistinguishable in use).
+- Whiteouts (OCI layer.md): ``.wh.NAME`` records a deletion, ``.wh..wh..opq`` an opaque
+  directory; both must be empty regular files (or hardlinks). AUFS metadata at the top level
+  (``.wh..wh.plnk`` etc.) is skipped as Docker does; other ``.wh..wh.*`` names, ``.wh.``,
+  ``.wh..``, and ``.wh.*`` used as a directory are malformed.
+- Devices and FIFOs become empty placeholder files (never mknod); on-disk modes are the
+  permission bits OR 0o600 (files) / 0o700 (dirs), never setuid/setgid/sticky.
+- Duplicate entries: the later one wins (two directories merge; otherwise the earlier one,
+  with its subtree, is removed first).
+- On any error ``dest_dir`` is left half-written: extract into a staging directory and
+  rename it into place on success; the caller removes the staging directory on failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import bz2
+import errno
+import hashlib
+import lzma
+import math
+import os
+import queue
+import shutil
+import stat
+import tarfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from pathlib import Path
+from typing import IO, BinaryIO, Protocol, cast
+from urllib.parse import unquote
+
+import zstandard
+from isal import igzip, igzip_lib
+
+from rootbuild.errors import ImageError
+from rootbuild.image.layermeta import EntryMeta, LayerMeta
+
+_CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Media types whose blobs are tar layers. As containerd's DecompressStream does, the actual
+# compression is sniffed from the magic bytes; only gzip, zstd and plain tar are allowed.
+LAYER_MEDIA_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    }
+)
+_COMPRESSIONS = ("gzip", "zstd", "bzip2", "xz", "none")
+_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+)
+
+
+@dataclass(frozen=True)
+class LayerExtractResult:
+    diff_id: str
+    meta: LayerMeta
+    entry_count: int
+    uncompressed_size: int
+    compression: str
+
+
+class _Reader(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _Reject(Exception):
+    """An entry that makes the whole layer unacceptable."""
+
+
+class _StreamError(Exception):
+    """The (compressed) byte stream could not be read or decoded."""
+
+
+class _TooBig(Exception):
+    pass
+
+
+# -- decompression --------------------------------------------------------------------------
+
+
+class _Prepend:
+    def __init__(self, head: bytes, raw: _Reader) -> None:
+        self._head, self._raw = head, raw
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._head:
+            if size < 0 or size >= len(self._head):
+                out, self._head = self._head, b""
+                return out
+            out, self._head = self._head[:size], self._head[size:]
+            return out
+        return self._raw.read(size)
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+class _ZstdReader:
+    """Multi-frame zstd decoding that notices truncation (zstandard's stream_reader does not)
+    and bounds each output burst by feeding small input slices."""
+
+    _FEED = 1024  # <= 256 RLE blocks of 128 KiB: at most 32 MiB out per decompress() call
+
+    def __init__(self, raw: _Reader) -> None:
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._buf = memoryview(b"")
+        self._in_frame = False
+        self._seen = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        while True:
+            if not self._buf:
+                data = self._raw.read(_CHUNK)
+                if not data:
+                    if self._in_frame:
+                        raise EOFError("zstd stream ends inside a frame")
+                    if not self._seen:
+                        raise EOFError("empty zstd stream")
+                    return b""
+                self._buf = memoryview(data)
+            feed, self._buf = self._buf[: self._FEED], self._buf[self._FEED :]
+            self._in_frame = self._seen = True
+            out: bytes = self._obj.decompress(feed)
+            if self._obj.eof:
+                rest = bytes(self._obj.unused_data) + bytes(self._buf)
+                self._buf = memoryview(rest)
+                self._obj = self._dctx.decompressobj()
+                self._in_frame = False
+            if out:
+                return out
+
+
+def _decoder(compression: str, raw: _Reader) -> _Reader:
+    if compression == "gzip":
+        gz = igzip.GzipFile(fileobj=cast(IO[bytes], raw), mode="rb")  # type: ignore[no-untyped-call]
+        return cast(_Reader, gz)
+    if compression == "zstd":
+        return _ZstdReader(raw)
+    if compression == "bzip2":
+        return bz2.BZ2File(cast(IO[bytes], raw))
+    if compression == "xz":
+        return lzma.LZMAFile(cast(IO[bytes], raw))
+    return raw
+
+
+def _select_compression(stream: _Reader, spec: str) -> tuple[str, _Reader]:
+    """Map a media type or compression name to (compression, stream); sniff when needed."""
+    if spec in _COMPRESSIONS:
+        return spec, stream
+    if spec != "auto" and spec not in LAYER_MEDIA_TYPES:
+        raise ImageError(f"extract layer: unsupported media type or compression {spec!r}")
+    head = b""
+    while len(head) < 6:
+        more = stream.read(6 - len(head))
+        if not more:
+            break
+        head += more
+    found = next((name for magic, name in _MAGIC if head.startswith(magic)), "none")
+    if spec != "auto" and found not in ("gzip", "zstd", "none"):
+        raise ImageError(f"extract layer: {found} compression is not allowed for {spec}")
+    return found, _Prepend(head, stream)
+
+
+# What a bad stream raises from the decoders (gzip/bz2 raise OSError subclasses, isal
+# raises its own error, truncation is EOFError everywhere).
+_DECODE_ERRORS: tuple[type[Exception], ...] = (
+    OSError, EOFError, zstandard.ZstdError, lzma.LZMAError,
+    cast(type[Exception], igzip_lib.IsalError),
+)
+
+
+class _Inflater:
+    """Decodes in a worker thread (overlapping with extraction), hashing and counting the
+    uncompressed bytes; the main thread reads it like a file."""
+
+    def __init__(self, decoder: _Reader, max_bytes: int | None) -> None:
+        self._decoder, self._max = decoder, max_bytes
+        self._q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+        self._stop = threading.Event()
+        self.sha = hashlib.sha256()
+        self.total = 0
+        self._cur = memoryview(b"")
+        self._eof = False
+        self._thread = threading.Thread(target=self._run, name="layer-inflate", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = self._decoder.read(_CHUNK)
+                if not chunk:
+                    self._put(None)
+                    return
+                self.sha.update(chunk)
+                self.total += len(chunk)
+                if self._max is not None and self.total > self._max:
+                    raise _TooBig(f"uncompressed size exceeds the limit of {self._max} bytes")
+                self._put(chunk)
+        except _TooBig as exc:
+            self._put(exc)
+            return
+        except _DECODE_ERRORS as exc:  # the stream is bad: an ImageError
+            self._put(_StreamError(str(exc) or type(exc).__name__))
+            return
+        except BaseException as exc:  # a bug: re-raised as is by the reading thread
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1, /) -> bytes:
+        while not self._cur:
+            if self._eof:
+                return b""
+            item = self._q.get()
+            if item is None:
+                self._eof = True
+                return b""
+            if isinstance(item, BaseException):
+                raise item
+            self._cur = memoryview(item)
+        n = len(self._cur) if size < 0 else min(size, len(self._cur))
+        out = bytes(self._cur[:n])
+        self._cur = self._cur[n:]
+        return out
+
+    def drain(self) -> None:
+        """Read (and hash) whatever follows the end-of-archive marker."""
+        self._cur = memoryview(b"")
+        while self.read(_CHUNK):
+            self._cur = memoryview(b"")
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join()
+
+
+# -- tar header policy ----------------------------------------------------------------------
+
+
+# Header errors tarfile defines but typeshed does not declare.
+_EmptyHeaderError = cast(type[Exception], tarfile.__dict__["EmptyHeaderError"])
+_EOFHeaderError = cast(type[Exception], tarfile.__dict__["EOFHeaderError"])
+_BadHeaderErrors = cast(
+    tuple[type[Exception], ...],
+    (tarfile.__dict__["TruncatedHeaderError"], tarfile.__dict__["InvalidHeaderError"]),
+)
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile silently ends the archive at a bad checksum or a truncated header after the
+    first member; turn those into errors. A clean end of data ends the archive (Go does)."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _StrictTarInfo:
+        try:
+            info = super().fromtarfile(tarfile_)
+        except _EmptyHeaderError:
+            raise _EOFHeaderError("end of file header") from None
+        except _BadHeaderErrors as exc:
+            raise _Reject(f"corrupt tar header: {exc}") from exc
+        if info.size < 0:
+            raise _Reject("corrupt tar header: negative size")
+        return info
+
+
+def clean_name(name: str) -> str:
+    """Strip leading "/" and "./", apply ".." lexically; raise _Reject when it escapes."""
+    parts: list[str] = []
+    for comp in name.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                raise _Reject("path escapes the layer root")
+            parts.pop()
+        else:
+            parts.append(comp)
+    return "/".join(parts)
+
+
+def _split(rel: str) -> tuple[str, str]:
+    parent, _, name = rel.rpartition("/")
+    return parent, name
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.isreg():
+        return "file"
+    for test, kind in (
+        (member.isdir, "dir"),
+        (member.issym, "symlink"),
+        (member.islnk, "hardlink"),
+        (member.ischr, "char"),
+        (member.isblk, "block"),
+        (member.isfifo, "fifo"),
+    ):
+        if test():
+            return kind
+    raise _Reject(f"unsupported tar entry type {member.type!r}")
+
+
+def _mtime(member: tarfile.TarInfo) -> tuple[int, int | None]:
+    raw = member.pax_headers.get("mtime")
+    if raw:
+        try:
+            value = Decimal(raw)
+            if value.is_finite():
+                seconds = math.floor(value)
+                if value == seconds:
+                    return seconds, None
+                ns = int((value * 1_000_000_000).to_integral_value(rounding=ROUND_FLOOR))
+                return seconds, ns
+        except (InvalidOperation, ValueError):
+            pass
+    return math.floor(member.mtime), None
+
+
+def _xattrs(member: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
+    found: dict[str, bytes] = {}
+    for key, value in member.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            found[key[13:]] = value.encode("utf-8", "surrogateescape")
+        elif key.startswith("LIBARCHIVE.xattr."):
+            try:
+                found[unquote(key[17:])] = base64.b64decode(value + "=" * (-len(value) % 4))
+            except ValueError as exc:
+                raise _Reject(f"bad LIBARCHIVE xattr {key!r}") from exc
+    return tuple(sorted(found.items()))
+
+
+# -- the extractor --------------------------------------------------------------------------
+
+
+class _Dirs:
+    """Open directory fds by relative path (LRU-bounded); each directory is checked once."""
+
+    def __init__(self, root_fd: int, on_create: Callable[[str], None], limit: int = 256):
+        self._root = root_fd
+        self._on_create = on_create
+        self._limit = limit
+        self._fds: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, rel: str) -> int:
+        if not rel:
+            return self._root
+        fd = self._fds.get(rel)
+        if fd is not None:
+            self._fds.move_to_end(rel)
+            return fd
+        parts = rel.split("/")
+        start, fd = 0, self._root
+        for i in range(len(parts) - 1, 0, -1):
+            cached = self._fds.get("/".join(parts[:i]))
+            if cached is not None:
+                start, fd = i, cached
+                break
+        for i in range(start, len(parts)):
+            sub = "/".join(parts[: i + 1])
+            fd = self._open_child(fd, parts[i], sub)
+            self._fds[sub] = fd
+            if len(self._fds) > self._limit:
+                os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _open_child(self, parent_fd: int, name: str, sub: str) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise _Reject(f"parent {sub!r} is a symlink or not a directory") from exc
+            raise
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        os.fchmod(fd, 0o755)
+        self._on_create(sub)
+        return fd
+
+    def forget(self, rel: str) -> None:
+        prefix = rel + "/"
+        for key in [k for k in self._fds if k == rel or k.startswith(prefix)]:
+            os.close(self._fds.pop(key))
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+
+class _Extractor:
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.entries: dict[str, EntryMeta] = {}
+        self.children: dict[str, set[str]] = {}
+        self.links: dict[str, list[str]] = {}  # primary path -> hardlink paths
+        self.whiteouts: set[str] = set()
+        self.opaque: set[str] = set()
+        self.dirs = _Dirs(root_fd, self._implicit_dir)
+
+    # bookkeeping
+
+    def _record(self, meta: EntryMeta) -> None:
+        if meta.path:
+            parent, name = _split(meta.path)
+            self.children.setdefault(parent, set()).add(name)
+        self.entries[meta.path] = meta
+
+    def _implicit_dir(self, rel: str) -> None:
+        self._record(EntryMeta(rel, "dir", 0o755, implicit=True))
+
+    def _subtree(self, rel: str) -> list[str]:
+        out, todo = [], [rel]
+        while todo:
+            path = todo.pop()
+            out.append(path)
+            todo.extend(f"{path}/{n}" for n in self.children.get(path, ()))
+        return out
+
+    def _forget(self, rel: str) -> None:
+        """Drop ``rel`` and its subtree from the metadata; keep hardlink groups whole."""
+        doomed = self._subtree(rel)
+        gone = set(doomed)
+        orphaned: list[tuple[EntryMeta, list[str]]] = []
+        for path in doomed:
+            self.children.pop(path, None)
+            old = self.entries.pop(path, None)
+            if old is None:
+                continue
+            if old.kind == "hardlink" and old.linkname in self.links:
+                self.links[old.linkname].remove(path)
+            linkers = self.links.pop(path, None)
+            if linkers:
+                orphaned.append((old, linkers))
+        parent, name = _split(rel)
+        self.children.get(parent, set()).discard(name)
+        for old, linkers in orphaned:
+            survivors = [p for p in linkers if p not in gone]
+            if not survivors:
+                continue
+            # The inode lives on under the first surviving link: promote it.
+            heir, rest = survivors[0], survivors[1:]
+            self.entries[heir] = EntryMeta(
+                heir, old.kind, old.mode, old.uid, old.gid, old.mtime, old.mtime_ns,
+                old.size, old.linkname, old.devmajor, old.devminor, old.xattrs,
+            )
+            for p in rest:
+                e = self.entries[p]
+                self.entries[p] = EntryMeta(
+                    p, e.kind, e.mode, e.uid, e.gid, e.mtime, e.mtime_ns, e.size, heir,
+                    e.devmajor, e.devminor, e.xattrs,
+                )
+            if rest:
+                self.links[heir] = rest
+
+    def _remove(self, parent_fd: int, name: str, rel: str) -> None:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            self.dirs.forget(rel)
+            shutil.rmtree(name, dir_fd=parent_fd)
+        else:
+            os.unlink(name, dir_fd=parent_fd)
+        self._forget(rel)
+
+    # entries
+
+    def add(self, member: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        name = member.name
+        if "\x00" in name or "\x00" in member.linkname:
+            raise _Reject("name contains a NUL byte")
+        rel = clean_name(name)
+        parts = rel.split("/") if rel else []
+        if parts and parts[0].startswith(".wh..wh.") and parts[0] != ".wh..wh..opq":
+            return  # AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): skipped, as Docker does
+        if any(comp.startswith(".wh.") for comp in parts[:-1]):
+            raise _Reject("malformed whiteout: a whiteout name used as a directory")
+        if parts and parts[-1].startswith(".wh."):
+            self._whiteout(member, parts)
+            return
+        kind = _kind(member)
+        mtime, mtime_ns = _mtime(member)
+        meta = EntryMeta(
+            path=rel,
+            kind=kind,
+            mode=member.mode & 0o7777,
+            uid=member.uid,
+            gid=member.gid,
+            mtime=mtime,
+            mtime_ns=mtime_ns,
+            size=member.size if kind == "file" else 0,
+            linkname=member.linkname if kind in ("symlink", "hardlink") else "",
+            devmajor=member.devmajor if kind in ("char", "block") else 0,
+            devminor=member.devminor if kind in ("char", "block") else 0,
+            xattrs=_xattrs(member),
+        )
+        if not rel:
+            if kind != "dir":
+                raise _Reject("entry resolves to the layer root")
+            os.fchmod(self.root_fd, (meta.mode & 0o777) | 0o700)
+            self._record(meta)
+        elif kind == "dir":
+            self._dir(meta)
+        elif kind == "symlink":
+            self._symlink(meta, meta.linkname)
+        elif kind == "hardlink":
+            self._hardlink(meta)
+        else:
+            self._file(meta, member, tf)
+
+    def _whiteout(self, member: tarfile.TarInfo, parts: list[str]) -> None:
+        base, parent = parts[-1], "/".join(parts[:-1])
+        if not (member.isreg() or member.islnk()) or (member.isreg() and member.size):
+            raise _Reject("malformed whiteout: not an empty regular file")
+        if base == ".wh..wh..opq":
+            self.dirs.get(parent)  # the opaque directory exists in this layer
+            self.opaque.add(parent)
+            return
+        target = base[4:]
+        if target in ("", ".", "..") or target.startswith(".wh."):
+            raise _Reject("malformed whiteout name")
+        self.whiteouts.add(f"{parent}/{target}" if parent else target)
+
+    def _dir(self, meta: EntryMeta) -> None:
+        parent, name = _split(meta.path)
+        parent_fd = self.dirs.get(parent)
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                self._remove(parent_fd, name, meta.path)
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+        os.fchmod(self.dirs.get(meta.path), (meta.mode & 0o777) | 0o700)
+        self._record(meta)
+
+    def _replace_slot(self, parent_fd: int, name: str, rel: str) -> None:
+        """Make room for a non-directory entry at ``rel`` (a duplicate: the later one wins)."""
+        try:
+            os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        self._remove(parent_fd, name, rel)
+
+    def _symlink(self, meta: EntryMeta, target: str) -> None:
+        if not target:
+            raise _Reject("symlink with an empty target")
+        parent, name = _split(meta.path)
+        parent_fd = self.dirs.get(parent)
+        try:
+            os.symlink(target, name, dir_fd=parent_fd)
+        except FileExistsError:
+            self._replace_slot(parent_fd, name, meta.path)
+            os.symlink(target, name, dir_fd=parent_fd)
+        self._record(meta)
+
+    def _hardlink(self, meta: EntryMeta) -> None:
+        try:
+            target = clean_name(meta.linkname)
+        except _Reject:
+            raise _Reject(f"hardlink target {meta.linkname!r} escapes the layer root") from None
+        found = self.entries.get(target)
+        if found is not None and found.kind == "hardlink":
+            target, found = found.linkname, self.entries.get(found.linkname)
+        if found is None or found.implicit:
+            raise _Reject(f"hardlink target {meta.linkname!r} is not an earlier entry of the layer")
+        if found.kind == "dir":
+            raise _Reject(f"hardlink target {meta.linkname!r} is a directory")
+        if target == meta.path:
+            return  # a link to itself: the file is already there
+        if found.kind == "symlink":
+            self._symlink(
+                EntryMeta(meta.path, "symlink", meta.mode, meta.uid, meta.gid, meta.mtime,
+                          meta.mtime_ns, 0, found.linkname, 0, 0, meta.xattrs),
+                found.linkname,
+            )
+            return
+        src_parent, src_name = _split(target)
+        src_fd = os.dup(self.dirs.get(src_parent))
+        try:
+            parent, name = _split(meta.path)
+            parent_fd = self.dirs.get(parent)
+            try:
+                os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=parent_fd,
+                        follow_symlinks=False)
+            except FileExistsError:
+                self._replace_slot(parent_fd, name, meta.path)
+                if target not in self.entries:
+                    raise _Reject("hardlink target was replaced by this entry") from None
+                os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=parent_fd,
+                        follow_symlinks=False)
+        finally:
+            os.close(src_fd)
+        self._record(
+            EntryMeta(meta.path, "hardlink", meta.mode, meta.uid, meta.gid, meta.mtime,
+                      meta.mtime_ns, 0, target, 0, 0, meta.xattrs)
+        )
+        self.links.setdefault(target, []).append(meta.path)
+
+    def _file(self, meta: EntryMeta, member: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        parent, name = _split(meta.path)
+        parent_fd = self.dirs.get(parent)
+        try:
+            fd = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=parent_fd)
+        except FileExistsError:
+            self._replace_slot(parent_fd, name, meta.path)
+            fd = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=parent_fd)
+        try:
+            if meta.kind == "file" and meta.size:
+                _copy_member(member, tf, fd)
+            os.fchmod(fd, (meta.mode & 0o777) | 0o600)
+            ns = meta.mtime_ns if meta.mtime_ns is not None else meta.mtime * 1_000_000_000
+            os.utime(fd, ns=(ns, ns))
+        finally:
+            os.close(fd)
+        self._record(meta)
+
+    def finish(self) -> LayerMeta:
+        return LayerMeta.build(self.entries.values(), self.whiteouts, self.opaque)
+
+
+def _copy_member(member: tarfile.TarInfo, tf: tarfile.TarFile, fd: int) -> None:
+    src: _Reader
+    if member.sparse is not None:
+        extracted = tf.extractfile(member)
+        assert extracted is not None
+        src = extracted
+    else:
+        src = cast(_Reader, tf.fileobj)  # stream mode: positioned at the member's data
+    remaining = member.size
+    while remaining:
+        chunk = src.read(min(remaining, _CHUNK))
+        if not chunk:
+            raise tarfile.ReadError("unexpected end of data")
+        remaining -= len(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def extract_layer(
+    stream: BinaryIO,
+    dest_dir: Path,
+    *,
+    media_type_or_compression: str,
+    layer_name: str = "layer",
+    max_bytes: int | None = None,
+    max_entries: int | None = None,
+    expected_diff_id: str | None = None,
+) -> LayerExtractResult:
+    """Extract one layer tar into ``dest_dir`` (created if missing; must be empty).
+
+    ``media_type_or_compression`` is an OCI/Docker layer media type (compression sniffed,
+    gzip/zstd/none only), a compression name (gzip, zstd, bzip2, xz, none) or ``auto``
+    (sniffed, all five; for ADD). ``max_bytes``/``max_entries`` cap the uncompressed size
+    and the number of tar entries (decompression bombs). On ImageError the partly written
+    ``dest_dir`` is the caller's to remove.
+    """
+    what = f"extract layer {layer_name}"
+    compression, raw = _select_compression(stream, media_type_or_compression)
+    dest_dir.mkdir(mode=0o700, exist_ok=True)
+    root_fd = os.open(dest_dir, _DIR_FLAGS)
+    if os.listdir(root_fd):
+        os.close(root_fd)
+        raise ValueError(f"extract_layer: {dest_dir} is not empty")
+    entry_name = ""
+    inflater: _Inflater | None = None
+    extractor = _Extractor(root_fd)
+    try:
+        inflater = _Inflater(_decoder(compression, raw), max_bytes)
+        count = 0
+        with tarfile.open(
+            fileobj=cast(IO[bytes], inflater), mode="r|", tarinfo=_StrictTarInfo,
+            encoding="utf-8", errors="surrogateescape",
+        ) as tf:
+            seen: list[tarfile.TarInfo] = vars(tf)["members"]
+            while (member := tf.next()) is not None:
+                seen.clear()  # stream mode would otherwise keep every header in memory
+                count += 1
+                entry_name = member.name
+                if max_entries is not None and count > max_entries:
+                    raise ImageError(f"{what}: more than {max_entries} entries")
+                extractor.add(member, tf)
+        entry_name = ""
+        inflater.drain()
+        diff_id = "sha256:" + inflater.sha.hexdigest()
+        if expected_diff_id is not None and diff_id != expected_diff_id:
+            raise ImageError(f"{what}: diffID {diff_id} does not match {expected_diff_id}")
+        return LayerExtractResult(diff_id, extractor.finish(), count, inflater.total, compression)
+    except _Reject as exc:
+        at = f": entry {entry_name!r}" if entry_name else ""
+        raise ImageError(f"{what}{at}: {exc}") from exc
+    except _TooBig as exc:
+        raise ImageError(f"{what}: {exc}") from exc
+    except _StreamError as exc:
+        raise ImageError(f"{what}: corrupt or truncated {compression} stream: {exc}") from exc
+    except tarfile.TarError as exc:
+        raise ImageError(f"{what}: corrupt or truncated tar: {exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: e.g. an embedded NUL in a name
+        at = f": entry {entry_name!r}" if entry_name else ""
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ImageError(f"{what}{at}: {cause}") from exc
+    finally:
+        if inflater is not None:
+            inflater.close()
+        extractor.dirs.close()
+        os.close(root_fd)
