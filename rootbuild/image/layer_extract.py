@@ -47,7 +47,7 @@ import tarfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol, cast
@@ -185,9 +185,7 @@ def _decoder(compression: str, raw: _Reader) -> _Reader:
 
 def _select_compression(stream: _Reader, spec: str) -> tuple[str, _Reader]:
     """Map a media type or compression name to (compression, stream); sniff when needed."""
-    if spec in _COMPRESSIONS:
-        return spec, stream
-    if spec != "auto" and spec not in LAYER_MEDIA_TYPES:
+    if spec not in _COMPRESSIONS and spec != "auto" and spec not in LAYER_MEDIA_TYPES:
         raise ImageError(f"extract layer: unsupported media type or compression {spec!r}")
     head = b""
     while len(head) < 6:
@@ -195,6 +193,10 @@ def _select_compression(stream: _Reader, spec: str) -> tuple[str, _Reader]:
         if not more:
             break
         head += more
+    if spec in _COMPRESSIONS:
+        if not head and spec != "none":
+            raise _StreamError(f"empty {spec} stream")
+        return spec, _Prepend(head, stream)
     found = next((name for magic, name in _MAGIC if head.startswith(magic)), "none")
     if spec != "auto" and found not in ("gzip", "zstd", "none"):
         raise ImageError(f"extract layer: {found} compression is not allowed for {spec}")
@@ -204,7 +206,10 @@ def _select_compression(stream: _Reader, spec: str) -> tuple[str, _Reader]:
 # What a bad stream raises from the decoders (gzip/bz2 raise OSError subclasses, isal
 # raises its own error, truncation is EOFError everywhere).
 _DECODE_ERRORS: tuple[type[Exception], ...] = (
-    OSError, EOFError, zstandard.ZstdError, lzma.LZMAError,
+    OSError,
+    EOFError,
+    zstandard.ZstdError,
+    lzma.LZMAError,
     cast(type[Exception], igzip_lib.IsalError),
 )
 
@@ -490,16 +495,10 @@ class _Extractor:
                 continue
             # The inode lives on under the first surviving link: promote it.
             heir, rest = survivors[0], survivors[1:]
-            self.entries[heir] = EntryMeta(
-                heir, old.kind, old.mode, old.uid, old.gid, old.mtime, old.mtime_ns,
-                old.size, old.linkname, old.devmajor, old.devminor, old.xattrs,
-            )
+            self.entries[heir] = replace(old, path=heir)
             for p in rest:
                 e = self.entries[p]
-                self.entries[p] = EntryMeta(
-                    p, e.kind, e.mode, e.uid, e.gid, e.mtime, e.mtime_ns, e.size, heir,
-                    e.devmajor, e.devminor, e.xattrs,
-                )
+                self.entries[p] = replace(e, linkname=heir)
             if rest:
                 self.links[heir] = rest
 
@@ -543,6 +542,8 @@ class _Extractor:
             devminor=member.devminor if kind in ("char", "block") else 0,
             xattrs=_xattrs(member),
         )
+        if min(meta.uid, meta.gid, meta.devmajor, meta.devminor) < 0:
+            raise _Reject("negative owner or device number")
         if not rel:
             if kind != "dir":
                 raise _Reject("entry resolves to the layer root")
@@ -619,8 +620,7 @@ class _Extractor:
             return  # a link to itself: the file is already there
         if found.kind == "symlink":
             self._symlink(
-                EntryMeta(meta.path, "symlink", meta.mode, meta.uid, meta.gid, meta.mtime,
-                          meta.mtime_ns, 0, found.linkname, 0, 0, meta.xattrs),
+                replace(meta, kind="symlink", linkname=found.linkname),
                 found.linkname,
             )
             return
@@ -630,20 +630,19 @@ class _Extractor:
             parent, name = _split(meta.path)
             parent_fd = self.dirs.get(parent)
             try:
-                os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=parent_fd,
-                        follow_symlinks=False)
+                os.link(
+                    src_name, name, src_dir_fd=src_fd, dst_dir_fd=parent_fd, follow_symlinks=False
+                )
             except FileExistsError:
                 self._replace_slot(parent_fd, name, meta.path)
                 if target not in self.entries:
                     raise _Reject("hardlink target was replaced by this entry") from None
-                os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=parent_fd,
-                        follow_symlinks=False)
+                os.link(
+                    src_name, name, src_dir_fd=src_fd, dst_dir_fd=parent_fd, follow_symlinks=False
+                )
         finally:
             os.close(src_fd)
-        self._record(
-            EntryMeta(meta.path, "hardlink", meta.mode, meta.uid, meta.gid, meta.mtime,
-                      meta.mtime_ns, 0, target, 0, 0, meta.xattrs)
-        )
+        self._record(replace(meta, linkname=target))
         self.links.setdefault(target, []).append(meta.path)
 
     def _file(self, meta: EntryMeta, member: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
@@ -706,7 +705,10 @@ def extract_layer(
     ``dest_dir`` is the caller's to remove.
     """
     what = f"extract layer {layer_name}"
-    compression, raw = _select_compression(stream, media_type_or_compression)
+    try:
+        compression, raw = _select_compression(stream, media_type_or_compression)
+    except _StreamError as exc:
+        raise ImageError(f"{what}: {exc}") from exc
     dest_dir.mkdir(mode=0o700, exist_ok=True)
     root_fd = os.open(dest_dir, _DIR_FLAGS)
     if os.listdir(root_fd):
@@ -719,8 +721,11 @@ def extract_layer(
         inflater = _Inflater(_decoder(compression, raw), max_bytes)
         count = 0
         with tarfile.open(
-            fileobj=cast(IO[bytes], inflater), mode="r|", tarinfo=_StrictTarInfo,
-            encoding="utf-8", errors="surrogateescape",
+            fileobj=cast(IO[bytes], inflater),
+            mode="r|",
+            tarinfo=_StrictTarInfo,
+            encoding="utf-8",
+            errors="surrogateescape",
         ) as tf:
             seen: list[tarfile.TarInfo] = vars(tf)["members"]
             while (member := tf.next()) is not None:

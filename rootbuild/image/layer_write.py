@@ -321,6 +321,7 @@ def entries_from_extracted(layer_dir: Path, meta: LayerMeta) -> list[TarEntry]:
     """The entries of an extracted layer, for re-export: explicit entries as recorded
     (implicit parent directories are left out), then whiteouts and opaque directories.
     File content is read from ``layer_dir`` through directory fds, never following links."""
+
     def opener(rel: str) -> Callable[[], BinaryIO]:
         return lambda: os.fdopen(open_beneath(layer_dir, rel), "rb")
 

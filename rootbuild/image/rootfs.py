@@ -335,8 +335,13 @@ def materialize(view: RootfsView, dest: Path) -> list[str]:
                     parent, _, src_name = first.rpartition("/")
                     src_fd = open_beneath(root_fd, parent) if parent else os.dup(root_fd)
                     try:
-                        os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd,
-                                follow_symlinks=False)
+                        os.link(
+                            src_name,
+                            name,
+                            src_dir_fd=src_fd,
+                            dst_dir_fd=dir_fd,
+                            follow_symlinks=False,
+                        )
                     finally:
                         os.close(src_fd)
                     continue
