@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from rootbuild.errors import RootbuildError, UsageError
+from rootbuild.errors import RootbuildError, StoreError, UsageError
 from rootbuild.platform import Platform, host_platform
 from rootbuild.progress import make_progress
 
@@ -190,9 +190,14 @@ def _cmd_rmi(args: argparse.Namespace) -> int:
     from rootbuild.image.store import Store
 
     store = Store.open(args.root)
+    missing: list[str] = []
     for name in args.names:
-        store.untag(name)
-        print(f"untagged: {name}")
+        if store.untag(name):
+            print(f"untagged: {name}")
+        else:  # `docker rmi` reports "No such image" and exits 1, after the other names
+            missing.append(name)
+    if missing:
+        raise StoreError(f"rmi {', '.join(missing)}: no such image in the store")
     return 0
 
 

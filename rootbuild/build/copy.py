@@ -5,9 +5,10 @@ Rules (Docker's Dockerfile reference for COPY/ADD; BuildKit's file-op copy):
   ``dest/<name>`` when ``dest`` ends in ``/`` or already is a directory in the image.
   Several sources (named, or matched by a wildcard) need a directory destination.
 - Owners are 0:0 unless ``--chown`` (names looked up in the image's /etc/passwd and
-  /etc/group, parsed as data with a size cap; a user without a group takes the user's
-  numeric id as gid, as Docker documents). ``--chmod`` applies to every copied file and
-  directory; otherwise modes and mtimes come from the source.
+  /etc/group, parsed as data with a size cap). Without a group, a numeric user takes its
+  uid as gid and a user name takes its primary gid from /etc/passwd, as BuildKit's
+  ``readUser`` does (solver/llbsolver/file/user_linux.go). ``--chmod`` applies to every
+  copied file and directory; otherwise modes and mtimes come from the source.
 - Missing parent directories are created (0755, owned like the copied files); existing ones
   are recorded with their image attributes, as an overlay diff shows them.
 - The destination is resolved inside the image: in-image symlinks on the way are followed
@@ -81,8 +82,7 @@ def _context_source(
 
     def items() -> Iterator[SourceItem]:
         for entry in ctx.walk(top):
-            real = entry.real
-            rel = "" if real == prefix else real[len(prefix):].lstrip("/") if prefix else ""
+            rel = _below(prefix, entry.real)
             if rel and _excluded(rel, excludes):
                 continue
             kind = _kind(entry.kind)
@@ -103,6 +103,16 @@ def _context_source(
 
     name = posixpath.basename(top.relpath.rstrip("/")) or "."
     return Source(name=name, is_dir=top.kind == "dir", items=items)
+
+
+def _below(prefix: str, real: str) -> str:
+    """``real`` relative to the copied directory ``prefix`` ("." is the context root,
+    whose descendants' real paths carry no "./"); "" for the source itself."""
+    if not prefix or real == prefix:
+        return ""
+    if prefix == ".":
+        return real
+    return real.removeprefix(prefix + "/")
 
 
 def _excluded(rel: str, excludes: Sequence[str]) -> bool:
@@ -186,7 +196,8 @@ def heredoc_source(name: str, content: str, mtime: int) -> Source:
 # -- owners -----------------------------------------------------------------------------
 
 
-def _id_table(view: RootfsView, path: str) -> dict[str, int]:
+def _id_table(view: RootfsView, path: str) -> dict[str, tuple[int, int | None]]:
+    """name -> (id, primary gid) from a passwd or group file (gid None when absent)."""
     entry = view.lookup(path, follow=True)
     if entry is None or entry.kind not in ("file", "hardlink"):
         return {}
@@ -194,11 +205,12 @@ def _id_table(view: RootfsView, path: str) -> dict[str, int]:
         text = view.read_small_file(path, ID_FILE_CAP).decode("utf-8", "replace")
     except ImageError:
         return {}
-    table: dict[str, int] = {}
+    table: dict[str, tuple[int, int | None]] = {}
     for line in text.splitlines():
         fields = line.split(":")
         if len(fields) >= 3 and fields[0] and fields[2].isdigit():
-            table.setdefault(fields[0], int(fields[2]))
+            gid = int(fields[3]) if len(fields) >= 4 and fields[3].isdigit() else None
+            table.setdefault(fields[0], (int(fields[2]), gid))
     return table
 
 
@@ -206,9 +218,9 @@ def resolve_chown(spec: str, view: RootfsView, where: Location) -> tuple[int, in
     """``user[:group]``, numeric or by name in the image's own passwd/group files."""
     user, _, group = spec.partition(":")
 
-    def lookup(name: str, path: str, what: str) -> int:
+    def lookup(name: str, path: str, what: str) -> tuple[int, int | None]:
         if name.isdigit():
-            return int(name)
+            return int(name), None
         ids = _id_table(view, path)
         if name not in ids:
             raise DockerfileError(
@@ -218,9 +230,10 @@ def resolve_chown(spec: str, view: RootfsView, where: Location) -> tuple[int, in
 
     if not user:
         raise DockerfileError(f"--chown={spec}: no user given", where)
-    uid = lookup(user, "etc/passwd", "user")
-    gid = lookup(group, "etc/group", "group") if group else uid
-    return uid, gid
+    uid, primary_gid = lookup(user, "etc/passwd", "user")
+    if group:
+        return uid, lookup(group, "etc/group", "group")[0]
+    return uid, uid if primary_gid is None else primary_gid
 
 
 # -- layer entries ----------------------------------------------------------------------

@@ -159,12 +159,16 @@ def sniff_compression(head: bytes) -> Compression:
     return "none"
 
 
+ZSTD_FEED = 1024
+
+
 def _iter_zstd(src: BinaryIO) -> Iterator[bytes]:
     """Decompress every zstd frame of ``src``; a cut-off last frame is an error (the
-    library's stream reader would end quietly)."""
+    library's stream reader would end quietly). Input is fed in small pieces so that one
+    call's output stays bounded (zstd's ratio can exceed 30,000:1: a bomb guard)."""
     dctx = zstandard.ZstdDecompressor()
     obj, fed = dctx.decompressobj(), False
-    while chunk := src.read(CHUNK):
+    while chunk := src.read(ZSTD_FEED):
         while chunk:
             fed = True
             out = obj.decompress(chunk)
