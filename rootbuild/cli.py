@@ -144,7 +144,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if args.iidfile:
-        args.iidfile.write_text(result.image_id)
+        try:
+            args.iidfile.write_text(result.image_id)
+        except OSError as exc:
+            raise RootbuildError(f"write iidfile {args.iidfile}: {exc.strerror}") from exc
     if args.quiet:
         print(result.image_id)
     else:

@@ -304,7 +304,10 @@ def copy_entries(plan: CopyPlan, view: RootfsView, where: Location) -> list[TarE
                     found = view.lookup(path, follow=True)
                     out[path] = (
                         _entry_from_view(found) if found is not None and found.is_dir
-                        else TarEntry(path, "dir", plan.chmod or 0o755, *owner, plan.now)
+                        else TarEntry(
+                            path, "dir", 0o755 if plan.chmod is None else plan.chmod, *owner,
+                            plan.now,
+                        )
                     )
                 add_parents(path)
                 continue

@@ -298,13 +298,17 @@ class RootfsView:
 
 
 def materialize(view: RootfsView, dest: Path) -> list[str]:
-    """Write the merged tree to ``dest`` (created if missing; must be empty) as an
+    """Write the merged tree to ``dest`` (created with its parents if missing, as BuildKit's
+    local exporter does; must be empty, so nothing of the user's is overwritten) as an
     unprivileged user can: regular files with their content, permission bits (setuid and
     setgid dropped; sticky kept on directories) and mtimes; symlinks as they are (never
     followed); hardlinks within one layer as hardlinks. Owners and xattrs are not applied;
     devices, FIFOs are skipped. Returns the skipped paths."""
-    dest.mkdir(mode=0o700, exist_ok=True)
-    root_fd = os.open(dest, _DIR_FLAGS)
+    try:
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root_fd = os.open(dest, _DIR_FLAGS)
+    except OSError as exc:
+        raise ImageError(f"write directory {dest}: {exc.strerror or exc}") from exc
     skipped: list[str] = []
     links: dict[tuple[int, str], str] = {}
     stack: list[tuple[int, Iterator[_Node], ViewEntry]] = []
