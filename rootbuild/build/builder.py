@@ -169,8 +169,12 @@ class _Stage:
             state, action = apply(state, instr, now=b.now)
             state = await self.execute(state, action, instr)
         except RootbuildError as exc:
-            b.progress.failed(handle, str(exc))
-            raise
+            # every error of a step says which instruction it was
+            error = exc if exc.location else type(exc)(exc.message, instr.location)
+            b.progress.failed(handle, str(error))
+            if error is exc:
+                raise
+            raise error from exc
         b.progress.done(handle)
         return state
 
@@ -234,12 +238,22 @@ class _Stage:
             keep_owner = False
             if source_view is not None:
                 sources = image_sources(source_view, action.sources, action.excludes, where, what)
-            elif action.is_add:
-                sources, keep_owner = add_archive_or_file(
-                    build.context, action.sources, action.excludes, where, build.work_dir
-                )
+                keep_owner = True
             else:
-                sources = context_sources(build.context, action.sources, action.excludes, where)
+                try:
+                    if action.is_add:
+                        sources, keep_owner = add_archive_or_file(
+                            build.context, action.sources, action.excludes, where,
+                            build.work_dir,
+                        )
+                    else:
+                        sources = context_sources(
+                            build.context, action.sources, action.excludes, where
+                        )
+                except ContextError as exc:
+                    if exc.message.startswith(keyword):
+                        raise
+                    raise ContextError(f"{keyword}: {exc.message}", where) from exc
             sources += [heredoc_source(h.name, h.content, build.epoch_now)
                         for h in action.heredocs]
             plan = CopyPlan(

@@ -4,9 +4,11 @@ Rules (Docker's Dockerfile reference for COPY/ADD; BuildKit's file-op copy):
 - A source directory copies its *contents*; a source file lands at ``dest`` itself, or at
   ``dest/<name>`` when ``dest`` ends in ``/`` or already is a directory in the image.
   Several sources (named, or matched by a wildcard) need a directory destination.
-- Owners are 0:0 unless ``--chown`` (names looked up in the image's /etc/passwd and
-  /etc/group, parsed as data with a size cap). Without a group, a numeric user takes its
-  uid as gid and a user name takes its primary gid from /etc/passwd, as BuildKit's
+- Owners are 0:0 for context sources and kept for ``COPY --from`` sources (BuildKit and
+  buildah both keep them; xattrs and device nodes too), unless ``--chown`` (names looked
+  up in the image's /etc/passwd and /etc/group, parsed as data with a size cap). Without
+  a group, a numeric user takes its uid as gid and a user name takes its primary gid from
+  /etc/passwd, as BuildKit's
   ``readUser`` does (solver/llbsolver/file/user_linux.go). ``--chmod`` applies to every
   copied file and directory; otherwise modes and mtimes come from the source.
 - Missing parent directories are created (0755, owned like the copied files); existing ones
@@ -47,6 +49,9 @@ class SourceItem:
     linkname: str = ""
     uid: int = 0
     gid: int = 0
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: tuple[tuple[str, bytes], ...] = ()
     opener: Callable[[], BinaryIO] | None = None
 
 
@@ -162,12 +167,13 @@ def _image_source(view: RootfsView, top: ViewEntry, excludes: Sequence[str]) -> 
             if rel and _excluded(rel, excludes):
                 continue
             kind = "file" if entry.kind == "hardlink" else entry.kind
-            if kind not in ("file", "dir", "symlink"):
-                continue  # devices and FIFOs are not copied (BuildKit skips them too)
+            if kind not in ("file", "dir", "symlink", "char", "block"):
+                continue  # FIFOs are refused by BuildKit's copy ("unsupported mode")
             yield SourceItem(
                 rel=rel, kind=kind, mode=entry.mode & 0o7777, mtime=entry.mtime,
                 size=entry.size if kind == "file" else 0, linkname=entry.linkname,
-                uid=entry.uid, gid=entry.gid,
+                uid=entry.uid, gid=entry.gid, devmajor=entry.devmajor,
+                devminor=entry.devminor, xattrs=entry.xattrs,
                 opener=functools.partial(_open_view, view, entry) if kind == "file" else None,
             )
 
@@ -315,7 +321,8 @@ def copy_entries(plan: CopyPlan, view: RootfsView, where: Location) -> list[TarE
             mode = item.mode if plan.chmod is None or item.kind == "symlink" else plan.chmod
             out[path] = TarEntry(
                 path=path, kind=item.kind, mode=mode, uid=uid, gid=gid, mtime=item.mtime,
-                size=item.size, linkname=item.linkname, source=item.opener,
+                size=item.size, linkname=item.linkname, devmajor=item.devmajor,
+                devminor=item.devminor, xattrs=item.xattrs, source=item.opener,
             )
             add_parents(path)
     return list(out.values())

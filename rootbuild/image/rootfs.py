@@ -198,6 +198,8 @@ class RootfsView:
                 if len(stack) > 1:
                     stack.pop()
                 continue
+            if name == ".":  # a link to "/" or "." resolves to where we are
+                continue
             child = self._child(cur, name)
             if child is None:
                 if not allow_missing:
