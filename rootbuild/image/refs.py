@@ -144,15 +144,17 @@ class OutputRef:
         return self.text
 
 
-def _split_transport(text: str, transports: tuple[str, ...]) -> tuple[str, str, str | None] | None:
+def _split_transport(
+    text: str, transports: tuple[str, ...], what: str = "image reference"
+) -> tuple[str, str, str | None] | None:
     for transport in transports:
         prefix = f"{transport}:"
         if text.startswith(prefix):
             path, sep, rest = text[len(prefix) :].partition(":")
             if not path:
-                raise UsageError(f"parse image reference {text!r}: missing path")
+                raise UsageError(f"parse {what} {text!r}: missing path")
             if sep and not rest:
-                raise UsageError(f"parse image reference {text!r}: empty name after ':'")
+                raise UsageError(f"parse {what} {text!r}: empty name after ':'")
             return transport, path, rest if sep else None
     return None
 
@@ -235,7 +237,7 @@ def parse_output(text: str) -> OutputRef:
         if not path:
             raise UsageError(f"parse output {text!r}: missing path")
         return OutputRef("dir", path, None, text)
-    split = _split_transport(text, ("oci-archive", "oci", "docker-archive"))
+    split = _split_transport(text, ("oci-archive", "oci", "docker-archive"), "output")
     if split is None:
         raise UsageError(
             f"parse output {text!r}: expected oci:DIR[:TAG], oci-archive:FILE[:TAG], "
