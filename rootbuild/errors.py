@@ -65,3 +65,7 @@ class UsageError(RootbuildError):
     """The command line is wrong."""
 
     exit_code = 2
+
+
+class SandboxError(RootbuildError):
+    """The sandbox or the overlay a step runs on cannot be set up or torn down."""
