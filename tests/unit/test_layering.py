@@ -20,13 +20,14 @@ ALLOWED: dict[str, set[str]] = {
     "context": {"errors", "dockerfile"},
     "image": {"errors", "platform"},
     "fuse_overlay": {"errors", "platform", "image"},
+    "sandbox": {"errors", "platform", "image", "fuse_overlay"},
     "build": {
         "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
-        "fuse_overlay",
+        "fuse_overlay", "sandbox",
     },
     "cli": {
         "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
-        "fuse_overlay", "build",
+        "fuse_overlay", "sandbox", "build",
     },
 }
 IO_MODULES = {"os", "trio", "pyfuse3", "subprocess", "socket", "shutil", "tempfile", "pathlib"}
