@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="remove blobs and layers no image uses")
     _add_root(p)
+
+    sub.add_parser("doctor", help="check that RUN steps can work here, and say how to fix it")
     return parser
 
 
@@ -212,7 +214,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from rootbuild.doctor import run_doctor
+
+    return run_doctor()
+
+
 _COMMANDS = {
+    "doctor": _cmd_doctor,
     "build": _cmd_build,
     "images": _cmd_images,
     "inspect": _cmd_inspect,

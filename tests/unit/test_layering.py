@@ -25,8 +25,9 @@ ALLOWED: dict[str, set[str]] = {
         "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
         "fuse_overlay", "sandbox",
     },
+    "doctor": set(),
     "cli": {
-        "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
+        "doctor", "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
         "fuse_overlay", "sandbox", "build",
     },
 }
