@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compression", choices=COMPRESSIONS, default="gzip")
     b.add_argument("--platform", help="target platform (default: the host's)")
     b.add_argument("--iidfile", type=Path, help="write the image ID to this file")
+    b.add_argument("--network", choices=("host", "none"), default="host",
+                   help="RUN's network (default: host, as docker build)")
+    b.add_argument("--proc", choices=("fresh", "host-bind"), default="fresh",
+                   help="RUN's /proc: fresh (default), or host-bind, the explicit weaker "
+                        "fallback where a fresh /proc cannot be mounted (RUN can then see "
+                        "the builder's processes; refused with --untrusted)")
+    b.add_argument("--untrusted", action="store_true",
+                   help="treat the Dockerfile as hostile: refuse every weakening")
+    b.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="time limit for each RUN step")
     b.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto")
     b.add_argument("-q", "--quiet", action="store_true",
                    help="no progress; print the image ID on success")
@@ -138,7 +148,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
         compression=args.compression,
         target_platform=Platform.parse(args.platform) if args.platform else host_platform(),
         source_date_epoch=epoch,
+        network=args.network,
+        proc=args.proc,
+        untrusted=args.untrusted,
+        step_timeout=args.timeout,
     )
+    if args.proc == "host-bind" and args.untrusted:
+        raise UsageError(
+            "build: --proc=host-bind is refused with --untrusted: it lets RUN see and signal "
+            "the builder's processes"
+        )
     progress = make_progress(args.progress, quiet=args.quiet)
     store = Store.open(args.root)
     try:
@@ -238,8 +257,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"rootbuild: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("rootbuild: interrupted\n")
-        return 130
+        return _interrupted()
+    except BaseExceptionGroup as group:
+        # A Ctrl-C that arrives while trio runs a nursery (the stage scheduler, a RUN step)
+        # comes out wrapped in an exception group; it is still only an interruption.
+        interrupts, rest = group.split(KeyboardInterrupt)
+        if interrupts is None or rest is not None:
+            raise
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    sys.stderr.write("rootbuild: interrupted\n")
+    return 130
 
 
 if __name__ == "__main__":

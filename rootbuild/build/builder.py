@@ -18,6 +18,7 @@ import dataclasses
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from rootbuild.errors import (
     ImageError,
     Location,
     RootbuildError,
+    SandboxError,
     StepError,
     UsageError,
 )
@@ -58,6 +60,8 @@ from rootbuild.image.rootfs import RootfsView, materialize
 from rootbuild.image.store import Staging, Store
 from rootbuild.platform import Platform, host_platform
 from rootbuild.progress import Progress
+from rootbuild.sandbox.run import run_step
+from rootbuild.sandbox.spec import OverlayRoot, StepSpec
 from rootbuild.stages.args import predefined_args, unused_build_args, unused_build_args_warning
 from rootbuild.stages.config import (
     ImageConfig,
@@ -95,6 +99,10 @@ class BuildOptions:
     compression: Compression = "gzip"
     target_platform: Platform = field(default_factory=host_platform)
     source_date_epoch: int | None = None
+    network: str = "host"  # RUN's network unless RUN --network says otherwise
+    proc: str = "fresh"  # "host-bind": the explicit, weaker /proc fallback
+    untrusted: bool = False  # refuse every weakening (host-bind /proc, ...)
+    step_timeout: float | None = None  # seconds a RUN step may take
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,7 @@ class _Stage:
         handle = b.progress.start(self.label(number, text) if number else f"[{text}]")
         try:
             state, action = apply(state, instr, now=b.now)
-            state = await self.execute(state, action, instr)
+            state = await self.execute(state, action, instr, handle)
         except RootbuildError as exc:
             # every error of a step says which instruction it was
             error = exc if exc.location else type(exc)(exc.message, instr.location)
@@ -179,14 +187,17 @@ class _Stage:
         b.progress.done(handle)
         return state
 
-    async def execute(self, state: StageState, action: Step, instr: Instruction) -> StageState:
+    async def execute(
+        self, state: StageState, action: Step, instr: Instruction, handle: int
+    ) -> StageState:
         if isinstance(action, MetadataStep):
             return state
         if isinstance(action, RunStep):
-            raise StepError(
-                "RUN: not supported yet: running commands needs the namespace sandbox, "
-                "which this version of rootbuild does not have", instr.location,
-            )
+            layer = await self.run_command(action, instr.location, handle)
+            if layer is None:
+                return _mark_last_empty(state)
+            self.layers = (*self.layers, layer)
+            return dataclasses.replace(state, config=state.config.with_layer(layer.diff_id))
         if isinstance(action, WorkdirStep):
             entries = await trio.to_thread.run_sync(self.workdir_entries, action, instr.location)
         else:
@@ -203,6 +214,59 @@ class _Stage:
 
     def view(self) -> RootfsView:
         return self.build.trees.view(self.layers)
+
+    async def run_command(
+        self, action: RunStep, where: Location, handle: int
+    ) -> Layer | None:
+        """Run a RUN step in the sandbox over the overlay of this stage's layers."""
+        b = self.build
+        if action.mounts:
+            kinds = ", ".join(sorted({m.type for m in action.mounts}))
+            raise StepError(f"RUN --mount=type={kinds}: not supported yet", where)
+        if action.heredoc_files:
+            raise StepError("RUN with a #! heredoc: not supported yet", where)
+        if action.security == "insecure":
+            raise StepError("RUN --security=insecure: refused (rootbuild has no such mode)",
+                            where)
+        lowers = await trio.to_thread.run_sync(
+            lambda: tuple(b.trees.lower(layer) for layer in self.layers)
+        )
+        scratch = Path(tempfile.mkdtemp(prefix="run-", dir=b.work_dir))
+        network = action.network if action.network in ("host", "none") else b.options.network
+        env = dict(item.partition("=")[::2] for item in action.env)
+        spec = StepSpec(
+            argv=action.command,
+            rootfs=OverlayRoot(lowers, scratch / "overlay"),
+            scratch=scratch / "sandbox",
+            env=env, user=action.user, workdir=action.workdir or "/", network=network,
+            proc=b.options.proc, untrusted=b.options.untrusted,
+            timeout=b.options.step_timeout,
+        )
+        try:
+            result = await run_step(spec, lambda line: b.progress.output(handle, line))
+        except (StepError, SandboxError) as exc:
+            if exc.location is not None or exc.message.startswith("RUN"):
+                raise
+            raise type(exc)(f"RUN: {exc.message}", where) from exc
+        for warning in result.warnings:
+            b.warn_once(warning)
+        command = " ".join(action.command)
+        if result.timed_out:
+            raise StepError(
+                f'RUN: process "{command}" timed out after {b.options.step_timeout:g}s', where
+            )
+        if result.exit_code != 0:
+            raise StepError(
+                f'RUN: process "{command}" did not complete successfully: '
+                f"exit code: {result.exit_code}", where,
+            )
+        if result.layer is None:
+            raise SandboxError("RUN: the sandbox returned no layer for a successful step",
+                               where)
+        return await trio.to_thread.run_sync(
+            b.trees.adopt, result.layer.tree, result.layer.meta, b.options.compression,
+            b.options.source_date_epoch,
+        )
 
     def workdir_entries(self, action: WorkdirStep, where: Location) -> list[TarEntry] | None:
         view = self.view()
@@ -320,6 +384,12 @@ class _Build:
         )
         self._images: dict[tuple[str, str], StoredImage] = {}
         self._image_lock = trio.Lock()
+        self._warned: set[str] = set()
+
+    def warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            self.progress.warn(message)
 
     async def image(self, text: str, platform: Platform, where: Location) -> StoredImage:
         """A base image (or ``COPY --from`` image), imported once per build."""

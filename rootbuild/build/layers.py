@@ -122,6 +122,37 @@ class LayerTrees:
             _remove(work)
         return final
 
+    def lower(self, layer: Layer) -> tuple[Path, Path]:
+        """(tree dir, meta.json) of ``layer``, for the overlay a RUN step runs on."""
+        tree, _meta = self.tree(layer)
+        return tree, tree.parent / "meta.json"
+
+    def adopt(
+        self, tree: Path, meta: LayerMeta, compression: Compression, epoch: int | None
+    ) -> Layer | None:
+        """Turn a RUN step's changes (an extracted-layer tree and its metadata, as the
+        overlay wrote them) into a new layer without extracting anything again. None when
+        the step changed nothing (BuildKit's exporter drops empty layers too)."""
+        if not (meta.entries or meta.whiteouts or meta.opaque_dirs):
+            return None
+        from rootbuild.image.layer_write import MEDIA_TYPES, entries_from_extracted
+
+        with self._staging.ingest(media_type=MEDIA_TYPES[compression], what="layer") as writer:
+            result = write_layer(
+                entries_from_extracted(tree, meta), cast(BinaryIO, writer),
+                compression=compression, source_date_epoch=epoch,
+            )
+        assert writer.descriptor is not None
+        layer = Layer(writer.descriptor, result.diff_id)
+        with self._lock_for(layer.diff_id):
+            if layer.diff_id not in self._trees:
+                work = self._store.staging_dir()
+                os.rename(tree, work / "rootfs")
+                meta.save(work / "meta.json")
+                self._pending[layer.diff_id] = work
+                self._trees[layer.diff_id] = (work / "rootfs", meta)
+        return layer
+
     def view(self, layers: Sequence[Layer]) -> RootfsView:
         return RootfsView([self.tree(layer) for layer in layers])
 

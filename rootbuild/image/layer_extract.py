@@ -569,6 +569,7 @@ class _Extractor:
         target = base[4:]
         if target in ("", ".", "..") or target.startswith(".wh."):
             raise _Reject("malformed whiteout name")
+        self.dirs.get(parent)  # the parent exists in this layer, so merged views consult it
         self.whiteouts.add(f"{parent}/{target}" if parent else target)
 
     def _dir(self, meta: EntryMeta) -> None:

@@ -268,10 +268,11 @@ def test_target_naming_no_stage(rb: Harness, ctx: Path) -> None:
                  "--target", "nope")
 
 
-def test_run_is_not_supported_yet(rb: Harness, ctx: Path) -> None:
+def test_run_without_a_shell_in_the_image(rb: Harness, ctx: Path) -> None:
+    """An image with no /bin/sh: RUN's shell form fails clearly, naming the line."""
     expect_dockerfile_error(
         rb, ctx, "FROM good\nCOPY a.txt /b\nRUN echo hi\n",
-        r"rootbuild: Dockerfile:3: RUN: not supported yet.*",
+        r'rootbuild: Dockerfile:3: RUN: .*"/bin/sh".*',
     )
 
 

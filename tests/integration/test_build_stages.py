@@ -162,7 +162,7 @@ def test_multi_stage_copy_from_and_target(rb: Any) -> None:
     # And the unused stage really would fail: proof that skipping it was what passed.
     failed = build(rb, ctx, "unused", "--target", "unused", check=False)
     assert failed.returncode != 0
-    assert re.search(r"rootbuild: Dockerfile:13: RUN: not supported yet", failed.stderr), (
+    assert re.search(r"rootbuild: Dockerfile:13: RUN: ", failed.stderr), (
         failed.stderr
     )
     assert not layout(rb, "unused").exists()

@@ -1,0 +1,192 @@
+"""Mount lifecycle of the overlay: one server process per mount, a ready handshake,
+unmount, the step's layer collected, and nothing left behind.
+
+Rules:
+- ``mount_overlay`` runs where FUSE mounts are allowed: as root of a user namespace that
+  owns the current mount namespace (the sandbox), or as a user with ``fusermount3``.
+- Leaving the context without ``finish()`` (an error, a cancelled step) detaches the
+  mount and kills the server: no mount and no process remain, whatever happened.
+- The server's stderr goes to ``work/server.log``; its last lines are quoted in errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rootbuild.errors import SandboxError
+from rootbuild.image.layermeta import LayerMeta
+
+MNT_DETACH = 2
+SERVER_MODULE = "rootbuild.fuse_overlay.server"
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+@dataclass(frozen=True)
+class OverlayResult:
+    """A step's changes as an extracted-layer tree and its metadata (``layermeta``)."""
+
+    tree: Path
+    meta: LayerMeta
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and _unescape(fields[4]) == target:
+                return True
+    return False
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace(
+        "\\134", "\\"
+    )
+
+
+def unmount(path: Path) -> None:
+    """Detach ``path`` (lazily: open files cannot keep it). Not mounted is fine."""
+    if _libc.umount2(os.fsencode(path), MNT_DETACH) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EINVAL and not is_mounted(path):
+        return
+    if err in (errno.EPERM, errno.EINVAL):  # mounted through fusermount3 by this user
+        proc = subprocess.run(
+            ["fusermount3", "-u", "-z", str(path)], capture_output=True, text=True
+        )
+        if proc.returncode == 0 or not is_mounted(path):
+            return
+        raise SandboxError(f"unmount overlay {path}: {proc.stderr.strip()}")
+    raise SandboxError(f"unmount overlay {path}: {os.strerror(err)}")
+
+
+class OverlayMount:
+    """A mounted overlay; ``finish()`` unmounts it and returns the step's changes."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], mountpoint: Path, work: Path) -> None:
+        self.proc = proc
+        self.mountpoint = mountpoint
+        self.work = work
+        self.done = False
+
+    def _log_tail(self) -> str:
+        try:
+            lines = (self.work / "server.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return " | ".join(lines[-3:])
+
+    def finish(self, timeout: float = 120.0) -> OverlayResult:
+        """Unmount, let the server write the change journal as a layer tree, return it."""
+        self.done = True
+        try:
+            unmount(self.mountpoint)
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            raise SandboxError(
+                f"finish overlay {self.mountpoint}: server did not exit in {timeout:.0f}s"
+            ) from None
+        except BaseException:
+            self._kill()
+            raise
+        if code != 0:
+            raise SandboxError(
+                f"finish overlay {self.mountpoint}: server exited {code}: {self._log_tail()}"
+            )
+        from rootbuild.fuse_overlay.server import RESULT_META, RESULT_TREE
+
+        overlay = self.work / "overlay"
+        return OverlayResult(overlay / RESULT_TREE, LayerMeta.load(overlay / RESULT_META))
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def abort(self) -> None:
+        """Tear down without a result: detach the mount, stop the server."""
+        self.done = True
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._kill()
+        finally:
+            with contextlib.suppress(SandboxError):
+                unmount(self.mountpoint)
+            self._kill()
+
+
+def _wait_ready(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "error: server did not report ready in time"
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return "error: server exited before it was ready"
+        data += chunk
+    return data.split(b"\n", 1)[0].decode(errors="replace")
+
+
+@contextlib.contextmanager
+def mount_overlay(
+    lowers: Sequence[tuple[Path, Path]], work: Path, mountpoint: Path, *, timeout: float = 30.0
+) -> Iterator[OverlayMount]:
+    """Mount the overlay of ``lowers`` ((tree dir, meta.json) pairs, lowest first) at
+    ``mountpoint``, with its upper in ``work`` (created; must not exist)."""
+    work.mkdir(mode=0o700)
+    spec_path = work / "spec.json"
+    read_fd, write_fd = os.pipe()
+    spec = {
+        "lowers": [[str(tree), str(meta)] for tree, meta in lowers],
+        "work": str(work / "overlay"),
+        "mountpoint": str(mountpoint),
+        "ready_fd": write_fd,
+    }
+    spec_path.write_text(json.dumps(spec))
+    (work / "overlay").mkdir(mode=0o700)
+    with open(work / "server.log", "wb") as log:
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", SERVER_MODULE, str(spec_path)],
+                pass_fds=[write_fd], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True,
+            )
+        finally:
+            os.close(write_fd)
+    handle = OverlayMount(proc, mountpoint, work)
+    try:
+        try:
+            status = _wait_ready(read_fd, timeout)
+        finally:
+            os.close(read_fd)
+        if status != "ready":
+            handle.abort()
+            raise SandboxError(f"{status.removeprefix('error: ')} {handle._log_tail()}".strip())
+        yield handle
+    finally:
+        if not handle.done:
+            handle.abort()

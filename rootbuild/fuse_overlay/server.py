@@ -1,0 +1,94 @@
+"""The overlay's FUSE server process: ``python -m rootbuild.fuse_overlay.server SPEC``.
+
+Rules:
+- pyfuse3 keeps one session per process, so every mount gets its own server process,
+  started by ``mount.mount_overlay`` in the caller's namespaces (inside a build's user
+  namespace it sees namespace ids).
+- SPEC is a JSON file written by the parent: ``lowers`` (tree dir, meta.json path; lowest
+  first), ``work`` (an empty private dir), ``mountpoint``, ``ready_fd``.
+- The server writes ``ready\\n`` to ``ready_fd`` once mounted (or ``error: ...\\n`` and exits
+  1). When the session ends (the parent unmounts), it writes the step's changes as a layer
+  tree at ``work/tree`` with ``work/tree.meta.json`` and exits 0. SIGTERM or SIGINT means
+  "abort": unmount if still mounted and exit 2 without writing a result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from rootbuild.fuse_overlay.ops import OverlayOperations
+from rootbuild.image.layermeta import LayerMeta
+
+RESULT_TREE = "tree"
+RESULT_META = "tree.meta.json"
+
+
+def _report(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def _raise_fd_limit() -> None:
+    """Every open file on the mount holds one backing fd: allow as many as the system does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve(spec_path: Path) -> int:
+    _raise_fd_limit()
+    spec = json.loads(spec_path.read_text())
+    ready_fd = int(spec["ready_fd"])
+    work = Path(spec["work"])
+    mountpoint = str(spec["mountpoint"])
+    try:
+        lowers = [(Path(tree), LayerMeta.load(Path(meta))) for tree, meta in spec["lowers"]]
+        ops = OverlayOperations(lowers, work)
+        pyfuse3.init(ops, mountpoint, ops.mount_options())
+    except Exception as exc:  # the parent turns this line into a RootbuildError
+        _report(ready_fd, f"error: mount overlay at {mountpoint}: {exc}")
+        return 1
+    aborted = False
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def session() -> None:
+                await pyfuse3.main()  # returns when the mount goes away
+                nursery.cancel_scope.cancel()
+
+            async def signals() -> None:
+                nonlocal aborted
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                    _report(ready_fd, "ready")
+                    async for _ in received:
+                        aborted = True
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(session)
+            nursery.start_soon(signals)
+
+    try:
+        trio.run(run)
+    finally:
+        pyfuse3.close(unmount=aborted)
+    if aborted:
+        return 2
+    meta = ops.finalize(work / RESULT_TREE)
+    meta.save(work / RESULT_META)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve(Path(sys.argv[1])))

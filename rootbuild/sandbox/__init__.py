@@ -1,0 +1,1 @@
+"""The RUN sandbox: one step as "root" in fresh unprivileged namespaces (``run.run_step``)."""

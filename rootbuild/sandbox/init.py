@@ -1,0 +1,354 @@
+"""The sandbox init: ``python -I -m rootbuild.sandbox.init SPEC OUT_FD CTL_FD STATUS_FD``.
+
+Job: one RUN step's life, in a fresh interpreter started by ``run.run_step`` (never a fork
+of the multithreaded builder): new user namespace (mapped by the builder through
+newuidmap/newgidmap, or by itself with the single mapping), new mount, uts, ipc (and, for
+``network="none"``, net) namespaces; the root filesystem mounted by its provider (the FUSE
+server starts here, inside the user namespace); then a new pid namespace whose pid 1 is the
+step (``child.py``). The init and the FUSE server stay outside that pid namespace.
+
+Protocol: JSON lines on STATUS_FD (init -> builder): ``{"event": "unshared"}`` (map my ids,
+then write ``mapped`` on CTL_FD), ``{"event": "started"}``, and last one of
+``{"event": "exit", ...}`` / ``{"event": "error", ...}``. A line ``kill`` on CTL_FD, EOF on
+CTL_FD (the builder died), SIGTERM or SIGINT kill the step's pid namespace and tear down.
+
+Rules:
+- Nothing from the image runs here: /etc/passwd and /etc/group are read as data
+  (``users.py``), through ``openat2(RESOLVE_IN_ROOT)``, with a size cap.
+- Teardown on every path: the step's pid namespace dies with its pid 1, mount targets the
+  sandbox created are removed, the root is finished (layer) or aborted, and every mount of
+  this namespace dies with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import stat
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rootbuild.errors import RootbuildError, SandboxError, StepError
+from rootbuild.fuse_overlay.mount import OverlayResult
+from rootbuild.image.layermeta import LayerMeta
+from rootbuild.sandbox import mounts
+from rootbuild.sandbox.child import ChildPlan, child_main
+from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
+from rootbuild.sandbox.rootfs import provider_for
+from rootbuild.sandbox.spec import rootfs_from_json
+from rootbuild.sandbox.users import MAX_FILE_BYTES, Identity, resolve_user
+
+ETC_FILES = ("hosts", "resolv.conf", "hostname")
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class Terminated(Exception):
+    """SIGTERM/SIGINT reached the init: tear down."""
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+class Status:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, **event: Any) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            os.write(self.fd, json.dumps(event).encode() + b"\n")
+
+
+def _read_line(fd: int) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def _read_image_file(rootfd: int, path: str) -> bytes | None:
+    """An image file as data: resolved inside the root, a regular file, size-capped."""
+    try:
+        fd = mounts.openat2(rootfd, path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY,
+                            mounts.RESOLVE_IN_ROOT | mounts.RESOLVE_NO_MAGICLINKS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SandboxError(f"read /{path} of the image: {exc.strerror}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, MAX_FILE_BYTES)
+    finally:
+        os.close(fd)
+
+
+def _enter_namespaces(spec: dict[str, Any], plan: IdMapPlan, status: Status, ctl: int) -> None:
+    mounts.unshare(mounts.CLONE_NEWUSER)
+    if plan.mode == "subid":
+        status.send(event="unshared")
+        if _read_line(ctl) != "mapped":
+            raise SandboxError("map ids of the step's user namespace: the builder gave up")
+    else:
+        write_own_maps(plan)
+    flags = mounts.CLONE_NEWNS | mounts.CLONE_NEWUTS | mounts.CLONE_NEWIPC
+    if spec["network"] == "none":
+        flags |= mounts.CLONE_NEWNET
+    mounts.unshare(flags)
+    mounts.mount("none", "/", None, mounts.MS_REC | mounts.MS_PRIVATE)
+    if spec["network"] == "none":
+        mounts.loopback_up()
+    mounts.sethostname(spec["hostname"])
+
+
+def _prepare_targets(rootfd: int, created: list[mounts.Created]) -> tuple[list[str], list[str]]:
+    """Check (and create when missing) every mount target before the step exists. Returns
+    the /etc files to provide and warnings for those the image makes impossible."""
+    for name in ("proc", "dev", "sys"):
+        try:
+            os.close(mounts.ensure_target(rootfd, name, "dir", created))
+        except OSError as exc:
+            raise SandboxError(
+                f"prepare /{name} for RUN: the image's /{name} is a symlink or not a "
+                f"directory; refusing to mount over it ({exc.strerror})"
+            ) from exc
+    provide, warnings = [], []
+    for name in ETC_FILES:
+        try:
+            os.close(mounts.ensure_target(rootfd, f"etc/{name}", "file", created))
+            provide.append(name)
+        except OSError as exc:
+            warnings.append(
+                f"warning: RUN gets no /etc/{name}: in the image it is a symlink, lies "
+                f"under one, or is not a regular file ({exc.strerror})"
+            )
+    return provide, warnings
+
+
+def _kill_descendants(keep: set[int]) -> None:
+    """As a child subreaper (host-bind mode, no pid namespace): kill and reap every
+    process that was reparented to the init, except ``keep`` (the FUSE server)."""
+    me = str(os.getpid())
+    for _ in range(100):
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in keep:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1].decode() == me:
+                found = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry), signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(entry), 0)
+        if not found:
+            return
+
+
+def _wait_step(pid: int, ctl: int) -> tuple[int, bool]:
+    """Wait for the step's pid 1 (or a kill request). Returns (status, killed)."""
+    pidfd = os.pidfd_open(pid)
+    killed = False
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(ctl, select.POLLIN)
+        while True:
+            events = dict(poller.poll())
+            if pidfd in events:
+                break
+            if ctl in events and not killed:
+                killed = True  # "kill" or EOF: the builder wants it gone
+                os.kill(pid, signal.SIGKILL)
+                poller.unregister(ctl)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    return status, killed
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _start_child(plan: ChildPlan) -> tuple[int, str]:
+    """Fork the step; returns its pid and the error it reported before exec ("" = ok)."""
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(err_r)
+        child_main(plan, err_w)
+    os.close(err_w)
+    with os.fdopen(err_r, "rb") as f:
+        message = f.read(65536).decode(errors="replace")
+    return pid, message
+
+
+def run(spec: dict[str, Any], out_fd: int, ctl: int, status: Status) -> None:
+    plan = IdMapPlan.from_json(spec["idmap"])
+    scratch = Path(spec["scratch"])
+    host_bind = spec["proc"] == "host-bind"
+    warnings: list[str] = list(spec["warnings"])
+    _enter_namespaces(spec, plan, status, ctl)
+    mountpoint = scratch / "root"
+    mountpoint.mkdir(mode=0o700)
+    with provider_for(rootfs_from_json(spec["rootfs"]))(mountpoint) as mounted:
+        keep = _children()  # the FUSE server: the builder kills it if the init dies
+        status.send(event="mounted", pids=sorted(keep))
+        rootfd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        created: list[mounts.Created] = []
+        try:
+            identity = resolve_user(spec["user"], _read_image_file(rootfd, "etc/passwd"),
+                                    _read_image_file(rootfd, "etc/group"))
+            _check_mapped(identity, plan, spec["user"])
+            provide, notes = _prepare_targets(rootfd, created)
+            warnings += notes
+            child = ChildPlan(
+                argv=list(spec["argv"]), env=_env(spec, identity), workdir=spec["workdir"],
+                identity=identity, setgroups=plan.mode == "subid", mountpoint=str(mountpoint),
+                out_fd=out_fd, etc_dir=str(scratch / "etc"), etc_files=provide,
+                own_netns=spec["network"] == "none", host_bind=host_bind,
+                tty_gid_mapped=plan.maps_gid(5),
+            )
+            if host_bind:
+                import ctypes
+
+                ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            else:
+                mounts.unshare(mounts.CLONE_NEWPID)
+            pid, message = _start_child(child)
+            if message:
+                os.waitpid(pid, 0)
+                kind, _, text = message.partition(":")
+                raise (StepError if kind == "step" else SandboxError)(text)
+            status.send(event="started")
+            try:
+                wait_status, killed = _wait_step(pid, ctl)
+            finally:
+                if host_bind:
+                    _kill_descendants(keep)
+            code = _exit_code(wait_status)
+        finally:
+            # on every path, so that a failed set-up leaves no stubs in a DirRoot either
+            kept = mounts.remove_created(rootfd, created)
+            os.close(rootfd)
+        if kept:
+            warnings.append(f"warning: RUN left mount targets in the layer: {kept}")
+        if killed or code != 0:
+            status.send(event="exit", code=code, killed=killed, warnings=warnings)
+            return  # leaving the context aborts the root: no layer
+        result = mounted.finish()
+    tree = meta = None
+    if result is not None:
+        result = _drop_stub_parents(result, spec, created)
+        tree, meta = str(result.tree), str(scratch / "layer.meta.json")
+        result.meta.save(Path(meta))
+    status.send(event="exit", code=code, killed=False, warnings=warnings, tree=tree, meta=meta)
+
+
+def _drop_stub_parents(result: OverlayResult, spec: dict[str, Any],
+                       created: list[mounts.Created]) -> OverlayResult:
+    """Creating and removing a mount target (/etc/hosts) made its parent directory look
+    modified; drop that directory from the layer when nothing under it changed and its
+    mode and owner equal the lower layer's (BuildKit's layers carry no such entry)."""
+    lowers = [LayerMeta.load(Path(m)) for _, m in spec["rootfs"].get("lowers", [])]
+    meta = result.meta
+    drop = set()
+    for item in created:
+        parent = item.path.strip("/").rpartition("/")[0]
+        entry = meta.get(parent)
+        if not parent or entry is None or entry.kind != "dir":
+            continue
+        below = parent + "/"
+        if any(p.startswith(below) for p in (*meta.entries, *meta.whiteouts, *meta.opaque_dirs)):
+            continue
+        if parent in meta.opaque_dirs:
+            continue
+        lower = next((lo.get(parent) for lo in reversed(lowers) if lo.get(parent)), None)
+        if lower and (lower.kind, lower.mode, lower.uid, lower.gid) == (
+            entry.kind, entry.mode, entry.uid, entry.gid
+        ):
+            drop.add(parent)
+    if not drop:
+        return result
+    for parent in drop:
+        with contextlib.suppress(OSError):
+            os.rmdir(result.tree / parent)
+    kept = [e for p, e in meta.entries.items() if p not in drop]
+    return OverlayResult(result.tree, LayerMeta.build(kept, meta.whiteouts, meta.opaque_dirs))
+
+
+def _children() -> set[int]:
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except OSError:
+        return set()
+
+
+def _check_mapped(identity: Identity, plan: IdMapPlan, user: str) -> None:
+    bad = [i for i in (identity.uid,) if not plan.maps_uid(i)]
+    bad += [g for g in (identity.gid, *identity.groups) if not plan.maps_gid(g)]
+    if bad:
+        raise StepError(
+            f"switch to USER {user!r}: id {bad[0]} is not mapped in the build's user "
+            f"namespace; fix: give your user a subordinate id range in /etc/subuid and "
+            f"/etc/subgid (and install newuidmap/newgidmap)"
+        )
+
+
+def _env(spec: dict[str, Any], identity: Identity) -> dict[str, str]:
+    env = dict(spec["env"])
+    env.setdefault("PATH", spec["default_path"])
+    env.setdefault("HOME", identity.home or "/")
+    return env
+
+
+def main(argv: list[str]) -> NoReturn:
+    spec_path, out_fd, ctl, status_fd = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    status = Status(status_fd)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    code = 0
+    try:
+        spec = json.loads(Path(spec_path).read_text())
+        run(spec, out_fd, ctl, status)
+    except Terminated:
+        status.send(event="error", kind="sandbox", message="run step: interrupted")
+        code = 3
+    except RootbuildError as exc:
+        kind = "step" if isinstance(exc, StepError) else "sandbox"
+        status.send(event="error", kind=kind, message=str(exc))
+        code = 2
+    except OSError as exc:
+        status.send(event="error", kind="sandbox", message=f"set up RUN sandbox: {exc}")
+        code = 2
+    except BaseException:
+        status.send(event="error", kind="sandbox",
+                    message="sandbox init failed: " + traceback.format_exc(limit=-3))
+        code = 4
+    sys.stdout.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,260 @@
+"""The builder's side of a RUN step: start the sandbox init, map its ids, stream the step's
+output, enforce the timeout, and make sure nothing outlives the step.
+
+Job: ``run_step(spec, on_output)`` -> ``StepResult``. The init is a fresh interpreter
+(``python -I -m rootbuild.sandbox.init``) in a session of its own, so the terminal's Ctrl-C
+reaches only the builder, which then tears the step down through the init.
+
+Rules:
+- The step's environment is ``spec.env`` plus defaults; the init gets a minimal environment
+  and the step gets exactly its own (SECURITY.md rule 6).
+- A nonzero exit status is returned, not raised: the caller names the step and its line.
+  ``SandboxError`` means the sandbox could not be set up; ``StepError`` means the step's
+  own request was impossible (unknown USER, WORKDIR outside the root, command not found).
+- On timeout, cancellation or Ctrl-C: ``kill`` to the init (which kills the step's pid
+  namespace and aborts the root), then SIGKILL to the init and the FUSE server if the init
+  does not finish within ``TEARDOWN_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from rootbuild.errors import SandboxError, StepError
+from rootbuild.fuse_overlay.mount import OverlayResult
+from rootbuild.image.layermeta import LayerMeta
+from rootbuild.sandbox.idmap import IdMapPlan, apply_helpers, read_host_plan
+from rootbuild.sandbox.spec import (
+    DEFAULT_PATH,
+    StepResult,
+    StepSpec,
+    rootfs_to_json,
+)
+
+TEARDOWN_SECONDS = 30.0
+MAX_LINE = 64 * 1024
+HOST_WARNING = (
+    "warning: --proc=host-bind: RUN sees the builder's /proc (read-only) and runs in the "
+    "builder's pid namespace: it can see and signal the builder's processes"
+)
+_idmap_warned = False
+
+
+def _hosts(hostname: str) -> str:
+    return (
+        f"127.0.0.1\tlocalhost {hostname}\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+    )
+
+
+def _resolv_conf(network: str) -> str:
+    if network == "none":
+        return ""
+    try:
+        with open("/etc/resolv.conf", encoding="utf-8", errors="replace") as f:
+            return f.read(64 * 1024)
+    except OSError:
+        return ""
+
+
+def _write_scratch(spec: StepSpec, plan: IdMapPlan, warnings: list[str]) -> Path:
+    try:
+        spec.scratch.mkdir(mode=0o700)
+        etc = spec.scratch / "etc"
+        etc.mkdir()
+        (etc / "hosts").write_text(_hosts(spec.hostname))
+        (etc / "resolv.conf").write_text(_resolv_conf(spec.network))
+        (etc / "hostname").write_text(spec.hostname + "\n")
+        for name in ("hosts", "resolv.conf", "hostname"):
+            os.chmod(etc / name, 0o644)
+        os.chmod(spec.scratch, 0o711)  # the step's users must reach the bound files
+        data: dict[str, Any] = {
+            "argv": list(spec.argv), "env": dict(spec.env), "user": spec.user,
+            "workdir": spec.workdir, "network": spec.network, "proc": spec.proc,
+            "hostname": spec.hostname, "rootfs": rootfs_to_json(spec.rootfs),
+            "scratch": str(spec.scratch), "idmap": plan.to_json(), "warnings": warnings,
+            "default_path": DEFAULT_PATH,
+        }
+        path = spec.scratch / "spec.json"
+        path.write_text(json.dumps(data))
+    except OSError as exc:
+        raise SandboxError(f"prepare RUN sandbox in {spec.scratch}: {exc.strerror}") from exc
+    return path
+
+
+class _Lines:
+    """Split a byte stream into lines for ``on_output`` (long lines are cut)."""
+
+    def __init__(self, on_output: Callable[[str], None]) -> None:
+        self.on_output = on_output
+        self.buf = b""
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                if len(self.buf) >= MAX_LINE:
+                    self.emit(self.buf[:MAX_LINE])
+                    self.buf = self.buf[MAX_LINE:]
+                    continue
+                return
+            self.emit(self.buf[:nl])
+            self.buf = self.buf[nl + 1:]
+
+    def emit(self, raw: bytes) -> None:
+        self.on_output(raw.decode("utf-8", errors="replace").rstrip("\r"))
+
+    def close(self) -> None:
+        if self.buf:
+            self.emit(self.buf)
+            self.buf = b""
+
+
+async def _pump(stream: trio.lowlevel.FdStream, lines: _Lines) -> None:
+    async with stream:
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            lines.feed(data)
+    lines.close()
+
+
+def _init_log(scratch: Path) -> str:
+    try:
+        text = (scratch / "init.log").read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return " | ".join(text.splitlines()[-5:])
+
+
+async def run_step(spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
+    """Run one RUN step in a fresh sandbox; see the module docstring."""
+    global _idmap_warned
+    spec.validate()
+    plan = read_host_plan()
+    warnings: list[str] = []
+    if plan.warning and not _idmap_warned:
+        _idmap_warned = True
+        warnings.append(plan.warning)
+    if spec.proc == "host-bind":
+        warnings.append(HOST_WARNING)
+    spec_path = _write_scratch(spec, plan, warnings)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
+    st_r, st_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        with open(spec.scratch / "init.log", "wb") as log:
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-I", "-m", "rootbuild.sandbox.init", str(spec_path),
+                 str(out_w), str(ctl_r), str(st_w)],
+                pass_fds=(out_w, ctl_r, st_w), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=log, start_new_session=True, cwd=str(spec.scratch),
+                env={"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8"},
+            )
+    except BaseException:
+        for fd in (out_r, out_w, ctl_r, ctl_w, st_r, st_w):
+            os.close(fd)
+        raise
+    for fd in (out_w, ctl_r, st_w):
+        os.close(fd)
+    session = _Session(proc, ctl_w, plan, spec)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_pump, trio.lowlevel.FdStream(out_r), _Lines(on_output))
+            final = await session.follow(trio.lowlevel.FdStream(st_r))
+    finally:
+        with trio.CancelScope(shield=True):
+            await session.teardown()
+    return _result(final, warnings, session.timed_out, spec.scratch)
+
+
+def _result(final: dict[str, Any] | None, warnings: list[str], timed_out: bool,
+            scratch: Path) -> StepResult:
+    if final is None:
+        raise SandboxError(f"run step: the sandbox init died: {_init_log(scratch)}".rstrip())
+    if final["event"] == "error":
+        if final.get("kind") == "step":
+            raise StepError(final["message"])
+        raise SandboxError(final["message"])
+    layer = None
+    if final.get("tree"):
+        layer = OverlayResult(Path(final["tree"]), LayerMeta.load(Path(final["meta"])))
+    notes = tuple(warnings + [w for w in final.get("warnings", []) if w not in warnings])
+    return StepResult(int(final["code"]), layer, notes, timed_out)
+
+
+class _Session:
+    def __init__(self, proc: trio.Process, ctl: int, plan: IdMapPlan, spec: StepSpec) -> None:
+        self.proc = proc
+        self.ctl = ctl
+        self.plan = plan
+        self.spec = spec
+        self.timed_out = False
+        self.final: dict[str, Any] | None = None
+        self.helpers: list[int] = []
+
+    def tell(self, line: str) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.ctl, line.encode() + b"\n")
+
+    async def follow(self, status: trio.lowlevel.FdStream) -> dict[str, Any] | None:
+        """Read the init's events until its last one (or EOF)."""
+        buf = b""
+        deadline = trio.current_time() + self.spec.timeout if self.spec.timeout else None
+        async with status:
+            while True:
+                with trio.move_on_at(deadline if deadline else float("inf")):
+                    data = await status.receive_some(4096)
+                    if not data:
+                        return self.final
+                    buf += data
+                    while b"\n" in buf:
+                        raw, buf = buf.split(b"\n", 1)
+                        event = json.loads(raw)
+                        if event["event"] == "unshared":
+                            await self._map(self.proc.pid)
+                        elif event["event"] == "mounted":
+                            self.helpers = [int(p) for p in event["pids"]]
+                        elif event["event"] in ("exit", "error"):
+                            self.final = event
+                    continue
+                # the deadline passed: kill the step's pid namespace, keep reading
+                self.timed_out = True
+                deadline = None
+                self.tell("kill")
+
+    async def _map(self, pid: int) -> None:
+        try:
+            await trio.to_thread.run_sync(apply_helpers, pid, self.plan)
+        except SandboxError:
+            self.tell("failed")
+            raise
+        self.tell("mapped")
+
+    async def teardown(self) -> None:
+        """Ask the init to tear down; force it after TEARDOWN_SECONDS. Closing the control
+        pipe is itself a kill request, so a builder that dies also tears the step down."""
+        if self.proc.returncode is None:
+            self.tell("kill")
+        os.close(self.ctl)
+        with trio.move_on_after(TEARDOWN_SECONDS):
+            await self.proc.wait()
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+            for pid in self.helpers:  # the FUSE server, orphaned by the init's death
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
