@@ -17,11 +17,12 @@ apt-get update -qq
 # pkg-config: pyfuse3 and the FUSE overlay; uidmap: newuidmap/newgidmap; skopeo umoci:
 # independent validators of what rootbuild exports; docker-registry: the real registry the
 # tests push to; busybox-static: the example image's only binary; util-linux/procps: runuser,
-# setpriv, pgrep for the tests; python3-seccomp: the tests simulate a container seccomp filter.
+# setpriv, pgrep for the tests; python3-seccomp: the tests simulate a container seccomp filter;
+# debootstrap: the Debian base image the RUN tests install a package into.
 apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-dev gcc libc6-dev \
     libfuse3-dev fuse3 pkg-config uidmap \
-    skopeo umoci docker-registry busybox-static python3-seccomp \
+    skopeo umoci docker-registry busybox-static python3-seccomp debootstrap \
     util-linux procps git ca-certificates >/dev/null
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -184,7 +184,7 @@ def _leftover_processes(uid: int, marker: str) -> list[str]:
     """Processes of ``uid`` that belong to this test (their command line names its
     directory; other tests may run builds as the same user at the same time)."""
     out = subprocess.run(
-        ["ps", "-o", "pid=,args=", "-u", str(uid)], capture_output=True, text=True
+        ["ps", "-ww", "-o", "pid=,args=", "-u", str(uid)], capture_output=True, text=True
     ).stdout
     return [line for line in out.splitlines() if marker in line]
 
