@@ -52,6 +52,7 @@ from rootbuild.errors import (
     StepError,
     UsageError,
 )
+from rootbuild.fuse_overlay.snapshotter import choose_snapshotter
 from rootbuild.image.archives import export_image, import_image
 from rootbuild.image.layer_write import TarEntry
 from rootbuild.image.oci import OCI_CONFIG, OCI_MANIFEST, StoredImage, canonical_json
@@ -236,7 +237,7 @@ class _Stage:
         env = dict(item.partition("=")[::2] for item in action.env)
         spec = StepSpec(
             argv=action.command,
-            rootfs=OverlayRoot(lowers, scratch / "overlay"),
+            rootfs=OverlayRoot(lowers, scratch / "overlay", b.snapshotter.name),
             scratch=scratch / "sandbox",
             env=env, user=action.user, workdir=action.workdir or "/", network=network,
             proc=b.options.proc, untrusted=b.options.untrusted,
@@ -385,6 +386,7 @@ class _Build:
         self._images: dict[tuple[str, str], StoredImage] = {}
         self._image_lock = trio.Lock()
         self._warned: set[str] = set()
+        self.snapshotter = choose_snapshotter()
 
     def warn_once(self, message: str) -> None:
         if message not in self._warned:

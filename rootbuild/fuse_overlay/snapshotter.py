@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from rootbuild.errors import SandboxError
 from rootbuild.fuse_overlay.mount import OverlayResult, mount_overlay
 
 
@@ -65,6 +66,17 @@ class FuseSnapshotter:
             yield m
 
 
+SNAPSHOTTERS: dict[str, type[FuseSnapshotter]] = {FuseSnapshotter.name: FuseSnapshotter}
+
+
 def choose_snapshotter() -> Snapshotter:
-    """The snapshotter for this build, chosen once."""
+    """The snapshotter for this build, chosen once when the build starts; its ``name``
+    travels with each step's spec to the sandbox, which asks ``snapshotter_named``."""
     return FuseSnapshotter()
+
+
+def snapshotter_named(name: str) -> Snapshotter:
+    try:
+        return SNAPSHOTTERS[name]()
+    except KeyError:
+        raise SandboxError(f"mount step root: unknown snapshotter {name!r}") from None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from rootbuild.fuse_overlay.mount import OverlayResult
-from rootbuild.fuse_overlay.snapshotter import FuseSnapshotter, LowerLayer
+from rootbuild.fuse_overlay.snapshotter import LowerLayer, snapshotter_named
 from rootbuild.sandbox import mounts
 from rootbuild.sandbox.spec import DirRoot, OverlayRoot, Rootfs
 
@@ -60,7 +60,7 @@ def _dir_root(source: Path, mountpoint: Path) -> Iterator[MountedRoot]:
 @contextlib.contextmanager
 def _overlay_root(root: OverlayRoot, mountpoint: Path) -> Iterator[MountedRoot]:
     lowers = [LowerLayer(tree, meta) for tree, meta in root.lowers]
-    with FuseSnapshotter().mount(lowers, root.work, mountpoint) as m:
+    with snapshotter_named(root.snapshotter).mount(lowers, root.work, mountpoint) as m:
         yield m
 
 

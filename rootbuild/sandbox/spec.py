@@ -34,6 +34,7 @@ class OverlayRoot:
 
     lowers: tuple[tuple[Path, Path], ...]
     work: Path
+    snapshotter: str = "fuse"  # chosen once per build (fuse_overlay.snapshotter)
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,15 @@ def rootfs_to_json(root: Rootfs) -> dict[str, Any]:
             "kind": "overlay",
             "lowers": [[str(t), str(m)] for t, m in root.lowers],
             "work": str(root.work),
+            "snapshotter": root.snapshotter,
         }
     return {"kind": "dir", "path": str(root.path)}
 
 
 def rootfs_from_json(data: dict[str, Any]) -> Rootfs:
     if data["kind"] == "overlay":
-        return OverlayRoot(tuple((Path(t), Path(m)) for t, m in data["lowers"]), Path(data["work"]))
+        return OverlayRoot(
+            tuple((Path(t), Path(m)) for t, m in data["lowers"]), Path(data["work"]),
+            str(data.get("snapshotter", "fuse")),
+        )
     return DirRoot(Path(data["path"]))
