@@ -25,6 +25,10 @@ uid=$(id -u "$user")
 first=$((100000 + (uid % 1000) * 65536))
 grep -q "^$user:" /etc/subuid || usermod --add-subuids "$first-$((first + 65535))" "$user"
 grep -q "^$user:" /etc/subgid || usermod --add-subgids "$first-$((first + 65535))" "$user"
+# A second user with no range: the tests of RUN's single-mapping fallback run as it.
+nosub="$user-nosub"
+id "$nosub" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$nosub"
+sed -i "/^$nosub:/d" /etc/subuid /etc/subgid
 # /dev/fuse is 0600 on these machines; rootbuild doctor tells users the same fix.
 [ -c /dev/fuse ] && chmod 0666 /dev/fuse
 

@@ -61,6 +61,7 @@ from rootbuild.image.rootfs import RootfsView, materialize
 from rootbuild.image.store import Staging, Store
 from rootbuild.platform import Platform, host_platform
 from rootbuild.progress import Progress
+from rootbuild.sandbox.idmap import read_host_plan
 from rootbuild.sandbox.run import run_step
 from rootbuild.sandbox.spec import OverlayRoot, StepSpec
 from rootbuild.stages.args import predefined_args, unused_build_args, unused_build_args_warning
@@ -257,9 +258,15 @@ class _Stage:
                 f'RUN: process "{command}" timed out after {b.options.step_timeout:g}s', where
             )
         if result.exit_code != 0:
+            hint = ""
+            if b.idmap.mode == "single":  # the likeliest cause of a chown/USER failure
+                hint = (
+                    " (note: RUN maps only root to your user, so chown to other ids and "
+                    "USER switches fail; " + b.idmap.warning.split("; fix: ")[-1] + ")"
+                )
             raise StepError(
                 f'RUN: process "{command}" did not complete successfully: '
-                f"exit code: {result.exit_code}", where,
+                f"exit code: {result.exit_code}{hint}", where,
             )
         if result.layer is None:
             raise SandboxError("RUN: the sandbox returned no layer for a successful step",
@@ -387,6 +394,7 @@ class _Build:
         self._image_lock = trio.Lock()
         self._warned: set[str] = set()
         self.snapshotter = choose_snapshotter()
+        self.idmap = read_host_plan()
 
     def warn_once(self, message: str) -> None:
         if message not in self._warned:

@@ -189,13 +189,12 @@ def _leftover_processes(uid: int, marker: str) -> list[str]:
     return [line for line in out.splitlines() if marker in line]
 
 
-@pytest.fixture
-def rb(build_user: BuildUser) -> Iterator[Harness]:
+def _harness(user: BuildUser) -> Iterator[Harness]:
     base = Path(tempfile.mkdtemp(prefix="rootbuild-it-"))
     os.chmod(base, 0o755)
     work = base / "w"
     work.mkdir()
-    harness = Harness(build_user, work)
+    harness = Harness(user, work)
     harness._own(work)
     try:
         yield harness
@@ -203,7 +202,27 @@ def rb(build_user: BuildUser) -> Iterator[Harness]:
         mounts = [
             line for line in Path("/proc/mounts").read_text().splitlines() if str(base) in line
         ]
-        leftovers = _leftover_processes(build_user.uid, str(base))
+        leftovers = _leftover_processes(user.uid, str(base))
         shutil.rmtree(base, ignore_errors=True)
         assert not mounts, f"mounts left behind: {mounts}"
         assert not leftovers, f"processes left behind: {leftovers}"
+
+
+@pytest.fixture
+def rb(build_user: BuildUser) -> Iterator[Harness]:
+    yield from _harness(build_user)
+
+
+@pytest.fixture
+def rb_nosub() -> Iterator[Harness]:
+    """A build user WITHOUT an /etc/subuid range (created by scripts/test.sh as
+    ``<test user>-nosub``): RUN falls back to a single id mapping."""
+    if os.getuid() != 0:
+        pytest.fail("this test creates its world as root: run it through scripts/test.sh")
+    name = os.environ.get("ROOTBUILD_TEST_USER", "rbtest") + "-nosub"
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        _fail_missing(f"unprivileged test user {name!r} without a subuid range")
+        raise
+    yield from _harness(BuildUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir))
