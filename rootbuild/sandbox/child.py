@@ -20,6 +20,7 @@ Rules (SECURITY.md rules 1, 5, 6):
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 from dataclasses import dataclass, field
@@ -144,6 +145,44 @@ def _exec(argv: list[str], env: dict[str, str]) -> NoReturn:
         raise _StepFault(f'exec: "{argv[0]}": {exc.strerror}') from exc
 
 
+PR_CAPBSET_DROP = 24
+# Docker's default capability set for containers (and so for BuildKit's RUN): everything
+# else (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE, ...) leaves the bounding set, so a
+# step running as root of its user namespace cannot mount, unshare or trace.
+DOCKER_DEFAULT_CAPS = frozenset({
+    0,   # CHOWN
+    1,   # DAC_OVERRIDE
+    3,   # FOWNER
+    4,   # FSETID
+    5,   # KILL
+    6,   # SETGID
+    7,   # SETUID
+    8,   # SETPCAP
+    10,  # NET_BIND_SERVICE
+    13,  # NET_RAW
+    18,  # SYS_CHROOT
+    27,  # MKNOD
+    29,  # AUDIT_WRITE
+    31,  # SETFCAP
+})
+
+
+def _drop_capabilities() -> None:
+    """Shrink the bounding set to Docker's defaults (root's capabilities after exec are
+    exactly its bounding set). Stops at the kernel's last capability (EINVAL)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    cap = 0
+    while True:
+        if cap not in DOCKER_DEFAULT_CAPS and libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            if err == errno.EINVAL:
+                return
+            raise OSError(err, f"drop capability {cap}")
+        cap += 1
+        if cap > 63:
+            return
+
+
 def child_main(plan: ChildPlan, err_fd: int) -> NoReturn:
     """Never returns: execs the step or reports why not and exits 127."""
     try:
@@ -161,6 +200,7 @@ def child_main(plan: ChildPlan, err_fd: int) -> NoReturn:
         cwd = _open_workdir(plan.workdir)
         os.fchdir(cwd)
         os.close(cwd)
+        _drop_capabilities()
         ident = plan.identity
         if plan.setgroups:
             os.setgroups(list(ident.groups))

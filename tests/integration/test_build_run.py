@@ -43,6 +43,7 @@ BUSYBOX = Path("/bin/busybox")
 APPLETS = (
     "sh", "ls", "id", "cat", "env", "sleep", "mkfifo", "mknod", "chown", "chmod", "rm",
     "mkdir", "touch", "stat", "true", "echo", "pwd", "tr", "grep", "mv", "ln", "printf",
+    "mount",
 )
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
@@ -536,3 +537,21 @@ def test_run_in_two_independent_stages_and_copy_from(rb: Harness) -> None:
     assert not (root / "b.txt").exists()
     assert (root / "final.txt").read_text() == "from-a\nfrom-b\n"
     assert_nothing_left(rb, [])
+
+
+def test_step_has_dockers_default_capabilities_only(rb: Harness) -> None:
+    """Root of the step's user namespace keeps Docker's default capability set; without
+    CAP_SYS_ADMIN it cannot mount (as in a docker build). Nested user namespaces are still
+    allowed (no seccomp filter yet): they only ever see the step's own mounts."""
+    ctx = busybox_context(rb, "caps", (
+        "FROM scratch\nCOPY rootfs/ /\n"
+        "RUN mkdir /out /mnt && grep -E '^Cap(Eff|Bnd):' /proc/self/status > /out/caps && "
+        "(mount -t tmpfs none /mnt 2>/dev/null; echo $? > /out/mount)\n"
+    ))
+    out = rb.workdir / "caps-out"
+    build(rb, ctx, "--output", f"dir:{out}")
+    caps = dict(line.split(":\t") for line in (out / "out/caps").read_text().splitlines())
+    # CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW
+    # SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP: Docker's default, 0x00000000a80425fb
+    assert caps == {"CapEff": "00000000a80425fb", "CapBnd": "00000000a80425fb"}
+    assert (out / "out/mount").read_text().strip() != "0"
