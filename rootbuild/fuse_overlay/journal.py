@@ -5,7 +5,7 @@ from the step's layer tar, so that ``entries_from_extracted(tree, meta)`` + ``wr
 gives the OCI layer and ``(tree, meta)`` serves directly as the next step's lower.
 
 Rules:
-- Only the change set is visited (model.changes(): touched paths, their parents, moved
+- Only the change set is visited (diff.changes(model): touched paths, their parents, moved
   subtrees), never the merged tree: time grows with the change, not with the image.
 - On-disk shapes follow the extractor: files at their paths with modes OR 0o600 and
   their mtimes; directories mode OR 0o700; symlinks as symlinks; devices and FIFOs as
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from rootbuild.errors import StoreError
 from rootbuild.fuse_overlay.backing import Backing, copy_fd
-from rootbuild.fuse_overlay.model import Change, ChangeSet
+from rootbuild.fuse_overlay.diff import Change, ChangeSet
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
 from rootbuild.image.rootfs import open_beneath
 

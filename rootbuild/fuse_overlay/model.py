@@ -19,8 +19,8 @@ Rules:
   and names starting with ".wh." (they would read as OCI whiteouts) are refused (EINVAL).
 - Errors are ``OSError(errno, message)``; the adapter turns them into FUSE errors.
 - The journal: attribute, content and directory-table changes mark inodes "touched";
-  ``changes()`` visits only the touched inodes and their ancestors (plus the subtrees of
-  directories that moved or were re-created), so its cost grows with the change.
+  ``diff.changes(model)`` visits only those (see diff.py), so its cost grows with the
+  change.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
 
@@ -51,7 +50,7 @@ def _err(code: int, what: str) -> OSError:
     return OSError(code, f"{errno.errorcode.get(code, code)}: {what}")
 
 
-def _join(parent: str, name: str) -> str:
+def join_path(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
@@ -136,23 +135,6 @@ class Inode:
     @property
     def is_dir(self) -> bool:
         return self.kind == "dir"
-
-
-@dataclass(frozen=True)
-class Change:
-    """One entry of the step's layer. File content comes from the upper data store
-    (``data``) or from a lower layer's file (``lower`` = (layer, path))."""
-
-    entry: EntryMeta
-    data: int | None = None
-    lower: tuple[int, str] | None = None
-
-
-@dataclass(frozen=True)
-class ChangeSet:
-    changes: tuple[Change, ...]  # bytewise path order, as in the layer tar
-    whiteouts: frozenset[str]
-    opaque_dirs: frozenset[str]
 
 
 _Found = tuple[int, EntryMeta, tuple[int, ...]]
@@ -243,7 +225,7 @@ class OverlayModel:
         for comp in path.split("/"):
             if found is not None and found[1].kind != "dir":
                 return None
-            cur = _join(cur, comp)
+            cur = join_path(cur, comp)
             found = self._resolve_child(cur, layers)
             if found is None:
                 return None
@@ -334,7 +316,7 @@ class OverlayModel:
         for li in d.layers:
             names.update(self._index[li].get(d.origin, ()))
         for name in sorted(names, key=sort_key):
-            path = _join(d.origin, name)
+            path = join_path(d.origin, name)
             found = self._resolve_child(path, d.layers)
             if found is None:
                 continue
@@ -727,12 +709,6 @@ class OverlayModel:
 
     # -- the change journal -----------------------------------------------------------------
 
-    def changes(self) -> ChangeSet:
-        """The step's layer as an overlay diff: every created/modified path with its
-        current attributes, the parent directories of changed paths, whiteouts for lower
-        paths that are gone, opaque markers for lower directories that were replaced."""
-        return _Differ(self).run()
-
     def entry_for(self, node: Inode, path: str) -> EntryMeta:
         """The tar-level metadata of ``node`` at ``path`` (integer mtime: what
         extract_layer records from write_layer's tar)."""
@@ -750,140 +726,3 @@ class OverlayModel:
             devminor=minor,
             xattrs=tuple(sorted(node.xattrs.items())),
         )
-
-
-class _Differ:
-    def __init__(self, model: OverlayModel) -> None:
-        self.m = model
-        self.dirs: dict[str, Inode] = {}  # emitted directories by path
-        self.files: dict[int, list[str]] = {}  # emitted non-directories: ino -> paths
-        self.whiteouts: set[str] = set()
-        self.opaque: set[str] = set()
-
-    def _names_of(self, node: Inode) -> list[tuple[int, str]]:
-        if node.is_dir:
-            return [(node.parent, node.name)] if node.ino != ROOT_INO and node.parent else []
-        return list(node.links)
-
-    def run(self) -> ChangeSet:
-        m = self.m
-        visit: dict[int, set[str]] = {}
-        for ino in list(m.touched):
-            node = m.inodes.get(ino)
-            if node is None:
-                continue
-            for pino, name in self._names_of(node):
-                if m.dir_path(pino) is None:
-                    continue
-                visit.setdefault(pino, set()).add(name)
-                d = m.inodes[pino]
-                while d.ino != ROOT_INO:
-                    visit.setdefault(d.parent, set()).add(d.name)
-                    d = m.inodes[d.parent]
-        root = m.inodes[ROOT_INO]
-        if root.dirty:
-            self.dirs[""] = root
-        stack: list[tuple[Inode, str, bool]] = [(root, "", False)]
-        while stack:
-            d, path, full = stack.pop()
-            if full:
-                self._full(d, path, stack)
-            else:
-                self._partial(d, path, visit, stack)
-        self._complete_hardlinks()
-        return self._result()
-
-    def _partial(
-        self,
-        d: Inode,
-        path: str,
-        visit: dict[int, set[str]],
-        stack: list[tuple[Inode, str, bool]],
-    ) -> None:
-        m = self.m
-        if path:
-            self.dirs[path] = d
-        table = m.load(d)
-        if d.table_dirty:
-            names: Iterable[str] = table
-            for gone in d.lower_listing.difference(table):
-                self.whiteouts.add(_join(path, gone))
-        else:
-            names = [n for n in visit.get(d.ino, ()) if n in table]
-        for name in names:
-            child = m.inodes[table[name]]
-            cpath = _join(path, name)
-            if child.is_dir:
-                if child.origin == cpath:
-                    if child.ino in visit or child.dirty or child.table_dirty:
-                        stack.append((child, cpath, False))
-                    continue
-                if name in d.lower_listing:
-                    lower = m.lower_lookup(cpath)
-                    if lower is not None and lower[1].kind == "dir":
-                        self.opaque.add(cpath)
-                stack.append((child, cpath, True))
-            elif child.dirty or cpath not in child.lower_names:
-                self.files.setdefault(child.ino, []).append(cpath)
-
-    def _full(self, d: Inode, path: str, stack: list[tuple[Inode, str, bool]]) -> None:
-        self.dirs[path] = d
-        for name, ino in self.m.load(d).items():
-            child = self.m.inodes[ino]
-            cpath = _join(path, name)
-            if child.is_dir:
-                stack.append((child, cpath, True))
-            else:
-                self.files.setdefault(child.ino, []).append(cpath)
-
-    def _complete_hardlinks(self) -> None:
-        """Every name of an emitted multi-link inode must be in the layer too, with its
-        parent directories (those are in place: a moved one was emitted whole)."""
-        m = self.m
-        for ino, paths in list(self.files.items()):
-            node = m.inodes[ino]
-            if node.kind == "socket" or len(node.links) <= len(paths):
-                continue
-            have = set(paths)
-            for pino, name in node.links:
-                parent_path = m.dir_path(pino)
-                if parent_path is None:
-                    continue
-                path = _join(parent_path, name)
-                if path in have:
-                    continue
-                paths.append(path)
-                d = m.inodes[pino]
-                dpath: str | None = parent_path
-                while d.ino != ROOT_INO and dpath and dpath not in self.dirs:
-                    self.dirs[dpath] = d
-                    d = m.inodes[d.parent]
-                    dpath = dpath.rpartition("/")[0]
-
-    def _result(self) -> ChangeSet:
-        m = self.m
-        out: list[Change] = [Change(m.entry_for(d, p)) for p, d in self.dirs.items()]
-        for ino, paths in self.files.items():
-            node = m.inodes[ino]
-            if node.kind == "socket":  # tar cannot carry sockets; Docker skips them too
-                continue
-            paths.sort(key=sort_key)
-            first = paths[0]
-            data, lower = (node.data, node.lower) if node.kind == "file" else (None, None)
-            out.append(Change(m.entry_for(node, first), data, lower))
-            for other in paths[1:]:
-                e = m.entry_for(node, other)
-                if node.kind != "symlink":  # extract_layer turns a link to a symlink into a copy
-                    e = EntryMeta(
-                        path=other,
-                        kind="hardlink",
-                        mode=e.mode,
-                        uid=e.uid,
-                        gid=e.gid,
-                        mtime=e.mtime,
-                        linkname=first,
-                        xattrs=e.xattrs,
-                    )
-                out.append(Change(e))
-        out.sort(key=lambda c: sort_key(c.entry.path))
-        return ChangeSet(tuple(out), frozenset(self.whiteouts), frozenset(self.opaque))

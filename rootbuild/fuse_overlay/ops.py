@@ -38,6 +38,7 @@ import trio
 
 from rootbuild.fuse_overlay import backing
 from rootbuild.fuse_overlay.backing import Backing
+from rootbuild.fuse_overlay.diff import changes
 from rootbuild.fuse_overlay.journal import write_tree
 from rootbuild.fuse_overlay.model import KIND_OF_IFMT, ROOT_INO, Inode, OverlayModel
 from rootbuild.image.layermeta import LayerMeta
@@ -137,7 +138,7 @@ class OverlayOperations(pyfuse3.Operations):
             backing.close(h.fd)
         self._handles.clear()
         try:
-            return write_tree(self.model.changes(), tree, self.backing)
+            return write_tree(changes(self.model), tree, self.backing)
         finally:
             self.backing.close()
 

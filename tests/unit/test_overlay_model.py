@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from rootbuild.fuse_overlay.backing import Backing
+from rootbuild.fuse_overlay.diff import Change, ChangeSet, changes
 from rootbuild.fuse_overlay.journal import write_tree
-from rootbuild.fuse_overlay.model import ROOT_INO, Change, ChangeSet, OverlayModel
+from rootbuild.fuse_overlay.model import ROOT_INO, OverlayModel
 from rootbuild.image.layer_extract import extract_layer
 from rootbuild.image.layer_write import entries_from_extracted, write_layer
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
@@ -170,7 +171,7 @@ def test_metadata_changes_never_need_a_copy() -> None:
     m.setxattr(ino, "security.capability", b"\x01\x00\x00\x02", NOW)
     node = m.get(ino)
     assert node.data is None and node.lower == (1, "etc/passwd")
-    c = by_path(m.changes())["etc/passwd"]
+    c = by_path(changes(m))["etc/passwd"]
     assert (c.entry.mode, c.entry.uid, c.entry.gid, c.lower) == (0o4755, 33, 33, (1, "etc/passwd"))
     assert c.entry.xattrs == (("security.capability", b"\x01\x00\x00\x02"),)
 
@@ -201,7 +202,7 @@ def test_unlink_rmdir_and_enotempty_across_layers() -> None:
     m.rmdir(ROOT_INO, "opt", NOW)
     assert m.nlink(m.get(ROOT_INO)) == 2 + 3
     assert not exists(m, "opt")
-    cs = m.changes()
+    cs = changes(m)
     assert cs.whiteouts == {"opt"} and "opt" not in by_path(cs)
 
 
@@ -210,7 +211,7 @@ def test_unlink_of_one_hardlink_name_keeps_the_other() -> None:
     node = m.get(walk(m, "usr/bin/a"))
     assert m.unlink(walk(m, "usr/bin"), "b", NOW) == []
     assert m.nlink(node) == 1
-    cs = m.changes()
+    cs = changes(m)
     assert cs.whiteouts == {"usr/bin/b"}
     assert set(by_path(cs)) == {"usr", "usr/bin"}  # a is unchanged: stays in the lower
 
@@ -224,7 +225,7 @@ def test_data_is_freed_only_after_last_link_forget_and_release() -> None:
     assert m.forget(node.ino, 1) == []  # still open
     assert m.released(node.ino) == [n]
     assert node.ino not in m.inodes
-    assert "new" not in by_path(m.changes())
+    assert "new" not in by_path(changes(m))
 
 
 def test_invalid_names_are_refused() -> None:
@@ -265,7 +266,7 @@ def test_rename_noreplace_exchange_and_errors() -> None:
     passwd, lnk = walk(m, "etc/passwd"), walk(m, "lnk")
     m.rename(etc, "passwd", ROOT_INO, "lnk", NOW, exchange=True)
     assert walk(m, "etc/passwd") == lnk and walk(m, "lnk") == passwd
-    cs = by_path(m.changes())
+    cs = by_path(changes(m))
     assert cs["etc/passwd"].entry.kind == "symlink"
     assert cs["lnk"].entry.kind == "file" and cs["lnk"].lower == (1, "etc/passwd")
 
@@ -294,7 +295,7 @@ def test_new_file_brings_its_parents_but_not_the_root() -> None:
     m = model()
     n = m.alloc_data()
     m.create(walk(m, "usr/bin"), "new", "file", 0o755, 3, 4, NOW, data=n)
-    cs = m.changes()
+    cs = changes(m)
     assert [c.entry.path for c in cs.changes] == ["usr", "usr/bin", "usr/bin/new"]
     new = cs.changes[-1]
     assert (new.entry.uid, new.entry.gid, new.entry.mode, new.data) == (3, 4, 0o755, n)
@@ -308,7 +309,7 @@ def test_rmdir_then_mkdir_is_opaque() -> None:
     m.unlink(walk(m, "opt/sub"), "f", NOW)
     m.rmdir(opt, "sub", NOW)
     m.create(opt, "sub", "dir", 0o700, 0, 0, NOW)
-    cs = m.changes()
+    cs = changes(m)
     assert cs.opaque_dirs == {"opt/sub"}
     assert "opt/sub" in by_path(cs) and "opt/sub/f" not in cs.whiteouts
 
@@ -321,7 +322,7 @@ def test_lower_directory_replaced_by_file_and_file_by_directory() -> None:
     m.create(walk(m, "usr"), "lib", "file", 0o644, 0, 0, NOW, data=m.alloc_data())
     m.unlink(ROOT_INO, "lnk", NOW)
     m.create(ROOT_INO, "lnk", "dir", 0o755, 0, 0, NOW)
-    cs = m.changes()
+    cs = changes(m)
     entries = by_path(cs)
     assert entries["usr/lib"].entry.kind == "file" and entries["lnk"].entry.kind == "dir"
     assert not cs.whiteouts and not cs.opaque_dirs  # a non-dir entry replaces the dir
@@ -330,7 +331,7 @@ def test_lower_directory_replaced_by_file_and_file_by_directory() -> None:
 def test_rename_of_lower_directory_emits_subtree_and_whiteout() -> None:
     m = model()
     m.rename(ROOT_INO, "opt", ROOT_INO, "moved", NOW)
-    cs = m.changes()
+    cs = changes(m)
     entries = by_path(cs)
     assert cs.whiteouts == {"opt"}
     assert set(entries) == {"moved", "moved/sub", "moved/sub/f", "moved/g"}
@@ -344,14 +345,14 @@ def test_rename_onto_emptied_lower_directory_is_opaque() -> None:
     m.unlink(sub, "f", NOW)
     m.create(ROOT_INO, "newdir", "dir", 0o755, 0, 0, NOW)
     m.rename(ROOT_INO, "newdir", walk(m, "opt"), "sub", NOW)
-    cs = m.changes()
+    cs = changes(m)
     assert cs.opaque_dirs == {"opt/sub"} and not cs.whiteouts  # newdir never was in a lower
 
 
 def test_moved_hardlink_name_takes_its_partner_along() -> None:
     m = model()
     m.rename(walk(m, "usr/bin"), "b", ROOT_INO, "b2", NOW)
-    cs = by_path(m.changes())
+    cs = by_path(changes(m))
     assert cs["b2"].entry.kind == "file" and cs["b2"].lower == (0, "usr/bin/a")
     assert cs["usr/bin/a"].entry.kind == "hardlink"
     assert cs["usr/bin/a"].entry.linkname == "b2"
@@ -361,7 +362,7 @@ def test_moved_hardlink_name_takes_its_partner_along() -> None:
 def test_new_hardlink_to_lower_file_emits_both_names() -> None:
     m = model()
     m.link(walk(m, "etc/passwd"), ROOT_INO, "pw", NOW)
-    cs = by_path(m.changes())
+    cs = by_path(changes(m))
     assert cs["etc/passwd"].entry.kind == "file" and cs["pw"].entry.kind == "hardlink"
     assert cs["pw"].entry.linkname == "etc/passwd"
 
@@ -373,7 +374,7 @@ def test_journal_does_not_walk_untouched_directories() -> None:
         entries.extend(F(f"big/d{i}/f{j}") for j in range(20))
     m = model(layer(*entries))
     m.create(ROOT_INO, "new", "file", 0o644, 0, 0, NOW, data=m.alloc_data())
-    cs = m.changes()
+    cs = changes(m)
     assert [c.entry.path for c in cs.changes] == ["new"]
     big = m.child(ROOT_INO, "big")
     assert big is not None and big.children is None  # never loaded
@@ -399,7 +400,7 @@ def test_fifo_device_and_socket_in_journal() -> None:
     m.create(ROOT_INO, "p", "fifo", 0o600, 0, 0, NOW)
     m.create(ROOT_INO, "c", "char", 0o600, 0, 0, NOW, rdev=(4, 5))
     m.create(ROOT_INO, "s", "socket", 0o600, 0, 0, NOW)
-    cs = by_path(m.changes())
+    cs = by_path(changes(m))
     assert cs["p"].entry.kind == "fifo"
     assert (cs["c"].entry.devmajor, cs["c"].entry.devminor) == (4, 5)
     assert "s" not in cs  # tar cannot carry sockets
@@ -432,7 +433,7 @@ def test_write_tree_matches_extract_of_its_own_layer(tmp_path: Path) -> None:
         m.create(etc, "fifo", "fifo", 0o644, 0, 0, NOW)
         m.create(etc, "sl", "symlink", 0o777, 0, 0, NOW, target="../x")
         m.rmdir(ROOT_INO, "gone", NOW)
-        meta = write_tree(m.changes(), tmp_path / "tree", store)
+        meta = write_tree(changes(m), tmp_path / "tree", store)
     finally:
         store.close()
     assert meta.whiteouts == {"gone"}
