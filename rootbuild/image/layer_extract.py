@@ -34,57 +34,34 @@ Rules (SECURITY.md rules 1-3):
 from __future__ import annotations
 
 import base64
-import bz2
 import errno
-import hashlib
-import lzma
 import math
 import os
-import queue
 import shutil
 import stat
 import tarfile
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
-from typing import IO, BinaryIO, Protocol, cast
+from typing import IO, BinaryIO, cast
 from urllib.parse import unquote
 
-import zstandard
-from isal import igzip, igzip_lib
-
 from rootbuild.errors import ImageError
+from rootbuild.image.decompress import (
+    CHUNK,
+    Inflater,
+    Reader,
+    StreamError,
+    TooBig,
+    decoder,
+    select_compression,
+)
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
 
-_CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-# Media types whose blobs are tar layers. As containerd's DecompressStream does, the actual
-# compression is sniffed from the magic bytes; only gzip, zstd and plain tar are allowed.
-LAYER_MEDIA_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.layer.v1.tar",
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-        "application/vnd.oci.image.layer.v1.tar+zstd",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-        "application/vnd.docker.image.rootfs.diff.tar.gzip",
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    }
-)
-_COMPRESSIONS = ("gzip", "zstd", "bzip2", "xz", "none")
-_MAGIC = (
-    (b"\x1f\x8b", "gzip"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"BZh", "bzip2"),
-    (b"\xfd7zXZ\x00", "xz"),
-)
-
 
 @dataclass(frozen=True)
 class LayerExtractResult:
@@ -95,199 +72,8 @@ class LayerExtractResult:
     compression: str
 
 
-class _Reader(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
 class _Reject(Exception):
     """An entry that makes the whole layer unacceptable."""
-
-
-class _StreamError(Exception):
-    """The (compressed) byte stream could not be read or decoded."""
-
-
-class _TooBig(Exception):
-    pass
-
-
-# -- decompression --------------------------------------------------------------------------
-
-
-class _Prepend:
-    def __init__(self, head: bytes, raw: _Reader) -> None:
-        self._head, self._raw = head, raw
-
-    def read(self, size: int = -1, /) -> bytes:
-        if self._head:
-            if size < 0 or size >= len(self._head):
-                out, self._head = self._head, b""
-                return out
-            out, self._head = self._head[:size], self._head[size:]
-            return out
-        return self._raw.read(size)
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-
-class _ZstdReader:
-    """Multi-frame zstd decoding that notices truncation (zstandard's stream_reader does not)
-    and bounds each output burst by feeding small input slices."""
-
-    _FEED = 1024  # <= 256 RLE blocks of 128 KiB: at most 32 MiB out per decompress() call
-
-    def __init__(self, raw: _Reader) -> None:
-        self._raw = raw
-        self._dctx = zstandard.ZstdDecompressor()
-        self._obj = self._dctx.decompressobj()
-        self._buf = memoryview(b"")
-        self._in_frame = False
-        self._seen = False
-
-    def read(self, size: int = -1, /) -> bytes:
-        while True:
-            if not self._buf:
-                data = self._raw.read(_CHUNK)
-                if not data:
-                    if self._in_frame:
-                        raise EOFError("zstd stream ends inside a frame")
-                    if not self._seen:
-                        raise EOFError("empty zstd stream")
-                    return b""
-                self._buf = memoryview(data)
-            feed, self._buf = self._buf[: self._FEED], self._buf[self._FEED :]
-            self._in_frame = self._seen = True
-            out: bytes = self._obj.decompress(feed)
-            if self._obj.eof:
-                rest = bytes(self._obj.unused_data) + bytes(self._buf)
-                self._buf = memoryview(rest)
-                self._obj = self._dctx.decompressobj()
-                self._in_frame = False
-            if out:
-                return out
-
-
-def _decoder(compression: str, raw: _Reader) -> _Reader:
-    if compression == "gzip":
-        gz = igzip.GzipFile(fileobj=cast(IO[bytes], raw), mode="rb")  # type: ignore[no-untyped-call]
-        return cast(_Reader, gz)
-    if compression == "zstd":
-        return _ZstdReader(raw)
-    if compression == "bzip2":
-        return bz2.BZ2File(cast(IO[bytes], raw))
-    if compression == "xz":
-        return lzma.LZMAFile(cast(IO[bytes], raw))
-    return raw
-
-
-def _select_compression(stream: _Reader, spec: str) -> tuple[str, _Reader]:
-    """Map a media type or compression name to (compression, stream); sniff when needed."""
-    if spec not in _COMPRESSIONS and spec != "auto" and spec not in LAYER_MEDIA_TYPES:
-        raise ImageError(f"extract layer: unsupported media type or compression {spec!r}")
-    head = b""
-    while len(head) < 6:
-        more = stream.read(6 - len(head))
-        if not more:
-            break
-        head += more
-    if spec in _COMPRESSIONS:
-        if not head and spec != "none":
-            raise _StreamError(f"empty {spec} stream")
-        return spec, _Prepend(head, stream)
-    found = next((name for magic, name in _MAGIC if head.startswith(magic)), "none")
-    if spec != "auto" and found not in ("gzip", "zstd", "none"):
-        raise ImageError(f"extract layer: {found} compression is not allowed for {spec}")
-    return found, _Prepend(head, stream)
-
-
-# What a bad stream raises from the decoders (gzip/bz2 raise OSError subclasses, isal
-# raises its own error, truncation is EOFError everywhere).
-_DECODE_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    EOFError,
-    zstandard.ZstdError,
-    lzma.LZMAError,
-    cast(type[Exception], igzip_lib.IsalError),
-)
-
-
-class _Inflater:
-    """Decodes in a worker thread (overlapping with extraction), hashing and counting the
-    uncompressed bytes; the main thread reads it like a file."""
-
-    def __init__(self, decoder: _Reader, max_bytes: int | None) -> None:
-        self._decoder, self._max = decoder, max_bytes
-        self._q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
-        self._stop = threading.Event()
-        self.sha = hashlib.sha256()
-        self.total = 0
-        self._cur = memoryview(b"")
-        self._eof = False
-        self._thread = threading.Thread(target=self._run, name="layer-inflate", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                chunk = self._decoder.read(_CHUNK)
-                if not chunk:
-                    self._put(None)
-                    return
-                self.sha.update(chunk)
-                self.total += len(chunk)
-                if self._max is not None and self.total > self._max:
-                    raise _TooBig(f"uncompressed size exceeds the limit of {self._max} bytes")
-                self._put(chunk)
-        except _TooBig as exc:
-            self._put(exc)
-            return
-        except _DECODE_ERRORS as exc:  # the stream is bad: an ImageError
-            self._put(_StreamError(str(exc) or type(exc).__name__))
-            return
-        except BaseException as exc:  # a bug: re-raised as is by the reading thread
-            self._put(exc)
-
-    def _put(self, item: bytes | BaseException | None) -> None:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def read(self, size: int = -1, /) -> bytes:
-        while not self._cur:
-            if self._eof:
-                return b""
-            item = self._q.get()
-            if item is None:
-                self._eof = True
-                return b""
-            if isinstance(item, BaseException):
-                raise item
-            self._cur = memoryview(item)
-        n = len(self._cur) if size < 0 else min(size, len(self._cur))
-        out = bytes(self._cur[:n])
-        self._cur = self._cur[n:]
-        return out
-
-    def drain(self) -> None:
-        """Read (and hash) whatever follows the end-of-archive marker."""
-        self._cur = memoryview(b"")
-        while self.read(_CHUNK):
-            self._cur = memoryview(b"")
-
-    def close(self) -> None:
-        self._stop.set()
-        while True:
-            try:
-                self._q.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join()
 
 
 # -- tar header policy ----------------------------------------------------------------------
@@ -669,16 +455,16 @@ class _Extractor:
 
 
 def _copy_member(member: tarfile.TarInfo, tf: tarfile.TarFile, fd: int) -> None:
-    src: _Reader
+    src: Reader
     if member.sparse is not None:
         extracted = tf.extractfile(member)
         assert extracted is not None
         src = extracted
     else:
-        src = cast(_Reader, tf.fileobj)  # stream mode: positioned at the member's data
+        src = cast(Reader, tf.fileobj)  # stream mode: positioned at the member's data
     remaining = member.size
     while remaining:
-        chunk = src.read(min(remaining, _CHUNK))
+        chunk = src.read(min(remaining, CHUNK))
         if not chunk:
             raise tarfile.ReadError("unexpected end of data")
         remaining -= len(chunk)
@@ -707,8 +493,8 @@ def extract_layer(
     """
     what = f"extract layer {layer_name}"
     try:
-        compression, raw = _select_compression(stream, media_type_or_compression)
-    except _StreamError as exc:
+        compression, raw = select_compression(stream, media_type_or_compression)
+    except StreamError as exc:
         raise ImageError(f"{what}: {exc}") from exc
     dest_dir.mkdir(mode=0o700, exist_ok=True)
     root_fd = os.open(dest_dir, _DIR_FLAGS)
@@ -716,10 +502,10 @@ def extract_layer(
         os.close(root_fd)
         raise ValueError(f"extract_layer: {dest_dir} is not empty")
     entry_name = ""
-    inflater: _Inflater | None = None
+    inflater: Inflater | None = None
     extractor = _Extractor(root_fd)
     try:
-        inflater = _Inflater(_decoder(compression, raw), max_bytes)
+        inflater = Inflater(decoder(compression, raw), max_bytes)
         count = 0
         with tarfile.open(
             fileobj=cast(IO[bytes], inflater),
@@ -745,9 +531,9 @@ def extract_layer(
     except _Reject as exc:
         at = f": entry {entry_name!r}" if entry_name else ""
         raise ImageError(f"{what}{at}: {exc}") from exc
-    except _TooBig as exc:
+    except TooBig as exc:
         raise ImageError(f"{what}: {exc}") from exc
-    except _StreamError as exc:
+    except StreamError as exc:
         raise ImageError(f"{what}: corrupt or truncated {compression} stream: {exc}") from exc
     except tarfile.TarError as exc:
         raise ImageError(f"{what}: corrupt or truncated tar: {exc}") from exc
