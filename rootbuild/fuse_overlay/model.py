@@ -29,7 +29,7 @@ import errno
 import stat
 from collections.abc import Iterable, Sequence
 
-from rootbuild.image.layermeta import EntryMeta, LayerMeta
+from rootbuild.image.layermeta import EntryMeta, LayerMeta, resolve_entry
 
 ROOT_INO = 1
 _NS = 1_000_000_000
@@ -190,30 +190,7 @@ class OverlayModel:
         return None
 
     def _resolve_child(self, path: str, layers: Sequence[int]) -> _Found | None:
-        found: tuple[int, EntryMeta] | None = None
-        below: list[int] = []
-        for li in layers:
-            meta = self._metas[li]
-            e = meta.entries.get(path)
-            if found is None:
-                if e is None:
-                    if path in meta.whiteouts:
-                        return None
-                    continue
-                found = (li, e)
-                if e.kind != "dir":
-                    break
-            elif e is None:
-                if path in meta.whiteouts:
-                    break
-            elif e.kind != "dir":
-                break
-            below.append(li)
-            if path in meta.opaque_dirs:
-                break
-        if found is None:
-            return None
-        return found[0], found[1], tuple(below)
+        return resolve_entry(self._metas, path, layers)
 
     def lower_lookup(self, path: str) -> _Found | None:
         """The merged lower entry at ``path`` (no symlinks followed), or None."""

@@ -22,7 +22,7 @@ import base64
 import json
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -172,3 +172,37 @@ def _row_to_entry(row: list[Any]) -> EntryMeta:
         xattrs=xattrs,
         implicit=bool(extra.get("i", 0)),
     )
+
+
+def resolve_entry(
+    metas: Sequence[LayerMeta], path: str, layers: Iterable[int]
+) -> tuple[int, EntryMeta, tuple[int, ...]] | None:
+    """What the merged image shows at ``path``, looking through ``layers`` (indexes into
+    ``metas``, topmost first), per the OCI image spec's whiteout rules (layer.md): the
+    topmost entry wins unless a higher layer whites the path out; a directory merges the
+    lower directories down to an opaque marker, a whiteout or a non-directory. Returns
+    (winning layer, its entry, the layers whose directory merges there, winner first)."""
+    found: tuple[int, EntryMeta] | None = None
+    merged: list[int] = []
+    for li in layers:
+        meta = metas[li]
+        e = meta.entries.get(path)
+        if found is None:
+            if e is None:
+                if path in meta.whiteouts:
+                    return None
+                continue
+            found = (li, e)
+            if e.kind != "dir":
+                break
+        elif e is None:
+            if path in meta.whiteouts:
+                break
+        elif e.kind != "dir":
+            break
+        merged.append(li)
+        if path in meta.opaque_dirs:
+            break
+    if found is None:
+        return None
+    return found[0], found[1], tuple(merged)

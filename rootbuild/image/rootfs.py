@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from rootbuild.errors import ImageError
-from rootbuild.image.layermeta import EntryMeta, LayerMeta
+from rootbuild.image.layermeta import EntryMeta, LayerMeta, resolve_entry
 
 MAX_SYMLINK_HOPS = 40
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -156,30 +156,11 @@ class RootfsView:
         the path out; a directory merges lower directories down to an opaque marker, a
         whiteout or a non-directory."""
         path = _join(node.entry.path, name)
-        found: tuple[int, EntryMeta] | None = None
-        layers: list[int] = []
-        for li in node.layers:
-            meta = self._metas[li]
-            e = meta.entries.get(path)
-            if found is None:
-                if e is None:
-                    if path in meta.whiteouts:
-                        return None
-                    continue
-                found = (li, e)
-                if e.kind != "dir":
-                    break
-            elif e is None:
-                if path in meta.whiteouts:
-                    break
-            elif e.kind != "dir":
-                break
-            layers.append(li)
-            if path in meta.opaque_dirs:
-                break
-        if found is None:
+        hit = resolve_entry(self._metas, path, node.layers)
+        if hit is None:
             return None
-        return _Node(self._present(path, found[0], found[1], layers[1:]), tuple(layers))
+        top, entry, layers = hit
+        return _Node(self._present(path, top, entry, layers[1:]), layers)
 
     def _resolve(self, path: str, follow: bool, allow_missing: bool = False) -> _Node | None:
         todo = deque(_components(path))
