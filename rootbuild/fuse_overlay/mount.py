@@ -95,7 +95,7 @@ class OverlayMount:
         self.done = True
         try:
             unmount(self.mountpoint)
-            code = self.proc.wait(timeout=timeout)
+            code = _wait(self.proc, timeout)
         except subprocess.TimeoutExpired:
             self._kill()
             raise SandboxError(
@@ -132,6 +132,22 @@ class OverlayMount:
             with contextlib.suppress(SandboxError):
                 unmount(self.mountpoint)
             self._kill()
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait for ``proc`` to exit, woken the moment it does (a pidfd), not by polling:
+    ``Popen.wait(timeout)`` sleeps in doubling steps, which costs a step's layer ~30 ms."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # already reaped, or an old kernel
+        return proc.wait(timeout=timeout)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    return proc.wait()
 
 
 def _wait_ready(fd: int, timeout: float) -> str:
