@@ -23,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -91,8 +92,22 @@ def _read_image_file(rootfd: int, path: str) -> bytes | None:
         os.close(fd)
 
 
+USERNS_REFUSED = (
+    "create the RUN sandbox: unshare(CLONE_NEWUSER) was refused ({cause}): unprivileged "
+    "user namespaces are disabled here (sysctl kernel.unprivileged_userns_clone, "
+    "user.max_user_namespaces, AppArmor's kernel.apparmor_restrict_unprivileged_userns) or "
+    "a seccomp filter denies unshare, as Docker's default profile does; in a container, run "
+    "with rootbuild's contrib/seccomp.json (see the README); `rootbuild doctor` tells which"
+)
+
+
 def _enter_namespaces(spec: dict[str, Any], plan: IdMapPlan, status: Status, ctl: int) -> None:
-    mounts.unshare(mounts.CLONE_NEWUSER)
+    try:
+        mounts.unshare(mounts.CLONE_NEWUSER)
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.ENOSPC, errno.EINVAL, errno.ENOSYS):
+            raise SandboxError(USERNS_REFUSED.format(cause=os.strerror(exc.errno))) from exc
+        raise
     if plan.mode == "subid":
         status.send(event="unshared")
         if _read_line(ctl) != "mapped":

@@ -343,7 +343,12 @@ def test_a_run_step_works_under_the_contrib_profile(rb: Harness) -> None:
 def test_a_run_step_is_refused_under_dockers_default_profile(rb: Harness) -> None:
     out = _sandbox_step(rb, _docker_default(_profile()), STEP)
     assert out.get("error_type") == "SandboxError", out
-    assert "unshare" in out["error"] and "Operation not permitted" in out["error"], out
+    assert out["error"].startswith(
+        "create the RUN sandbox: unshare(CLONE_NEWUSER) was refused (Operation not "
+        "permitted): unprivileged user namespaces are disabled here"
+    ), out
+    assert "a seccomp filter denies unshare" in out["error"], out
+    assert "contrib/seccomp.json" in out["error"] and "rootbuild doctor" in out["error"], out
 
 
 def test_apparmor_profile(tmp_path: Path) -> None:
@@ -370,3 +375,35 @@ def test_apparmor_profile(tmp_path: Path) -> None:
     proc = subprocess.run([parser, "--skip-kernel-load", "--skip-cache", str(profile)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def _busybox_build(
+    rb: Harness, profile: dict[str, Any], name: str
+) -> subprocess.CompletedProcess[str]:
+    files: dict[str, str | bytes] = {
+        "Dockerfile": "FROM scratch\nCOPY rootfs/ /\nRUN id -u > /uid\n",
+        "rootfs/bin/busybox": Path("/bin/busybox").read_bytes(),
+        "rootfs/bin/sh": "symlink:busybox",
+        "rootfs/bin/id": "symlink:busybox",
+    }
+    ctx = rb.make_context(name, files)
+    os.chmod(ctx / "rootfs/bin/busybox", 0o755)
+    argv = [str(ROOTBUILD), "build", "--root", str(rb.store), "-q", str(ctx)]
+    return _under(rb, profile, argv)
+
+
+def test_a_build_explains_a_seccomp_filter_that_denies_unshare(rb: Harness) -> None:
+    """The user's view of Docker's default profile: one clear line, nothing left behind."""
+    ok = _busybox_build(rb, _profile(), "ok")
+    assert ok.returncode == 0, ok.stderr
+    before = rb.store_snapshot()
+    proc = _busybox_build(rb, _docker_default(_profile()), "refused")
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(
+        "rootbuild: Dockerfile:3: RUN: create the RUN sandbox: unshare(CLONE_NEWUSER) was "
+        "refused (Operation not permitted)"
+    ), lines[0]
+    assert "seccomp" in lines[0] and "contrib/seccomp.json" in lines[0], lines[0]
+    assert rb.store_snapshot() == before
