@@ -69,3 +69,7 @@ class UsageError(RootbuildError):
 
 class SandboxError(RootbuildError):
     """The sandbox or the overlay a step runs on cannot be set up or torn down."""
+
+
+class RegistryError(RootbuildError):
+    """A registry refused, failed or lied: auth, missing manifests, bad blobs, transport."""

@@ -21,14 +21,15 @@ ALLOWED: dict[str, set[str]] = {
     "image": {"errors", "platform"},
     "fuse_overlay": {"errors", "platform", "image"},
     "sandbox": {"errors", "platform", "image", "fuse_overlay"},
+    "registry": {"errors", "platform", "image"},
     "build": {
         "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
-        "fuse_overlay", "sandbox",
+        "fuse_overlay", "sandbox", "registry",
     },
     "doctor": set(),
     "cli": {
         "doctor", "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
-        "fuse_overlay", "sandbox", "build",
+        "fuse_overlay", "sandbox", "registry", "build",
     },
 }
 IO_MODULES = {"os", "trio", "pyfuse3", "subprocess", "socket", "shutil", "tempfile", "pathlib"}
