@@ -21,6 +21,7 @@ import trio
 from rootbuild.errors import RootbuildError, StoreError, UsageError
 from rootbuild.platform import Platform, host_platform
 from rootbuild.progress import make_progress
+from rootbuild.registry.client import TransportOptions
 
 COMPRESSIONS = ("gzip", "zstd", "none")
 
@@ -52,6 +53,17 @@ def _add_root(parser: argparse.ArgumentParser) -> None:
         "--root", type=Path, default=None,
         help="image store (default: $ROOTBUILD_ROOT, else $XDG_DATA_HOME/rootbuild)",
     )
+
+
+def _add_transport(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-verify", choices=("true", "false"), default="true",
+                        help="verify registry TLS certificates (false: plain HTTP allowed)")
+    parser.add_argument("--cert-dir", type=Path, default=None,
+                        help="extra CA certificates (*.crt) for registries")
+
+
+def _transport(args: argparse.Namespace) -> TransportOptions:
+    return TransportOptions(tls_verify=args.tls_verify == "true", cert_dir=args.cert_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +100,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="treat the Dockerfile as hostile: refuse every weakening")
     b.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="time limit for each RUN step")
+    b.add_argument("--push", action="store_true", help="push every -t name when built")
+    b.add_argument("--format", choices=("oci", "docker"), default="oci",
+                   help="media types of pushed images (docker: Docker schema 2)")
+    b.add_argument("--digestfile", type=Path,
+                   help="write the pushed manifest digest to this file")
+    _add_transport(b)
+
+    pl = sub.add_parser("pull", help="pull an image from a registry into the store")
+    _add_root(pl)
+    pl.add_argument("name")
+    pl.add_argument("--platform", help="platform to pick from an index (default: the host's)")
+    pl.add_argument("-q", "--quiet", action="store_true")
+    _add_transport(pl)
+
+    ps = sub.add_parser("push", help="push an image from the store to a registry")
+    _add_root(ps)
+    ps.add_argument("name")
+    ps.add_argument("dest", nargs="?", help="destination reference (default: NAME)")
+    ps.add_argument("--format", choices=("oci", "docker"), default="oci")
+    ps.add_argument("--digestfile", type=Path)
+    ps.add_argument("-q", "--quiet", action="store_true")
+    _add_transport(ps)
+
+    li = sub.add_parser("login", help="store credentials for a registry")
+    li.add_argument("registry")
+    li.add_argument("-u", "--username", required=True)
+    li.add_argument("--password-stdin", action="store_true", required=True,
+                    help="read the password from stdin (the only way: no secrets in argv)")
+    _add_transport(li)
+
+    lo = sub.add_parser("logout", help="remove stored credentials for a registry")
+    lo.add_argument("registry")
     b.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto")
     b.add_argument("-q", "--quiet", action="store_true",
                    help="no progress; print the image ID on success")
@@ -152,7 +196,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
         proc=args.proc,
         untrusted=args.untrusted,
         step_timeout=args.timeout,
+        transport=_transport(args),
+        push=args.push,
+        docker_format=args.format == "docker",
     )
+    if args.push and not args.tags:
+        raise UsageError("build: --push needs at least one -t NAME to push to")
     if args.proc == "host-bind" and args.untrusted:
         raise UsageError(
             "build: --proc=host-bind is refused with --untrusted: it lets RUN see and signal "
@@ -165,15 +214,96 @@ def _cmd_build(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if args.iidfile:
-        try:
-            args.iidfile.write_text(result.image_id)
-        except OSError as exc:
-            raise RootbuildError(f"write iidfile {args.iidfile}: {exc.strerror}") from exc
+        _write_file(args.iidfile, result.image_id, "iidfile")
+    if args.digestfile:
+        if not result.pushed:
+            raise UsageError("build: --digestfile needs --push or a docker:// output")
+        _write_file(args.digestfile, result.pushed[-1][1], "digestfile")
     if args.quiet:
         print(result.image_id)
     else:
         names = ", ".join(options.tags) or "(untagged)"
         sys.stderr.write(f"built {result.image_id} {names}\n")
+    return 0
+
+
+def _write_file(path: Path, text: str, what: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise RootbuildError(f"write {what} {path}: {exc.strerror}") from exc
+
+
+def _note(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from rootbuild.image.store import Store
+    from rootbuild.registry.pull import pull
+
+    store = Store.open(args.root)
+    platform = Platform.parse(args.platform) if args.platform else host_platform()
+    note = None if args.quiet else _note
+    with store.shared_lock():
+        image = trio.run(lambda: pull(store, args.name, platform, transport=_transport(args),
+                                      progress=note))
+    print(image.manifest.digest)
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from rootbuild.image.store import Store
+    from rootbuild.registry.push import push
+
+    store = Store.open(args.root)
+    image = store.resolve(args.name)
+    if image is None:
+        raise RootbuildError(f"push {args.name}: no such image in the store")
+    dest = args.dest or args.name
+    note = None if args.quiet else _note
+    with store.shared_lock():
+        digest = trio.run(lambda: push(store, image, dest, transport=_transport(args),
+                                       docker_format=args.format == "docker", progress=note))
+    if args.digestfile:
+        _write_file(args.digestfile, digest, "digestfile")
+    print(digest)
+    return 0
+
+
+def _cmd_login(args: argparse.Namespace) -> int:
+    from rootbuild.registry.auth import Credentials, login
+
+    password = sys.stdin.read().rstrip("\n")
+    if not password:
+        raise UsageError("login: empty password on stdin")
+    creds = Credentials(args.username, password)
+    trio.run(_check_login, args.registry, creds, _transport(args))
+    path = login(args.registry, creds)
+    print(f"login succeeded: credentials for {args.registry} in {path}")
+    return 0
+
+
+async def _check_login(registry: str, creds: object, transport: TransportOptions) -> None:
+    """What `docker login` does before saving anything: GET /v2/ with the credentials; a
+    401 refuses them."""
+    from rootbuild.registry.auth import Credentials
+    from rootbuild.registry.client import RegistryClient
+
+    assert isinstance(creds, Credentials)
+    async with (
+        RegistryClient(registry, transport, credentials=creds) as client,
+        client.request("GET", "/v2/", scope="", what=f"log in to {registry}"),
+    ):
+        pass
+
+
+def _cmd_logout(args: argparse.Namespace) -> int:
+    from rootbuild.registry.auth import logout
+
+    if not logout(args.registry):
+        raise RootbuildError(f"logout {args.registry}: not logged in")
+    print(f"removed credentials for {args.registry}")
     return 0
 
 
@@ -241,6 +371,10 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "doctor": _cmd_doctor,
+    "pull": _cmd_pull,
+    "push": _cmd_push,
+    "login": _cmd_login,
+    "logout": _cmd_logout,
     "build": _cmd_build,
     "images": _cmd_images,
     "inspect": _cmd_inspect,

@@ -18,12 +18,13 @@ apt-get update -qq
 # independent validators of what rootbuild exports; docker-registry: the real registry the
 # tests push to; busybox-static: the example image's only binary; util-linux/procps: runuser,
 # setpriv, pgrep for the tests; python3-seccomp: the tests simulate a container seccomp filter;
-# debootstrap: the Debian base image the RUN tests install a package into.
+# debootstrap: the Debian base image the RUN tests install a package into; openssl: the
+# registry tests make a CA and a server certificate.
 apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-dev gcc libc6-dev \
     libfuse3-dev fuse3 pkg-config uidmap \
     skopeo umoci docker-registry busybox-static python3-seccomp debootstrap \
-    util-linux procps git ca-certificates >/dev/null
+    util-linux procps git ca-certificates openssl >/dev/null
 
 if [ ! -x "$venv/bin/python" ]; then
     /usr/bin/python3 -m venv "$venv"

@@ -56,11 +56,14 @@ from rootbuild.fuse_overlay.snapshotter import choose_snapshotter
 from rootbuild.image.archives import export_image, import_image
 from rootbuild.image.layer_write import TarEntry
 from rootbuild.image.oci import OCI_CONFIG, OCI_MANIFEST, StoredImage, canonical_json
-from rootbuild.image.refs import OutputRef, parse_base_ref
+from rootbuild.image.refs import ImageRef, OutputRef, parse_base_ref
 from rootbuild.image.rootfs import RootfsView, materialize
 from rootbuild.image.store import Staging, Store
 from rootbuild.platform import Platform, host_platform
 from rootbuild.progress import Progress
+from rootbuild.registry.client import TransportOptions
+from rootbuild.registry.pull import pull
+from rootbuild.registry.push import push
 from rootbuild.sandbox.idmap import read_host_plan
 from rootbuild.sandbox.run import run_step
 from rootbuild.sandbox.spec import OverlayRoot, StepSpec
@@ -105,6 +108,9 @@ class BuildOptions:
     proc: str = "fresh"  # "host-bind": the explicit, weaker /proc fallback
     untrusted: bool = False  # refuse every weakening (host-bind /proc, ...)
     step_timeout: float | None = None  # seconds a RUN step may take
+    transport: TransportOptions = field(default_factory=TransportOptions)  # registries
+    push: bool = False  # push every -t name after the build
+    docker_format: bool = False  # push with Docker schema 2 media types
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,7 @@ class StageResult:
 class BuildResult:
     image_id: str  # the config digest, as `docker build` reports it
     image: StoredImage
+    pushed: tuple[tuple[str, str], ...] = ()  # (reference, manifest digest) per push
 
 
 class _Stage:
@@ -351,6 +358,15 @@ class _Stage:
         return await trio.to_thread.run_sync(self.build.trees.view, layers)
 
 
+def _platform_of(image: StoredImage) -> Platform:
+    """The image's platform as its config states it (normalised like --platform)."""
+    doc = image.config_json
+    text = f"{doc.get('os') or 'linux'}/{doc.get('architecture') or 'amd64'}"
+    if doc.get("variant"):
+        text += f"/{doc['variant']}"
+    return Platform.parse(text)
+
+
 def _empty_dir_source() -> Source:
     def items() -> Iterator[SourceItem]:
         yield SourceItem(rel="", kind="dir", mode=0o755, mtime=0)
@@ -411,14 +427,33 @@ class _Build:
                 except UsageError as exc:
                     raise ImageError(exc.message, where) from exc
                 try:
-                    self._images[key] = await trio.to_thread.run_sync(
-                        import_image, self.store, ref, platform
-                    )
+                    self._images[key] = await self._base_image(ref, text, platform)
                 except RootbuildError as exc:
                     if exc.location is None:
                         raise type(exc)(exc.message, where) from exc
                     raise
             return self._images[key]
+
+    async def _base_image(self, ref: ImageRef, text: str, platform: Platform) -> StoredImage:
+        """A name in the store wins (as with `docker build` and local images); any other
+        name is pulled from its registry; archives and layouts are imported."""
+        if ref.transport == "store":
+            assert ref.name is not None
+            local = await trio.to_thread.run_sync(self.store.resolve, ref.name)
+            if local is not None and _platform_of(local) == platform:
+                return local
+            handle = self.progress.start(f"pulling {text}")
+            try:
+                image = await pull(
+                    self.store, text, platform, transport=self.options.transport,
+                    progress=lambda line: self.progress.output(handle, line),
+                )
+            except RootbuildError as exc:
+                self.progress.failed(handle, str(exc))
+                raise
+            self.progress.done(handle)
+            return image
+        return await trio.to_thread.run_sync(import_image, self.store, ref, platform)
 
     async def stage(self, stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:
         return await _Stage(self, stage, deps).run()
@@ -472,11 +507,33 @@ async def build(options: BuildOptions, store: Store, progress: Progress) -> Buil
         finally:
             _rmtree(work_dir)
         _warn_unused_args(the_plan, results, options, progress)
+        pushed: list[tuple[str, str]] = []
         for output in options.outputs:
             handle = progress.start(f"exporting to {output.text}")
-            await trio.to_thread.run_sync(_export, runner, store, image, final, output)
+            if output.transport == "docker":
+                digest = await _push(store, image, output.path, options, progress, handle)
+                pushed.append((output.path, digest))
+            else:
+                await trio.to_thread.run_sync(_export, runner, store, image, final, output)
             progress.done(handle)
-    return BuildResult(image.config.digest, image)
+        if options.push:
+            for tag in options.tags:
+                handle = progress.start(f"pushing {tag}")
+                pushed.append((tag, await _push(store, image, tag, options, progress, handle)))
+                progress.done(handle)
+    return BuildResult(image.config.digest, image, tuple(pushed))
+
+
+async def _push(
+    store: Store, image: StoredImage, ref: str, options: BuildOptions, progress: Progress,
+    handle: int,
+) -> str:
+    digest = await push(
+        store, image, ref, transport=options.transport, docker_format=options.docker_format,
+        progress=lambda line: progress.output(handle, line),
+    )
+    progress.output(handle, f"pushed {ref}@{digest}")
+    return digest
 
 
 def _commit_image(

@@ -21,7 +21,7 @@ from typing import Literal
 from rootbuild.errors import UsageError
 
 BaseTransport = Literal["scratch", "store", "oci", "oci-archive", "docker-archive"]
-OutputTransport = Literal["oci", "oci-archive", "docker-archive", "dir"]
+OutputTransport = Literal["oci", "oci-archive", "docker-archive", "dir", "docker"]
 
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = re.compile(rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?")
@@ -232,6 +232,12 @@ def parse_output(text: str) -> OutputRef:
     text = text.strip()
     if text.startswith("type="):
         return _parse_buildkit_output(text)
+    if text.startswith("docker://"):  # a registry push (skopeo's spelling)
+        ref = text[len("docker://") :]
+        if not ref:
+            raise UsageError(f"parse output {text!r}: missing image reference")
+        normalize_name_for(ref, text)
+        return OutputRef("docker", ref, None, text)
     if text.startswith("dir:"):
         path = text[len("dir:") :]
         if not path:
@@ -241,7 +247,7 @@ def parse_output(text: str) -> OutputRef:
     if split is None:
         raise UsageError(
             f"parse output {text!r}: expected oci:DIR[:TAG], oci-archive:FILE[:TAG], "
-            "docker-archive:FILE[:NAME:TAG] or dir:PATH"
+            "docker-archive:FILE[:NAME:TAG], dir:PATH or docker://REF"
         )
     transport, path, rest = split
     if transport == "docker-archive":
