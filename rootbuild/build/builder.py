@@ -47,6 +47,7 @@ from rootbuild.errors import (
     ContextError,
     ImageError,
     Location,
+    RegistryError,
     RootbuildError,
     SandboxError,
     StepError,
@@ -449,8 +450,13 @@ class _Build:
                     progress=lambda line: self.progress.output(handle, line),
                 )
             except RootbuildError as exc:
-                self.progress.failed(handle, str(exc))
-                raise
+                have = "for another platform only" if local is not None else "not in the store"
+                error = RegistryError(
+                    f"pull {text} for {platform} ({have}): "
+                    f"{exc.message.removeprefix(f'pull {text}: ')}"
+                )
+                self.progress.failed(handle, str(error))
+                raise error from exc
             self.progress.done(handle)
             return image
         return await trio.to_thread.run_sync(import_image, self.store, ref, platform)

@@ -188,6 +188,7 @@ class RegistryClient:
         self._tokens: dict[str, str] = {}
         self._plain_allowed = is_loopback(self.host) or not transport.tls_verify
         self._lock = trio.Lock()
+        self._token_lock = trio.Lock()  # concurrent requests of one scope share one fetch
         self._http = httpx.AsyncClient(
             verify=ssl_context(transport, self.host),
             timeout=httpx.Timeout(60.0, connect=15.0),
@@ -262,8 +263,9 @@ class RegistryClient:
             if creds is None:
                 return {}
             return {"Authorization": httpx.BasicAuth(creds.username, creds.password)._auth_header}
-        if refresh or scope not in self._tokens:
-            self._tokens[scope] = await self._fetch_token(scope, creds)
+        async with self._token_lock:
+            if refresh or scope not in self._tokens:
+                self._tokens[scope] = await self._fetch_token(scope, creds)
         token = self._tokens[scope]
         return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -278,7 +280,12 @@ class RegistryClient:
                 f"authenticate to {self.host}: refusing to send credentials to plain-HTTP "
                 f"token realm {realm}"
             )
-        params = {"scope": scope}
+        # Several space-separated scopes (a mount's two repositories) go as repeated
+        # ``scope`` parameters (token.md "Requesting a Token").
+        # No scope at all (a login's ping) sends none, as `docker login` does.
+        params: dict[str, str | list[str]] = {}
+        if scope.split():
+            params["scope"] = scope.split()
         if self._challenge.get("service"):
             params["service"] = self._challenge.get("service") or ""
         auth = None

@@ -14,12 +14,19 @@ Rules (OCI distribution-spec "Pulling manifests"/"Pulling blobs"; SECURITY.md ru
   failed pull leaves the store as it was. Errors are one-line ``RegistryError``s.
 - Downloads run concurrently (at most ``jobs``); a transfer that breaks off is started
   again a bounded number of times with backoff.
+- Progress: one line when a layer starts and one when it is done, each with its size, and
+  a running tally ``pulling 2/5 layers, 34.1/120.0 MB`` at most every 0.5 s while bytes
+  arrive, plus once when the last layer is done (lines suit plain logs and the build's
+  live view alike).
+- A pulled image's blobs are recorded in the store's origins index as held by
+  ``registry/repo`` (``origins.py``), so that a later push to that registry can mount them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -46,6 +53,7 @@ from rootbuild.registry.client import (
     TransportOptions,
     read_capped,
 )
+from rootbuild.registry.origins import Origins
 from rootbuild.registry.protocol import (
     MANIFEST_ACCEPT,
     MAX_CONFIG_SIZE,
@@ -82,6 +90,61 @@ def _human(size: int) -> str:
     return f"{size} B"  # pragma: no cover
 
 
+class PullTally:
+    """Bytes and layers of one pull, said as ``pulling 2/5 layers, 34.1/120.0 MB`` at most
+    every ``interval`` seconds, and once more when the last layer is done."""
+
+    def __init__(
+        self,
+        layers: int,
+        total_bytes: int,
+        say: Say,
+        *,
+        interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.layers = layers
+        self.total_bytes = total_bytes
+        self.layers_done = 0
+        self.bytes_done = 0
+        self._say = say
+        self._interval = interval
+        self._clock = clock
+        self._last = clock()
+
+    def line(self) -> str:
+        mb = 1_000_000
+        return (
+            f"pulling {self.layers_done}/{self.layers} layers, "
+            f"{self.bytes_done / mb:.1f}/{self.total_bytes / mb:.1f} MB"
+        )
+
+    def add(self, size: int) -> None:
+        """``size`` more bytes arrived (negative: a broken attempt's bytes are taken back)."""
+        self.bytes_done += size
+        now = self._clock()
+        if size > 0 and now - self._last >= self._interval:
+            self._last = now
+            self._say(self.line())
+
+    def layer_done(self) -> None:
+        self.layers_done += 1
+        if self.layers_done == self.layers:
+            self._last = self._clock()
+            self._say(self.line())
+
+
+def record_origins(
+    store: Store, registry: str, repo: str, digests: Iterable[str], say: Say
+) -> None:
+    """Record that ``registry/repo`` holds ``digests`` (mount hints for later pushes). The
+    pull or push already succeeded: a failure to write the hint is said, not raised."""
+    try:
+        Origins(store.root, store.tmp_dir).record(registry, repo, digests)
+    except OSError as exc:
+        say(f"warning: cannot record blob origins in {store.root}: {exc.strerror or exc}")
+
+
 class _Puller:
     def __init__(
         self, client: RegistryClient, store: Store, ref: Reference, say: Say, jobs: int
@@ -93,6 +156,7 @@ class _Puller:
         self.scope = scope_for(self.repo)
         self.say = say
         self.limiter = trio.CapacityLimiter(max(1, jobs))
+        self.tally = PullTally(0, 0, say)
 
     async def manifest(self, reference: str, expected: Descriptor | None) -> _Fetched:
         """Fetch a manifest or index, verified against ``expected`` or a pinned digest."""
@@ -149,6 +213,7 @@ class _Puller:
             attempt = 0
             while True:
                 writer = staging.ingest(layer.digest, layer.size, layer.media_type, what)
+                received = 0
                 try:
                     async with self.client.request(
                         "GET",
@@ -158,10 +223,13 @@ class _Puller:
                     ) as response:
                         async for chunk in response.aiter_bytes(CHUNK):
                             writer.write(chunk)  # counts and hashes: over-long fails here
+                            received += len(chunk)
+                            self.tally.add(len(chunk))
                     await trio.to_thread.run_sync(writer.close)  # digest + size, then placed
                     break
                 except TransientError:
                     writer.abort()
+                    self.tally.add(-received)
                     attempt += 1
                     if attempt >= self.client.retries:
                         raise
@@ -175,7 +243,8 @@ class _Puller:
                 raise RegistryError(
                     f"pull {self.where}: {what}: diffID is {actual}, config says {diff_id}"
                 )
-            self.say(f"pulled {what}")
+            self.say(f"pulled {what} ({_human(layer.size)})")
+            self.tally.layer_done()
 
     @staticmethod
     def _diff_id(staging: Staging, layer: Descriptor, what: str) -> str:
@@ -216,6 +285,9 @@ class _Puller:
                     )
             if not wanted:
                 self.say(f"{self.where}: all layers already present")
+            self.tally = PullTally(
+                len(wanted), sum(desc.size for desc, _, _ in wanted.values()), self.say
+            )
             async with trio.open_nursery() as nursery:
                 for layer, diff_id, what in wanted.values():
                     nursery.start_soon(self.layer, staging, layer, diff_id, what)
@@ -249,7 +321,10 @@ async def pull(
     try:
         async with RegistryClient(parsed.domain, transport) as client:
             puller = _Puller(client, store, parsed, progress or _quiet, jobs)
-            return await puller.run(reference_of(parsed), platform, tag)
+            image = await puller.run(reference_of(parsed), platform, tag)
+            digests = [image.config.digest, *(layer.digest for layer in image.layers)]
+            record_origins(store, client.registry, parsed.path, digests, progress or _quiet)
+            return image
     except (ImageError, BaseExceptionGroup) as exc:
         raise one_error(exc, f"pull {parsed.familiar()}") from exc
 

@@ -12,6 +12,13 @@ Rules (OCI distribution-spec "Pushing blobs"/"Pushing manifests"; Docker manifes
 - The returned digest is the sha256 of the manifest bytes sent; a registry that reports a
   different ``Docker-Content-Digest`` is an error.
 - Uploads run concurrently (at most ``jobs``).
+- Cross-repository mount (distribution-spec "Mounting a blob from another repository"): a
+  blob ``HEAD`` reports missing, that the store's origins index (``origins.py``) places in
+  another repository of the SAME registry, is first asked for with ``POST
+  /blobs/uploads/?mount=<digest>&from=<repo>`` under a token for both repositories
+  (``repository:<name>:pull,push`` and ``repository:<from>:pull``). 201 means mounted;
+  202 means not, and the upload continues through that 202's session (no second POST).
+- After a successful push every blob is recorded as held by ``registry/repo``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from rootbuild.registry.client import (
     TransientError,
     TransportOptions,
 )
+from rootbuild.registry.origins import Origins
 from rootbuild.registry.protocol import (
     blob_path,
     manifest_path,
@@ -38,7 +46,7 @@ from rootbuild.registry.protocol import (
     to_docker_manifest,
     upload_path,
 )
-from rootbuild.registry.pull import one_error
+from rootbuild.registry.pull import one_error, record_origins
 
 Say = Callable[[str], None]
 
@@ -64,6 +72,12 @@ def with_digest(location: str, digest: str) -> str:
     return f"{location}{sep}digest={digest}"
 
 
+def mount_scope(repo: str, source: str) -> str:
+    """The token scopes a mount needs (token.md: several scopes, space-separated here;
+    the client sends each as its own ``scope`` parameter)."""
+    return f"{scope_for(repo, push=True)} {scope_for(source)}"
+
+
 class _Pusher:
     def __init__(
         self, client: RegistryClient, store: Store, repo: str, where: str, say: Say, jobs: int
@@ -75,6 +89,34 @@ class _Pusher:
         self.scope = scope_for(repo, push=True)
         self.say = say
         self.limiter = trio.CapacityLimiter(max(1, jobs))
+        self.origins = Origins(store.root, store.tmp_dir)
+
+    def mount_source(self, desc: Descriptor) -> str | None:
+        """Another repository of this registry known to hold ``desc`` (a hint)."""
+        try:
+            repos = self.origins.lookup(self.client.registry, desc.digest, exclude=self.repo)
+        except OSError:
+            return None  # no hints: the blob is uploaded as it would be without them
+        return repos[0] if repos else None
+
+    async def mount(self, desc: Descriptor, source: str) -> str | None:
+        """Ask for ``desc`` to be mounted from ``source``: None when mounted (201), else
+        the upload session URL the registry opened instead (202)."""
+        what = f"push {self.where}: mount blob {desc.digest} from {source}"
+        async with self.client.request(
+            "POST",
+            f"{upload_path(self.repo)}?mount={desc.digest}&from={source}",
+            scope=mount_scope(self.repo, source),
+            what=what,
+            ok=(201, 202),
+            headers={"Content-Length": "0"},
+        ) as response:
+            if response.status_code == 201:
+                return None
+            location = response.headers.get("location")
+        if not location:
+            raise RegistryError(f"{what}: registry gave no upload location")
+        return str(response.url.join(location))
 
     async def exists(self, desc: Descriptor) -> bool:
         async with self.client.request(
@@ -94,8 +136,7 @@ class _Pusher:
 
         return chunks
 
-    async def upload(self, desc: Descriptor) -> None:
-        what = f"push {self.where}: upload blob {desc.digest}"
+    async def start_upload(self, what: str) -> str:
         async with self.client.request(
             "POST",
             upload_path(self.repo),
@@ -107,7 +148,12 @@ class _Pusher:
             location = response.headers.get("location")
         if not location:
             raise RegistryError(f"{what}: registry gave no upload location")
-        url = str(response.url.join(location))
+        return str(response.url.join(location))
+
+    async def upload(self, desc: Descriptor, session: str | None = None) -> None:
+        """Upload ``desc`` monolithically, through ``session`` when one is open."""
+        what = f"push {self.where}: upload blob {desc.digest}"
+        url = session or await self.start_upload(what)
         async with self.client.request(
             "PUT",
             with_digest(url, desc.digest),
@@ -124,16 +170,24 @@ class _Pusher:
             if await self.exists(desc):
                 self.say(f"{what} {desc.digest[7:19]}: already exists")
                 return
+            session: str | None = None
+            source = self.mount_source(desc)
+            if source is not None:
+                session = await self.mount(desc, source)
+                if session is None:
+                    self.say(f"mounted {what} {desc.digest[7:19]} from {source}")
+                    return
             self.say(f"pushing {what} {desc.digest[7:19]} ({desc.size} bytes)")
             attempt = 0
             while True:
                 try:
-                    await self.upload(desc)
+                    await self.upload(desc, session)
                     break
                 except TransientError:
                     attempt += 1
                     if attempt >= self.client.retries:
                         raise
+                    session = None  # a broken session is not reused: start afresh
                     self.say(f"retrying {what} {desc.digest[7:19]}")
                     await self.client.sleep_backoff(attempt)
             self.say(f"pushed {what} {desc.digest[7:19]}")
@@ -187,6 +241,7 @@ async def push(
                 for desc, what in blobs.values():
                     nursery.start_soon(pusher.blob, desc, what)
             digest = await pusher.manifest(parsed.tag or "latest", data, media_type)
+            record_origins(store, client.registry, parsed.path, blobs, say)
     except (ImageError, BaseExceptionGroup) as exc:
         raise one_error(exc, f"push {where}") from exc
     say(f"pushed {where}: {digest}")

@@ -338,27 +338,33 @@ def test_bad_output_syntax(rb: Harness, ctx: Path, output: str) -> None:
 # -- base images ---------------------------------------------------------------------------------
 
 
+# Not in the store: rootbuild pulls, as docker build does. These machines have no route to
+# public registries, so the pull fails; with one it would be refused (no such repository).
+PULL_FAILED = r"(reach registry [\w.-]+: .*|.*(unauthorized|denied|unknown|not found).*)"
+
+
 def test_missing_base_image(rb: Harness, ctx: Path) -> None:
     expect_dockerfile_error(
         rb, ctx, "FROM nosuch\nCOPY a.txt /a\n",
-        r"rootbuild: Dockerfile:1: find image 'nosuch:latest': not in the local store .*",
+        r"rootbuild: Dockerfile:1: pull nosuch for linux/\w+ \(not in the store\): "
+        + PULL_FAILED,
     )
 
 
 def test_registry_base_image(rb: Harness, ctx: Path) -> None:
-    line = expect_dockerfile_error(
+    expect_dockerfile_error(
         rb, ctx, "FROM docker.io/library/alpine:3.20\n",
-        r"rootbuild: Dockerfile:1: .*alpine.*",
+        r"rootbuild: Dockerfile:1: pull docker\.io/library/alpine:3\.20 for linux/\w+ "
+        r"\(not in the store\): " + PULL_FAILED,
     )
-    assert "registr" in line and re.search(r"not supported|does not pull", line), line
 
 
 def test_registry_image_in_copy_from(rb: Harness, ctx: Path) -> None:
-    line = expect_dockerfile_error(
+    expect_dockerfile_error(
         rb, ctx, "FROM scratch\nCOPY --from=ghcr.io/acme/tools:1 /bin/x /x\n",
-        r"rootbuild: Dockerfile:2: .*ghcr\.io/acme/tools.*",
+        r"rootbuild: Dockerfile:2: pull ghcr\.io/acme/tools:1 for linux/\w+ "
+        r"\(not in the store\): " + PULL_FAILED,
     )
-    assert "registr" in line, line
 
 
 def test_truncated_oci_archive_base(rb: Harness, ctx: Path) -> None:
