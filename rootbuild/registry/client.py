@@ -174,6 +174,7 @@ class RegistryClient:
         env: Mapping[str, str] = os.environ,
         retries: int = 3,
         backoff: float = 0.5,
+        http_transport: httpx.AsyncBaseTransport | None = None,  # tests of the HTTP logic
     ) -> None:
         self.registry = normalize_registry(registry)
         self.host = api_host(self.registry)
@@ -194,6 +195,7 @@ class RegistryClient:
             timeout=httpx.Timeout(60.0, connect=15.0),
             follow_redirects=False,
             headers={"User-Agent": "rootbuild"},
+            transport=http_transport,
         )
 
     async def __aenter__(self) -> RegistryClient:
