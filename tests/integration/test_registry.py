@@ -463,3 +463,21 @@ def test_push_format_docker(rb: Any, registry: Registry) -> None:
     copied = rb.workdir / "copied"
     skopeo(rb, "copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{copied}:1")
     assert manifest["config"]["digest"] == inspect(rb, "app:1")["Id"]
+
+
+def test_pull_docker_schema2_manifest_and_manifest_list(rb: Any, registry: Registry) -> None:
+    """Docker's media types on the way in: a schema 2 manifest list (written by skopeo with
+    --format v2s2) resolves to the right platform, and its schema 2 manifest is pulled."""
+    layout = rb.workdir / "multi-v2s2"
+    write_multiplatform_layout(layout, "1", [("linux", "amd64"), ("linux", "arm64")])
+    ref = registry.ref("multi-v2s2:1")
+    skopeo(rb, "copy", "--all", "--format", "v2s2", "--dest-tls-verify=false",
+           f"oci:{layout}:1", f"docker://{ref}")
+    index, _ = skopeo_raw(rb, ref, "--tls-verify=false")
+    assert index["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+
+    store2 = rb.workdir / "store-v2s2"
+    rb.run("pull", "--root", str(store2), "-q", "--platform", "linux/arm64", ref, store=False)
+    doc = inspect(rb, ref, root=store2)
+    assert doc["Config"]["architecture"] == "arm64"
+    assert doc["Manifest"]["mediaType"] == MT_DOCKER_MANIFEST
