@@ -74,13 +74,20 @@ from rootbuild.dockerfile.instructions import (
     Volume,
     Workdir,
 )
+from rootbuild.dockerfile.words import (
+    TOKEN_WS,
+    json_array,
+    name_values,
+    parse_words,
+    split_command,
+    whitespace_words,
+)
 from rootbuild.errors import DockerfileError, Location
 
 __all__ = ["parse_dockerfile", "parse_instruction"]
 
 _DIRECTIVE_RE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _VALID_DIRECTIVES = ("syntax", "escape", "check")
-_TOKEN_WS = re.compile(r"[\t\v\f\r ]+")
 _STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9\-_.]*$")
 _ONBUILD_PREFIX = re.compile(r"^\s*ONBUILD\s*", re.IGNORECASE)
 _HEREDOC_KEYWORDS = ("RUN", "COPY", "ADD")
@@ -224,12 +231,12 @@ def _group(
 
 def _wants_heredocs(line: str) -> bool:
     """BuildKit's canContainHeredoc: RUN/COPY/ADD (or ONBUILD of one) not in JSON form."""
-    keyword, _, args = _split_command(line)
+    keyword, _, args = split_command(line)
     if keyword.upper() == "ONBUILD":
-        keyword, _, args = _split_command(args)
+        keyword, _, args = split_command(args)
     if keyword.upper() not in _HEREDOC_KEYWORDS:
         return False
-    return _json_array(args) is None
+    return json_array(args) is None
 
 
 def _input_for_dockerfile_parse(scanned: hd.HeredocScan, escape: str, directives: int) -> str:
@@ -264,120 +271,6 @@ def _join(lines: Sequence[str], regex: re.Pattern[str]) -> str:
     return text
 
 
-# ---------------------------------------------------------------- word splitting
-
-
-def _split_command(line: str) -> tuple[str, list[str], str]:
-    """BuildKit's splitCommand: keyword, flag words, the rest (trimmed)."""
-    parts = _TOKEN_WS.split(line.strip(), maxsplit=1)
-    if len(parts) < 2:
-        return parts[0], [], ""
-    flag_words, rest = fl.split_flags(parts[1])
-    return parts[0], flag_words, rest.strip()
-
-
-def _json_array(args: str) -> list[str] | None:
-    """BuildKit's parseJSON: a JSON array of strings, or None when ``args`` is not JSON
-    (then it is shell form). A JSON array holding a non-string is an error."""
-    if not args.lstrip().startswith("["):
-        return None
-    try:
-        value = json.loads(args, parse_constant=_reject_constant)
-    except ValueError:
-        return None
-    if not isinstance(value, list):
-        return None
-    if not all(isinstance(item, str) for item in value):
-        raise DockerfileError(
-            "when using JSON array syntax, arrays must be comprised of strings only"
-        )
-    return value
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")  # Go's encoding/json rejects NaN/Infinity
-
-
-def _whitespace_words(args: str) -> list[str]:
-    return _TOKEN_WS.split(args) if args else []
-
-
-def _parse_words(rest: str, escape: str) -> list[str]:
-    """BuildKit's parseWords: split on blanks outside quotes, keeping quotes and escapes."""
-    words: list[str] = []
-    word: list[str] = []
-    quote = ""
-    blank_ok = False
-    in_word = False
-    i, n = 0, len(rest)
-    while i < n:
-        ch = rest[i]
-        if not in_word:
-            if ch.isspace():
-                i += 1
-                continue
-            in_word = True
-        if not quote:
-            if ch.isspace():
-                if blank_ok or word:
-                    words.append("".join(word))
-                word, blank_ok, in_word = [], False, False
-                i += 1
-                continue
-            if ch in "'\"":
-                quote, blank_ok = ch, True
-            if ch == escape:
-                if i + 1 == n:
-                    i += 1
-                    continue
-                word.append(ch)
-                i += 1
-                ch = rest[i]
-            word.append(ch)
-            i += 1
-            continue
-        if ch == quote:
-            quote = ""
-        elif ch == escape and quote != "'":
-            if i + 1 == n:
-                quote = ""
-                i += 1
-                continue
-            word.append(ch)
-            i += 1
-            ch = rest[i]
-        word.append(ch)
-        i += 1
-    if in_word and (blank_ok or word):
-        words.append("".join(word))
-    return words
-
-
-def _name_values(rest: str, keyword: str, escape: str) -> list[tuple[str, str]]:
-    """BuildKit's parseNameVal for ENV and LABEL: ``name value`` (legacy, one pair) or
-    ``name=value ...``; values keep their quotes and escapes."""
-    words = _parse_words(rest, escape)
-    if not words:
-        raise DockerfileError(f"{keyword} requires at least one argument")
-    if "=" not in words[0]:
-        parts = _TOKEN_WS.split(rest, maxsplit=1)
-        if len(parts) < 2:
-            raise DockerfileError(f"{keyword} must have two arguments")
-        return [(parts[0], parts[1])]
-    pairs = []
-    for word in words:
-        if "=" not in word:
-            raise DockerfileError(
-                f"syntax error - can't find = in {json.dumps(word)}."
-                " Must be of the form: name=value"
-            )
-        key, _, value = word.partition("=")
-        if key == "":
-            raise DockerfileError(f"{keyword} names can not be blank")
-        pairs.append((key, value))
-    return pairs
-
-
 # ---------------------------------------------------------------- instructions
 
 
@@ -398,7 +291,7 @@ class _Request:
 def _build(
     original: str, heredocs: tuple[Heredoc, ...], location: Location, escape: str
 ) -> Instruction:
-    word, flag_words, args = _split_command(original)
+    word, flag_words, args = split_command(original)
     keyword = word.upper()
     builder = _BUILDERS.get(keyword)
     try:
@@ -415,7 +308,7 @@ def _build(
 
 def _command(args: str) -> tuple[Command, bool]:
     """parseMaybeJSON + handleJSONArgs: exec form for a JSON string array, else the text."""
-    argv = _json_array(args)
+    argv = json_array(args)
     if argv is not None:
         return ExecCommand(tuple(argv)), True
     return ShellCommand(args), False
@@ -429,7 +322,7 @@ def _exactly_one(req: _Request) -> str:
 
 
 def _from(req: _Request) -> From:
-    words = _whitespace_words(req.args)
+    words = whitespace_words(req.args)
     alias = None
     if len(words) == 3 and words[1].lower() == "as":
         alias = words[2].lower()
@@ -470,7 +363,7 @@ def _entrypoint(req: _Request) -> Entrypoint:
 
 def _shell(req: _Request) -> Shell:
     req.flags()
-    argv = _json_array(req.args)
+    argv = json_array(req.args)
     if argv is None and req.args:
         raise DockerfileError("SHELL requires the arguments to be in JSON form")
     if not argv:
@@ -479,8 +372,8 @@ def _shell(req: _Request) -> Shell:
 
 
 def _sources_and_dest(req: _Request) -> tuple[tuple[str, ...], str, tuple[Heredoc, ...]]:
-    argv = _json_array(req.args)
-    words = argv if argv is not None else _whitespace_words(req.args)
+    argv = json_array(req.args)
+    words = argv if argv is not None else whitespace_words(req.args)
     if len(words) < 2:
         raise DockerfileError(
             f"{req.keyword} requires at least two arguments, but only one was provided."
@@ -527,17 +420,17 @@ def _add(req: _Request) -> Add:
 
 def _env(req: _Request) -> Env:
     req.flags()
-    return Env(req.location, req.original, tuple(_name_values(req.args, "ENV", req.escape)))
+    return Env(req.location, req.original, tuple(name_values(req.args, "ENV", req.escape)))
 
 
 def _label(req: _Request) -> Label:
     req.flags()
-    return Label(req.location, req.original, tuple(_name_values(req.args, "LABEL", req.escape)))
+    return Label(req.location, req.original, tuple(name_values(req.args, "LABEL", req.escape)))
 
 
 def _arg(req: _Request) -> Arg:
     req.flags()
-    words = _parse_words(req.args, req.escape)
+    words = parse_words(req.args, req.escape)
     if not words:
         raise DockerfileError("ARG requires at least one argument")
     pairs: list[tuple[str, str | None]] = []
@@ -551,7 +444,7 @@ def _arg(req: _Request) -> Arg:
 
 def _expose(req: _Request) -> Expose:
     req.flags()
-    ports = _whitespace_words(req.args)
+    ports = whitespace_words(req.args)
     if not ports:
         raise DockerfileError("EXPOSE requires at least one argument")
     return Expose(req.location, req.original, tuple(sorted(ports)))
@@ -575,8 +468,8 @@ def _maintainer(req: _Request) -> Maintainer:
 
 def _volume(req: _Request) -> Volume:
     req.flags()
-    argv = _json_array(req.args)
-    words = argv if argv is not None else _whitespace_words(req.args)
+    argv = json_array(req.args)
+    words = argv if argv is not None else whitespace_words(req.args)
     if not words:
         raise DockerfileError("VOLUME requires at least one argument")
     paths = tuple(word.strip() for word in words)
@@ -589,7 +482,7 @@ def _onbuild(req: _Request) -> Onbuild:
     req.flags()
     if req.args == "":
         raise DockerfileError("ONBUILD requires at least one argument")
-    trigger_keyword = _TOKEN_WS.split(req.args, maxsplit=1)[0].upper()
+    trigger_keyword = TOKEN_WS.split(req.args, maxsplit=1)[0].upper()
     if trigger_keyword == "ONBUILD":
         raise DockerfileError("chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
     if trigger_keyword in ("MAINTAINER", "FROM"):

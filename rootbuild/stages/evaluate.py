@@ -70,6 +70,7 @@ from rootbuild.stages.config import (
     go_quote_list,
     parse_port_spec,
 )
+from rootbuild.stages.paths import dest_relative_to_workdir, go_clean, normalize_workdir
 
 DEFAULT_SHELL = ("/bin/sh", "-c")  # BuildKit ``defaultShell`` on Linux
 PIPES_DIR = "/dev/pipes/"  # where BuildKit mounts a ``#!`` RUN heredoc
@@ -602,31 +603,3 @@ def expand_heredoc(content: str, env: Mapping[str, str], instr: Instruction) -> 
         out.append("\\" + ch if ch in "\"'" else ch)
         i += 1
     return expand("".join(out), env, escape="\\", location=instr.location)
-
-
-# -- paths ------------------------------------------------------------------
-
-
-def go_clean(path: str) -> str:
-    """Go ``path.Clean`` for absolute paths (POSIX ``normpath`` keeps a leading ``//``)."""
-    cleaned = posixpath.normpath(path)
-    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
-
-
-def normalize_workdir(current: str, path: str) -> str:
-    """BuildKit ``system.NormalizeWorkdir`` (Unix): a relative WORKDIR joins the current."""
-    if path.startswith("/"):
-        return go_clean(path)
-    return go_clean(posixpath.join("/", current, path))
-
-
-def dest_relative_to_workdir(workdir: str, dest: str) -> str:
-    """BuildKit ``pathRelativeToWorkingDir``: absolute, cleaned, and ending in ``/`` when
-    the written destination did (or was ``.``/``""``): a trailing slash means "directory"."""
-    if dest in (".", ""):
-        dest = "./"
-    base = dest if dest.startswith("/") else posixpath.join("/", workdir or "/", dest)
-    out = go_clean(base)
-    if (dest.endswith(("/", "/.")) or dest == ".") and out != "/":
-        out += "/"
-    return out
