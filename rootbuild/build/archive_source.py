@@ -3,7 +3,7 @@ unpacked into the destination; any other file is copied as it is (Docker's ADD r
 
 Rules:
 - An archive is recognised by its content (compression magic, then the ustar magic of the
-  first header), never by its name.
+  first header, through the extractor's own decoders), never by its name.
 - Unpacking goes through the layer extractor (SECURITY.md rule 2: headers parsed, every
   entry written by us, ``..``/absolute names/links out refused) into a private directory
   of the build; the unpacked tree is then copied like a directory from another stage,
@@ -12,51 +12,39 @@ Rules:
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import tempfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
-
-import zstandard
 
 from rootbuild.build.copy import Source, context_sources, image_sources
 from rootbuild.context import BuildContext, ContextEntry
 from rootbuild.errors import Location
+from rootbuild.image.decompress import DECODE_ERRORS, StreamError, decoder, select_compression
 from rootbuild.image.layer_extract import extract_layer
 from rootbuild.image.rootfs import RootfsView
 
-_HEAD = 1024
 ADD_MAX_BYTES = 64 << 30  # an archive that inflates beyond 64 GiB is refused (bomb cap)
 
 
-def _decompressed_head(head: bytes) -> bytes:
-    """The first bytes of the uncompressed stream, or b"" when they cannot be read."""
-    try:
-        if head.startswith(b"\x1f\x8b"):
-            return zlib.decompressobj(wbits=31).decompress(head)[:512]
-        if head.startswith(b"BZh"):
-            return bz2.BZ2Decompressor().decompress(head)[:512]
-        if head.startswith(b"\xfd7zXZ\x00"):
-            return lzma.LZMADecompressor().decompress(head)[:512]
-        if head.startswith(b"\x28\xb5\x2f\xfd"):
-            return zstandard.ZstdDecompressor().decompressobj().decompress(head)[:512]
-    except (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError):
-        return b""
-    return head[:512]
-
-
-def is_tar_archive(head: bytes) -> bool:
-    block = _decompressed_head(head)
+def is_tar_archive(ctx: BuildContext, entry: ContextEntry) -> bool:
+    """Whether the file's content, decompressed as extraction would (the same sniffing and
+    decoders), starts with a ustar header. The decoder reads as much of the file as it needs:
+    a bzip2 block can be 900 KiB before its first byte of output."""
+    with ctx.open_file(entry) as f:
+        try:
+            compression, stream = select_compression(f, "auto")
+            reader = decoder(compression, stream)
+            block = b""
+            while len(block) < 512:
+                more = reader.read(512 - len(block))
+                if not more:
+                    break
+                block += more
+        except StreamError:
+            return False
+        except DECODE_ERRORS:  # compressed-looking but not decodable: an ordinary file
+            return False
     return len(block) >= 262 and block[257:262] == b"ustar"
-
-
-def _head(ctx: BuildContext, entry: ContextEntry) -> bytes:
-    f: BinaryIO = ctx.open_file(entry)
-    with f:
-        return f.read(_HEAD * 64)
 
 
 def add_archive_or_file(
@@ -68,7 +56,7 @@ def add_archive_or_file(
     unpacked = False
     for pattern in patterns:
         for entry in ctx.resolve_sources(pattern, location=where):
-            if entry.kind == "file" and is_tar_archive(_head(ctx, entry)):
+            if entry.kind == "file" and is_tar_archive(ctx, entry):
                 tree = Path(tempfile.mkdtemp(prefix="add-", dir=work_dir))
                 with ctx.open_file(entry) as f:
                     result = extract_layer(
