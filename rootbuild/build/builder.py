@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -56,10 +55,16 @@ from rootbuild.errors import (
 from rootbuild.fuse_overlay.snapshotter import choose_snapshotter
 from rootbuild.image.archives import export_image, import_image
 from rootbuild.image.layer_write import TarEntry
-from rootbuild.image.oci import OCI_CONFIG, OCI_MANIFEST, StoredImage, canonical_json
+from rootbuild.image.oci import (
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    StoredImage,
+    canonical_json,
+    config_platform,
+)
 from rootbuild.image.refs import ImageRef, OutputRef, parse_base_ref
 from rootbuild.image.rootfs import RootfsView, materialize
-from rootbuild.image.store import Staging, Store
+from rootbuild.image.store import Staging, Store, force_rmtree
 from rootbuild.platform import Platform, host_platform
 from rootbuild.progress import Progress
 from rootbuild.registry.client import TransportOptions
@@ -359,13 +364,10 @@ class _Stage:
         return await trio.to_thread.run_sync(self.build.trees.view, layers)
 
 
-def _platform_of(image: StoredImage) -> Platform:
-    """The image's platform as its config states it (normalised like --platform)."""
-    doc = image.config_json
-    text = f"{doc.get('os') or 'linux'}/{doc.get('architecture') or 'amd64'}"
-    if doc.get("variant"):
-        text += f"/{doc['variant']}"
-    return Platform.parse(text)
+def _platform_of(image: StoredImage) -> Platform | None:
+    """The image's platform as its config states it, normalised like ``--platform``."""
+    declared = config_platform(image.config_json)
+    return Platform.parse(str(declared)) if declared is not None else None
 
 
 def _empty_dir_source() -> Source:
@@ -592,6 +594,6 @@ def _warn_unused_args(
 
 
 def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    force_rmtree(path)
     if os.path.exists(path):
         raise RootbuildError(f"remove build work directory {path}: failed")

@@ -12,9 +12,7 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,11 +20,16 @@ from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
 from rootbuild.image.layer_extract import extract_layer
-from rootbuild.image.layer_write import TarEntry, write_layer
+from rootbuild.image.layer_write import (
+    MEDIA_TYPES,
+    TarEntry,
+    entries_from_extracted,
+    write_layer,
+)
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.image.oci import Descriptor
 from rootbuild.image.rootfs import RootfsView
-from rootbuild.image.store import Staging, Store
+from rootbuild.image.store import Staging, Store, force_rmtree
 
 Compression = Literal["gzip", "zstd", "none"]
 
@@ -53,18 +56,6 @@ class Layer:
             return self
         d = self.descriptor
         return Layer(Descriptor(media_type, d.digest, d.size), self.diff_id)
-
-
-def _remove(path: Path) -> None:
-    def onerror(func: object, failed: str, exc_info: object) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(failed, 0o700)
-            if os.path.isdir(failed):
-                shutil.rmtree(failed, ignore_errors=True)
-            else:
-                os.unlink(failed)
-
-    shutil.rmtree(path, onerror=onerror)
 
 
 class LayerTrees:
@@ -104,7 +95,7 @@ class LayerTrees:
                     )
                 result.meta.save(work / "meta.json")
             except BaseException:
-                _remove(work)
+                force_rmtree(work)
                 raise
             if self._store.has_blob(layer.descriptor.digest):
                 work = self._publish(work, final)
@@ -119,7 +110,7 @@ class LayerTrees:
         try:
             os.rename(work, final)
         except OSError:  # another build published the same layer first: use theirs
-            _remove(work)
+            force_rmtree(work)
         return final
 
     def lower(self, layer: Layer) -> tuple[Path, Path]:
@@ -135,8 +126,6 @@ class LayerTrees:
         the step changed nothing (BuildKit's exporter drops empty layers too)."""
         if not (meta.entries or meta.whiteouts or meta.opaque_dirs):
             return None
-        from rootbuild.image.layer_write import MEDIA_TYPES, entries_from_extracted
-
         with self._staging.ingest(media_type=MEDIA_TYPES[compression], what="layer") as writer:
             result = write_layer(
                 entries_from_extracted(tree, meta), cast(BinaryIO, writer),
@@ -160,8 +149,6 @@ class LayerTrees:
         self, entries: Iterable[TarEntry], compression: Compression, epoch: int | None
     ) -> Layer:
         """Write a new layer blob into the staging area; its tree becomes viewable."""
-        from rootbuild.image.layer_write import MEDIA_TYPES
-
         with self._staging.ingest(media_type=MEDIA_TYPES[compression], what="layer") as writer:
             result = write_layer(
                 entries, cast(BinaryIO, writer), compression=compression,
@@ -181,5 +168,5 @@ class LayerTrees:
 
     def discard(self) -> None:
         for work in self._pending.values():
-            _remove(work)
+            force_rmtree(work)
         self._pending.clear()

@@ -101,7 +101,7 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-def _force_rmtree(path: Path) -> None:
+def force_rmtree(path: Path) -> None:
     """rmtree that also removes read-only directories (extracted layers keep 0555 modes)."""
 
     def onerror(func: Any, failed: str, exc_info: Any) -> None:
@@ -248,7 +248,7 @@ class Staging:
         self._digests.clear()
 
     def close(self) -> None:
-        _force_rmtree(self.path)
+        force_rmtree(self.path)
 
     def __enter__(self) -> Staging:
         return self
@@ -507,8 +507,8 @@ class Store:
             for entry in sorted(self.layers_dir.iterdir()):
                 if entry.name not in keep_hex:
                     freed += _tree_size(entry) + entry.lstat().st_size
-                    _force_rmtree(entry)
+                    force_rmtree(entry)
             for entry in sorted(self.tmp_dir.iterdir()):
                 freed += _tree_size(entry) + entry.lstat().st_size
-                _force_rmtree(entry)
+                force_rmtree(entry)
         return freed
