@@ -33,6 +33,7 @@ from rootbuild.dockerfile.dockerignore import glob_match, has_wildcards
 from rootbuild.errors import ContextError, DockerfileError, ImageError, Location
 from rootbuild.image.layer_write import TarEntry
 from rootbuild.image.rootfs import RootfsView, ViewEntry
+from rootbuild.sandbox.users import parse_group, parse_passwd
 
 ID_FILE_CAP = 4 << 20  # /etc/passwd and /etc/group are read as data, at most 4 MiB
 
@@ -203,20 +204,22 @@ def heredoc_source(name: str, content: str, mtime: int) -> Source:
 
 
 def _id_table(view: RootfsView, path: str) -> dict[str, tuple[int, int | None]]:
-    """name -> (id, primary gid) from a passwd or group file (gid None when absent)."""
+    """name -> (id, primary gid) from the image's passwd or group file (gid None for
+    groups), parsed as data by the same code that resolves RUN's USER."""
     entry = view.lookup(path, follow=True)
     if entry is None or entry.kind not in ("file", "hardlink"):
         return {}
     try:
-        text = view.read_small_file(path, ID_FILE_CAP).decode("utf-8", "replace")
+        data = view.read_small_file(path, ID_FILE_CAP)
     except ImageError:
         return {}
     table: dict[str, tuple[int, int | None]] = {}
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) >= 3 and fields[0] and fields[2].isdigit():
-            gid = int(fields[3]) if len(fields) >= 4 and fields[3].isdigit() else None
-            table.setdefault(fields[0], (int(fields[2]), gid))
+    if path.endswith("passwd"):
+        for user in parse_passwd(data):
+            table.setdefault(user.name, (user.uid, user.gid))
+    else:
+        for group in parse_group(data):
+            table.setdefault(group.name, (group.gid, None))
     return table
 
 
