@@ -13,8 +13,10 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -22,6 +24,9 @@ from rootbuild.errors import RootbuildError, StoreError, UsageError
 from rootbuild.platform import Platform, host_platform
 from rootbuild.progress import make_progress
 from rootbuild.registry.client import TransportOptions
+
+if TYPE_CHECKING:
+    from rootbuild.image.store import Store
 
 COMPRESSIONS = ("gzip", "zstd", "none")
 
@@ -81,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--target", help="build only up to this stage")
     b.add_argument("--label", dest="labels", action="append", default=[], metavar="K=V")
     b.add_argument("--no-cache", action="store_true", help="do not use the step cache")
+    b.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
+                   help="do not use the step cache for these stages (repeat or comma-separate)")
+    b.add_argument("--cache-from", action="append", default=[], metavar="SPEC",
+                   help="import step cache: type=registry,ref=REF | type=local,src=DIR | REF")
+    b.add_argument("--cache-to", action="append", default=[], metavar="SPEC",
+                   help="export step cache: type=registry,ref=REF[,mode=min|max] | "
+                        "type=local,dest=DIR[,mode=min|max]")
     b.add_argument("--output", "-o", dest="outputs", action="append", default=[],
                    metavar="DEST",
                    help="oci:DIR[:TAG], oci-archive:FILE[:TAG], "
@@ -139,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("images", help="list images in the store")
     _add_root(i)
     i.add_argument("-q", "--quiet", action="store_true", help="names only")
+    i.add_argument("-a", "--all", action="store_true",
+                   help="also list the step cache's entries")
 
     ins = sub.add_parser("inspect", help="print an image's manifest and config as JSON")
     _add_root(ins)
@@ -148,8 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_root(r)
     r.add_argument("names", nargs="+")
 
-    p = sub.add_parser("prune", help="remove blobs and layers no image uses")
+    p = sub.add_parser("prune", help="remove the step cache and blobs and layers no image uses")
     _add_root(p)
+    p.add_argument("--keep-storage", metavar="SIZE",
+                   help="keep the most recently used step cache up to SIZE (e.g. 2GB)")
 
     sub.add_parser("doctor", help="check that RUN steps can work here, and say how to fix it")
     return parser
@@ -157,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from rootbuild.build.builder import BuildOptions, build
+    from rootbuild.cache.spec import parse_cache_from, parse_cache_to
     from rootbuild.image.refs import parse_output
     from rootbuild.image.store import Store
 
@@ -187,6 +204,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
         target=args.target,
         labels=labels,
         no_cache=args.no_cache,
+        no_cache_filter=tuple(
+            name.strip() for item in args.no_cache_filter for name in item.split(",")
+            if name.strip()
+        ),
+        cache_from=tuple(parse_cache_from(text) for text in args.cache_from),
+        cache_to=tuple(parse_cache_to(text) for text in args.cache_to),
         outputs=tuple(parse_output(o) for o in args.outputs),
         jobs=args.jobs,
         compression=args.compression,
@@ -319,7 +342,37 @@ def _cmd_images(args: argparse.Namespace) -> int:
     print(f"{'NAME':<40} {'MANIFEST':<20} CREATED")
     for name, digest, created in rows:
         print(f"{name:<40} {digest.removeprefix('sha256:')[:12]:<20} {created}")
+    if args.all:
+        _print_cache(store)
     return 0
+
+
+def _print_cache(store: Store) -> None:
+    """The step cache, most recently used first (``docker buildx du --verbose`` in brief)."""
+    from rootbuild.cache.index import CacheIndex
+
+    index = CacheIndex(store.root)
+    try:
+        entries = index.entries()
+    finally:
+        index.close()
+    total = sum(e.size for e in entries)
+    print(f"\nSTEP CACHE: {len(entries)} entries, {_human(total)} of layers")
+    print(f"{'KEY':<14} {'SIZE':>9}  {'LAST USED':<20} STEP")
+    for e in entries:
+        used = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.last_used))
+        step = e.description if len(e.description) <= 60 else e.description[:57] + "..."
+        size = _human(e.size) if e.layer is not None else "-"
+        print(f"{e.key.removeprefix('sha256:')[:12]:<14} {size:>9}  {used:<20} {step}")
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -356,10 +409,18 @@ def _cmd_rmi(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    from rootbuild.cache.prune import parse_size, prune
     from rootbuild.image.store import Store
 
-    freed = Store.open(args.root).prune()
-    print(f"reclaimed {freed} bytes")
+    keep: int | None = None
+    if args.keep_storage is not None:
+        try:
+            keep = parse_size(args.keep_storage)
+        except ValueError as exc:
+            raise UsageError(f"prune --keep-storage: {exc}") from None
+    result = prune(Store.open(args.root), keep)
+    print(f"removed {result.removed} step cache entries, kept {result.kept}")
+    print(f"reclaimed {result.freed} bytes")
     return 0
 
 

@@ -181,6 +181,11 @@ class BuildContext:
             host_root = os.path.realpath(context_dir)
         return cls(fd, host_root, ignore)
 
+    @property
+    def host_root(self) -> str:
+        """The context directory's host path (for cache bookkeeping, never for opening)."""
+        return self._host_root
+
     def close(self) -> None:
         if self._root_fd >= 0:
             os.close(self._root_fd)

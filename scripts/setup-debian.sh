@@ -19,12 +19,13 @@ apt-get update -qq
 # tests push to; busybox-static: the example image's only binary; util-linux/procps: runuser,
 # setpriv, pgrep for the tests; python3-seccomp: the tests simulate a container seccomp filter;
 # debootstrap: the Debian base image the RUN tests install a package into; openssl: the
-# registry tests make a CA and a server certificate.
+# registry tests make a CA and a server certificate; buildah fuse-overlayfs: the peers
+# bench/peers.py measures rootbuild against in the same run.
 apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-dev gcc libc6-dev \
     libfuse3-dev fuse3 pkg-config uidmap \
     skopeo umoci docker-registry busybox-static python3-seccomp debootstrap \
-    util-linux procps git ca-certificates openssl >/dev/null
+    util-linux procps git ca-certificates openssl buildah fuse-overlayfs >/dev/null
 
 if [ ! -x "$venv/bin/python" ]; then
     /usr/bin/python3 -m venv "$venv"

@@ -14,47 +14,37 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
 
-from rootbuild.build.archive_source import add_archive_or_file
-from rootbuild.build.copy import (
-    CopyPlan,
-    Source,
-    SourceItem,
-    context_sources,
-    copy_entries,
-    heredoc_source,
-    image_sources,
-    parse_chmod,
-    resolve_chown,
-)
-from rootbuild.build.layers import Compression, Layer, LayerTrees
+from rootbuild.build.layers import Compression, LayerTrees
+from rootbuild.build.stage import Stage, StageResult
+from rootbuild.build.step_cache import MergedCache, RemoteCache, StepCache
+from rootbuild.cache.index import CacheIndex
+from rootbuild.cache.remote import export_cache, import_cache
+from rootbuild.cache.spec import CacheSpec
 from rootbuild.context import BuildContext, find_dockerfile, load_ignore
-from rootbuild.dockerfile.instructions import Instruction, StageSpec
-from rootbuild.dockerfile.parser import parse_dockerfile, parse_instruction
+from rootbuild.dockerfile.parser import parse_dockerfile
 from rootbuild.errors import (
     ContextError,
     ImageError,
     Location,
     RegistryError,
     RootbuildError,
-    SandboxError,
-    StepError,
     UsageError,
 )
 from rootbuild.fuse_overlay.snapshotter import choose_snapshotter
 from rootbuild.image.archives import export_image, import_image
-from rootbuild.image.layer_write import TarEntry
 from rootbuild.image.oci import (
     OCI_CONFIG,
     OCI_MANIFEST,
@@ -63,7 +53,7 @@ from rootbuild.image.oci import (
     config_platform,
 )
 from rootbuild.image.refs import ImageRef, OutputRef, parse_base_ref
-from rootbuild.image.rootfs import RootfsView, materialize
+from rootbuild.image.rootfs import materialize
 from rootbuild.image.store import Staging, Store, force_rmtree
 from rootbuild.platform import Platform, host_platform
 from rootbuild.progress import Progress
@@ -71,26 +61,11 @@ from rootbuild.registry.client import TransportOptions
 from rootbuild.registry.pull import pull
 from rootbuild.registry.push import push
 from rootbuild.sandbox.idmap import read_host_plan
-from rootbuild.sandbox.run import run_step
-from rootbuild.sandbox.spec import OverlayRoot, StepSpec
 from rootbuild.stages.args import predefined_args, unused_build_args, unused_build_args_warning
 from rootbuild.stages.config import (
-    ImageConfig,
     format_timestamp,
     timestamp_from_epoch,
 )
-from rootbuild.stages.evaluate import (
-    CopyStep,
-    MetadataStep,
-    RunStep,
-    StageState,
-    Step,
-    WorkdirStep,
-    apply,
-    begin_stage,
-    onbuild_triggers,
-)
-from rootbuild.stages.graph import StageBase
 from rootbuild.stages.plan import BuildPlan, StagePlan, plan
 from rootbuild.stages.scheduler import run_plan
 
@@ -104,7 +79,10 @@ class BuildOptions:
     build_args: Mapping[str, str] = field(default_factory=dict)
     target: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
-    no_cache: bool = False  # there is no step cache yet: every build runs every step
+    no_cache: bool = False  # no cache lookups (steps still recorded), as BuildKit
+    no_cache_filter: tuple[str, ...] = ()  # stages whose steps are never looked up
+    cache_from: tuple[CacheSpec, ...] = ()
+    cache_to: tuple[CacheSpec, ...] = ()
     outputs: tuple[OutputRef, ...] = ()
     jobs: int = 1
     compression: Compression = "gzip"
@@ -120,270 +98,16 @@ class BuildOptions:
 
 
 @dataclass(frozen=True)
-class StageResult:
-    state: StageState
-    layers: tuple[Layer, ...]
-
-    @property
-    def config(self) -> ImageConfig:
-        return self.state.config
-
-
-@dataclass(frozen=True)
 class BuildResult:
     image_id: str  # the config digest, as `docker build` reports it
     image: StoredImage
     pushed: tuple[tuple[str, str], ...] = ()  # (reference, manifest digest) per push
 
 
-class _Stage:
-    """Runs the steps of one stage."""
-
-    def __init__(self, build: _Build, stage: StagePlan, deps: Mapping[int, StageResult]):
-        self.build = build
-        self.stage = stage
-        self.deps = deps
-        self.layers: tuple[Layer, ...] = ()
-        self.total = len(stage.instructions) + 1
-
-    def label(self, number: int, text: str) -> str:
-        short = text if len(text) <= 120 else text[:117] + "..."
-        return f"[{self.stage.display_name} {number}/{self.total}] {short}"
-
-    async def run(self) -> StageResult:
-        b = self.build
-        step = b.progress.start(self.label(1, self.stage.from_.original))
-        try:
-            base_config, parent = await self.base()
-        except RootbuildError as exc:
-            b.progress.failed(step, str(exc))
-            raise
-        b.progress.done(step)
-        spec = StageSpec(self.stage.index, self.stage.from_, self.stage.instructions)
-        state = begin_stage(
-            base_config, spec, dict(b.plan.global_args), b.options.build_args, b.predefined,
-            escape=b.escape, parent=parent.state if parent else None,
-        )
-        for trigger in onbuild_triggers(base_config):
-            instr = parse_instruction(trigger, self.stage.from_.location, b.escape)
-            state = await self.step(state, instr, f"ONBUILD {trigger}", None)
-        for number, instr in enumerate(self.stage.instructions, start=2):
-            state = await self.step(state, instr, instr.original, number)
-        return StageResult(state, self.layers)
-
-    async def base(self) -> tuple[ImageConfig, StageResult | None]:
-        base = self.stage.base
-        if base.stage is not None:
-            parent = self.deps[base.stage]
-            self.layers = parent.layers
-            return parent.config, parent
-        assert base.image is not None
-        if base.is_scratch:
-            return ImageConfig.scratch(self.stage.platform), None
-        image = await self.build.image(base.image, self.stage.platform, self.stage.from_.location)
-        self.layers = tuple(Layer(d, i) for d, i in zip(image.layers, image.diff_ids, strict=True))
-        return ImageConfig.from_oci(image.config_json), None
-
-    async def step(
-        self, state: StageState, instr: Instruction, text: str, number: int | None
-    ) -> StageState:
-        b = self.build
-        handle = b.progress.start(self.label(number, text) if number else f"[{text}]")
-        try:
-            state, action = apply(state, instr, now=b.now)
-            state = await self.execute(state, action, instr, handle)
-        except RootbuildError as exc:
-            # every error of a step says which instruction it was
-            error = exc if exc.location else type(exc)(exc.message, instr.location)
-            b.progress.failed(handle, str(error))
-            if error is exc:
-                raise
-            raise error from exc
-        b.progress.done(handle)
-        return state
-
-    async def execute(
-        self, state: StageState, action: Step, instr: Instruction, handle: int
-    ) -> StageState:
-        if isinstance(action, MetadataStep):
-            return state
-        if isinstance(action, RunStep):
-            layer = await self.run_command(action, instr.location, handle)
-            if layer is None:
-                return _mark_last_empty(state)
-            self.layers = (*self.layers, layer)
-            return dataclasses.replace(state, config=state.config.with_layer(layer.diff_id))
-        if isinstance(action, WorkdirStep):
-            entries = await trio.to_thread.run_sync(self.workdir_entries, action, instr.location)
-        else:
-            assert isinstance(action, CopyStep)
-            entries = await self.copy_entries(action, instr.location)
-        if entries is None:  # nothing changed: no layer, as BuildKit drops empty diffs
-            return _mark_last_empty(state)
-        layer = await trio.to_thread.run_sync(
-            self.build.trees.commit, entries, self.build.options.compression,
-            self.build.options.source_date_epoch,
-        )
-        self.layers = (*self.layers, layer)
-        return dataclasses.replace(state, config=state.config.with_layer(layer.diff_id))
-
-    def view(self) -> RootfsView:
-        return self.build.trees.view(self.layers)
-
-    async def run_command(
-        self, action: RunStep, where: Location, handle: int
-    ) -> Layer | None:
-        """Run a RUN step in the sandbox over the overlay of this stage's layers."""
-        b = self.build
-        if action.mounts:
-            kinds = ", ".join(sorted({m.type for m in action.mounts}))
-            raise StepError(f"RUN --mount=type={kinds}: not supported yet", where)
-        if action.heredoc_files:
-            raise StepError("RUN with a #! heredoc: not supported yet", where)
-        if action.security == "insecure":
-            raise StepError("RUN --security=insecure: refused (rootbuild has no such mode)",
-                            where)
-        lowers = await trio.to_thread.run_sync(
-            lambda: tuple(b.trees.lower(layer) for layer in self.layers)
-        )
-        scratch = Path(tempfile.mkdtemp(prefix="run-", dir=b.work_dir))
-        network = action.network if action.network in ("host", "none") else b.options.network
-        env = dict(item.partition("=")[::2] for item in action.env)
-        spec = StepSpec(
-            argv=action.command,
-            rootfs=OverlayRoot(lowers, scratch / "overlay", b.snapshotter.name),
-            scratch=scratch / "sandbox",
-            env=env, user=action.user, workdir=action.workdir or "/", network=network,
-            proc=b.options.proc, untrusted=b.options.untrusted,
-            timeout=b.options.step_timeout,
-        )
-        try:
-            result = await run_step(spec, lambda line: b.progress.output(handle, line))
-        except (StepError, SandboxError) as exc:
-            if exc.location is not None or exc.message.startswith("RUN"):
-                raise
-            raise type(exc)(f"RUN: {exc.message}", where) from exc
-        for warning in result.warnings:
-            b.warn_once(warning)
-        command = " ".join(action.command)
-        if result.timed_out:
-            raise StepError(
-                f'RUN: process "{command}" timed out after {b.options.step_timeout:g}s', where
-            )
-        if result.exit_code != 0:
-            hint = ""
-            if b.idmap.mode == "single":  # the likeliest cause of a chown/USER failure
-                hint = (
-                    " (note: RUN maps only root to your user, so chown to other ids and "
-                    "USER switches fail; " + b.idmap.warning.split("; fix: ")[-1] + ")"
-                )
-            raise StepError(
-                f'RUN: process "{command}" did not complete successfully: '
-                f"exit code: {result.exit_code}{hint}", where,
-            )
-        if result.layer is None:
-            raise SandboxError("RUN: the sandbox returned no layer for a successful step",
-                               where)
-        return await trio.to_thread.run_sync(
-            b.trees.adopt, result.layer.tree, result.layer.meta, b.options.compression,
-            b.options.source_date_epoch,
-        )
-
-    def workdir_entries(self, action: WorkdirStep, where: Location) -> list[TarEntry] | None:
-        view = self.view()
-        target = view.realpath(action.path).strip("/")
-        found = view.lookup(target, follow=True) if target else None
-        if not target or (found is not None and found.is_dir):
-            return None
-        owner = resolve_chown(action.user, view, where) if action.user else (0, 0)
-        plan = CopyPlan(
-            sources=[_empty_dir_source()], dest="/" + target + "/", owner=owner, chmod=None,
-            now=self.build.epoch_now,
-        )
-        return copy_entries(plan, view, where)
-
-    async def copy_entries(self, action: CopyStep, where: Location) -> list[TarEntry]:
-        keyword = "ADD" if action.is_add else "COPY"
-        for src in action.sources:
-            if src.startswith(("http://", "https://", "git@", "git://", "ssh://")):
-                raise ContextError(
-                    f'{keyword}: source "{src}": remote sources are not supported yet', where
-                )
-        if action.parents:
-            raise ContextError(f"{keyword} --parents: not supported yet", where)
-        source_view: RootfsView | None = None
-        what = ""
-        if action.from_ is not None:
-            ref = self.stage.resolve(action.from_)
-            source_view, what = await self.from_view(ref, where), action.from_
-        build = self.build
-
-        def work() -> list[TarEntry]:
-            view = self.view()
-            sources: list[Source]
-            keep_owner = False
-            if source_view is not None:
-                sources = image_sources(source_view, action.sources, action.excludes, where, what)
-                keep_owner = True
-            else:
-                try:
-                    if action.is_add:
-                        sources, keep_owner = add_archive_or_file(
-                            build.context, action.sources, action.excludes, where,
-                            build.work_dir,
-                        )
-                    else:
-                        sources = context_sources(
-                            build.context, action.sources, action.excludes, where
-                        )
-                except ContextError as exc:
-                    if exc.message.startswith(keyword):
-                        raise
-                    raise ContextError(f"{keyword}: {exc.message}", where) from exc
-            sources += [heredoc_source(h.name, h.content, build.epoch_now)
-                        for h in action.heredocs]
-            plan = CopyPlan(
-                sources=sources, dest=action.dest,
-                owner=resolve_chown(action.chown, view, where) if action.chown else None,
-                chmod=parse_chmod(action.chmod, where), now=build.epoch_now,
-                keep_owner=keep_owner,
-            )
-            return copy_entries(plan, view, where)
-
-        return await trio.to_thread.run_sync(work)
-
-    async def from_view(self, ref: StageBase, where: Location) -> RootfsView:
-        if ref.stage is not None:
-            layers = self.deps[ref.stage].layers
-        elif ref.is_scratch:
-            layers = ()
-        else:
-            assert ref.image is not None
-            image = await self.build.image(ref.image, self.stage.platform, where)
-            layers = tuple(Layer(d, i) for d, i in zip(image.layers, image.diff_ids, strict=True))
-        return await trio.to_thread.run_sync(self.build.trees.view, layers)
-
-
 def _platform_of(image: StoredImage) -> Platform | None:
     """The image's platform as its config states it, normalised like ``--platform``."""
     declared = config_platform(image.config_json)
     return Platform.parse(str(declared)) if declared is not None else None
-
-
-def _empty_dir_source() -> Source:
-    def items() -> Iterator[SourceItem]:
-        yield SourceItem(rel="", kind="dir", mode=0o755, mtime=0)
-
-    return Source(name=".", is_dir=True, items=items)
-
-
-def _mark_last_empty(state: StageState) -> StageState:
-    history = state.config.history
-    if not history:
-        return state
-    last = dataclasses.replace(history[-1], empty_layer=True)
-    config = dataclasses.replace(state.config, history=(*history[:-1], last))
-    return dataclasses.replace(state, config=config)
 
 
 class _Build:
@@ -398,7 +122,12 @@ class _Build:
         self.plan = plan
         self.escape = escape
         self.work_dir = work_dir
+        self.staging = staging
         self.trees = LayerTrees(store, staging)
+        self.cache = StepCache(
+            CacheIndex(store.root), disabled=options.no_cache,
+            disabled_stages=frozenset(options.no_cache_filter), warn=self.warn_once,
+        )
         epoch = options.source_date_epoch
         self.epoch_now = epoch if epoch is not None else int(time.time())
         self.now = (
@@ -464,7 +193,7 @@ class _Build:
         return await trio.to_thread.run_sync(import_image, self.store, ref, platform)
 
     async def stage(self, stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:
-        return await _Stage(self, stage, deps).run()
+        return await Stage(self, stage, deps).run()
 
 
 def _read_dockerfile(options: BuildOptions) -> tuple[str, str, Path | None]:
@@ -504,7 +233,9 @@ async def build(options: BuildOptions, store: Store, progress: Progress) -> Buil
             dockerfile.directives.escape, work_dir,
         )
         try:
-            results = await run_plan(the_plan, runner.stage, jobs=options.jobs)
+            async with contextlib.AsyncExitStack() as remotes:
+                runner.cache.remote = await _import_caches(store, options, progress, remotes)
+                results = await run_plan(the_plan, runner.stage, jobs=options.jobs)
             final = results[the_plan.target]
             image = await trio.to_thread.run_sync(
                 _commit_image, runner, staging, final, options
@@ -513,7 +244,10 @@ async def build(options: BuildOptions, store: Store, progress: Progress) -> Buil
             runner.trees.discard()
             raise
         finally:
+            runner.cache.index.close()
             _rmtree(work_dir)
+        for spec in options.cache_to:
+            await _export_cache(store, runner, the_plan, spec, options, progress)
         _warn_unused_args(the_plan, results, options, progress)
         pushed: list[tuple[str, str]] = []
         for output in options.outputs:
@@ -562,9 +296,63 @@ def _commit_image(
     manifest_desc = staging.put_bytes(canonical_json(manifest), OCI_MANIFEST)
     staging.commit()
     runner.trees.publish()
+    runner.cache.commit()
     for tag in options.tags:
         runner.store.tag(tag, manifest_desc)
     return runner.store.load(manifest_desc)
+
+
+async def _import_caches(
+    store: Store, options: BuildOptions, progress: Progress, stack: contextlib.AsyncExitStack
+) -> RemoteCache | None:
+    """Every ``--cache-from`` source, read (manifest and config only) before the build; one
+    that cannot be read is a warning, as with BuildKit."""
+    imported: list[RemoteCache] = []
+    for spec in options.cache_from:
+        handle = progress.start(f"importing cache from {_describe(spec)}")
+        try:
+            cache = await import_cache(
+                store, spec, transport=options.transport,
+                say=functools.partial(progress.output, handle),
+            )
+        except RootbuildError as exc:
+            progress.done(handle)
+            progress.warn(f"importing cache from {_describe(spec)}: {exc}")
+            continue
+        progress.done(handle)
+        imported.append(await stack.enter_async_context(cache))
+    if not imported:
+        return None
+    return imported[0] if len(imported) == 1 else MergedCache(imported)
+
+
+async def _export_cache(
+    store: Store, runner: _Build, the_plan: BuildPlan, spec: CacheSpec, options: BuildOptions,
+    progress: Progress,
+) -> None:
+    """``--cache-to``: mode=min exports the steps whose layers are in the image (the target
+    stage and the stages it is built FROM), mode=max every step of the build."""
+    if spec.mode == "max":
+        stages = list(the_plan.order)
+    else:
+        stages, index = [], the_plan.target
+        while True:
+            stages.insert(0, index)
+            base = the_plan.stage(index).base.stage
+            if base is None:
+                break
+            index = base
+    entries = runner.cache.entries_of(stages)
+    handle = progress.start(f"exporting cache to {_describe(spec)}")
+    await export_cache(
+        store, entries, spec, transport=options.transport,
+        say=functools.partial(progress.output, handle),
+    )
+    progress.done(handle)
+
+
+def _describe(spec: CacheSpec) -> str:
+    return f"type={spec.kind},{'ref' if spec.kind == 'registry' else 'dir'}={spec.ref}"
 
 
 def _export(

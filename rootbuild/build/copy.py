@@ -54,6 +54,8 @@ class SourceItem:
     devminor: int = 0
     xattrs: tuple[tuple[str, bytes], ...] = ()
     opener: Callable[[], BinaryIO] | None = None
+    # context files: (host path, dev, ino, size, mtime_ns), the step cache's file identity
+    identity: tuple[str, int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,10 @@ def _context_source(
                 size=entry.size if kind == "file" else 0,
                 linkname=entry.linkname,
                 opener=functools.partial(ctx.open_file, entry) if kind == "file" else None,
+                identity=(
+                    f"{ctx.host_root}/{entry.real}", entry.dev, entry.ino, entry.size,
+                    entry.mtime_ns,
+                ) if kind == "file" else None,
             )
 
     name = posixpath.basename(top.relpath.rstrip("/")) or "."

@@ -31,7 +31,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -92,7 +92,8 @@ def _link_no_replace(src: Path, dst: Path) -> bool:
     return placed
 
 
-def _tree_size(path: Path) -> int:
+def tree_size(path: Path) -> int:
+    """Bytes of every file below ``path`` (apparent sizes, not following links)."""
     total = 0
     for dirpath, dirnames, filenames in os.walk(path):
         for name in [*dirnames, *filenames]:
@@ -475,7 +476,8 @@ class Store:
 
     # -- garbage collection -----------------------------------------------------------------
 
-    def _reachable(self, extra_roots: Iterable[str]) -> tuple[set[str], set[str]]:
+    def reachable(self, extra_roots: Iterable[str] = ()) -> tuple[set[str], set[str]]:
+        """(blob digests, layer diffIDs) that tagged images reach, plus ``extra_roots``."""
         blobs: set[str] = set(extra_roots)
         diff_ids: set[str] = set()
         for record in self.records():
@@ -489,14 +491,23 @@ class Store:
             diff_ids.update(image.diff_ids)
         return blobs, diff_ids
 
-    def prune(self, extra_roots: Iterable[str] = (), wait: bool = True) -> int:
+    def prune(
+        self, extra_roots: Iterable[str] = (), wait: bool = True,
+        also_keep: Callable[[], tuple[Iterable[str], Iterable[str]]] | None = None,
+    ) -> int:
         """Remove blobs and ``layers/<hex>`` trees no tagged image reaches, and everything in
-        ``tmp/``; return the bytes freed. Waits for running builds unless ``wait`` is False."""
+        ``tmp/``; return the bytes freed. Waits for running builds unless ``wait`` is False.
+        ``also_keep`` is called under the exclusive lock and names more (blob digests,
+        diffIDs) to keep: the step cache's entries."""
         if self._shared_depth:
             raise StoreError(f"prune store {self.root}: this process holds the build lock")
         freed = 0
         with self._flock("gc.lock", fcntl.LOCK_EX, wait):
-            keep_blobs, keep_diffs = self._reachable(extra_roots)
+            keep_blobs, keep_diffs = self.reachable(extra_roots)
+            if also_keep is not None:
+                more_blobs, more_diffs = also_keep()
+                keep_blobs.update(more_blobs)
+                keep_diffs.update(more_diffs)
             blobs_root = self.root / "blobs"
             for alg_dir in sorted(blobs_root.iterdir()):
                 for entry in sorted(alg_dir.iterdir()):
@@ -506,9 +517,9 @@ class Store:
             keep_hex = {hex_of(d) for d in keep_diffs}
             for entry in sorted(self.layers_dir.iterdir()):
                 if entry.name not in keep_hex:
-                    freed += _tree_size(entry) + entry.lstat().st_size
+                    freed += tree_size(entry) + entry.lstat().st_size
                     force_rmtree(entry)
             for entry in sorted(self.tmp_dir.iterdir()):
-                freed += _tree_size(entry) + entry.lstat().st_size
+                freed += tree_size(entry) + entry.lstat().st_size
                 force_rmtree(entry)
         return freed

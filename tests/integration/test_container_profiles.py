@@ -388,7 +388,8 @@ def _busybox_build(
     }
     ctx = rb.make_context(name, files)
     os.chmod(ctx / "rootfs/bin/busybox", 0o755)
-    argv = [str(ROOTBUILD), "build", "--root", str(rb.store), "-q", str(ctx)]
+    # --no-cache: the second build must really run its RUN under the stricter profile
+    argv = [str(ROOTBUILD), "build", "--root", str(rb.store), "-q", "--no-cache", str(ctx)]
     return _under(rb, profile, argv)
 
 

@@ -22,14 +22,15 @@ ALLOWED: dict[str, set[str]] = {
     "fuse_overlay": {"errors", "platform", "image"},
     "sandbox": {"errors", "platform", "image", "fuse_overlay"},
     "registry": {"errors", "platform", "image"},
+    "cache": {"errors", "platform", "dockerfile", "stages", "context", "image", "registry"},
     "build": {
         "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
-        "fuse_overlay", "sandbox", "registry",
+        "fuse_overlay", "sandbox", "registry", "cache",
     },
     "doctor": set(),
     "cli": {
         "doctor", "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
-        "fuse_overlay", "sandbox", "registry", "build",
+        "fuse_overlay", "sandbox", "registry", "cache", "build",
     },
 }
 IO_MODULES = {"os", "trio", "pyfuse3", "subprocess", "socket", "shutil", "tempfile", "pathlib"}

@@ -1,0 +1,103 @@
+"""``rootbuild prune``: the step cache's part of garbage collection.
+
+Rules (``docker buildx prune``, ``docker builder prune --keep-storage``):
+- Without ``keep_storage`` every cache entry goes (``buildx prune --all``); with it, the
+  most recently used entries are kept while the storage they alone hold fits in the
+  budget, and the least recently used go first.
+- An entry's cost is what removing it would free: its layer blob and the layer's extracted
+  tree, counted once per layer, and nothing for a layer a tagged image keeps anyway.
+- The decision is made under the store's exclusive GC lock (``Store.prune(also_keep=)``),
+  so no build adds or uses entries meanwhile; kept entries keep their blobs and trees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from rootbuild.cache.entry import CacheEntry
+from rootbuild.cache.index import CacheIndex
+from rootbuild.image.store import Store, tree_size
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    freed: int  # bytes
+    removed: int  # cache entries
+    kept: int
+
+
+def choose_kept(
+    entries: Sequence[CacheEntry], cost: Mapping[str, int], held: Iterable[str],
+    keep_storage: int | None,
+) -> list[CacheEntry]:
+    """The entries to keep: ``entries`` most recently used first, ``cost`` by layer
+    digest, ``held`` the layer digests tagged images keep anyway."""
+    if keep_storage is None:
+        return []
+    counted = set(held)
+    used = 0
+    kept: list[CacheEntry] = []
+    for entry in sorted(entries, key=lambda e: (-e.last_used, e.key)):
+        digest = entry.layer.digest if entry.layer is not None else None
+        extra = 0 if digest is None or digest in counted else cost.get(digest, 0)
+        if used + extra > keep_storage:
+            continue
+        used += extra
+        if digest is not None:
+            counted.add(digest)
+        kept.append(entry)
+    return kept
+
+
+def prune(store: Store, keep_storage: int | None = None, wait: bool = True) -> PruneResult:
+    """Prune the store and its step cache (see the module rules)."""
+    index = CacheIndex(store.root)
+    counts = {"removed": 0, "kept": 0}
+
+    def also_keep() -> tuple[set[str], set[str]]:
+        entries = index.entries()
+        held_blobs, _held_diffs = store.reachable()
+        cost: dict[str, int] = {}
+        for entry in entries:
+            if entry.layer is None or entry.diff_id is None or entry.layer.digest in cost:
+                continue
+            size = entry.layer.size if store.has_blob(entry.layer.digest) else 0
+            with contextlib.suppress(OSError):
+                size += tree_size(store.layer_dir(entry.diff_id))
+            cost[entry.layer.digest] = size
+        kept = choose_kept(entries, cost, held_blobs, keep_storage)
+        kept_keys = {e.key for e in kept}
+        index.remove(e.key for e in entries if e.key not in kept_keys)
+        counts["removed"] = len(entries) - len(kept)
+        counts["kept"] = len(kept)
+        return (
+            {e.layer.digest for e in kept if e.layer is not None},
+            {e.diff_id for e in kept if e.diff_id is not None},
+        )
+
+    try:
+        freed = store.prune(wait=wait, also_keep=also_keep)
+    finally:
+        index.close()
+    return PruneResult(freed, counts["removed"], counts["kept"])
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``--keep-storage`` sizes as Docker reads them (go-units ``RAMInBytes``: ``512mb``,
+    ``10GB``, ``1.5g``, ``2GiB``, plain bytes; multiples of 1024, case-insensitive)."""
+    clean = text.strip().lower()
+    number = clean.rstrip("bikmgt")
+    unit = clean[len(number):].removesuffix("b").removesuffix("i") if clean[len(number):] \
+        not in ("", "b") else ""
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value < 0 or not number:
+        raise ValueError(f"invalid size {text!r} (use e.g. 512MB, 10GB)")
+    return int(value * _UNITS[unit])
