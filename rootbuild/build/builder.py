@@ -15,7 +15,6 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import sys
@@ -64,6 +63,7 @@ from rootbuild.sandbox.idmap import read_host_plan
 from rootbuild.stages.args import predefined_args, unused_build_args, unused_build_args_warning
 from rootbuild.stages.config import (
     format_timestamp,
+    settle_created,
     timestamp_from_epoch,
 )
 from rootbuild.stages.plan import BuildPlan, StagePlan, plan
@@ -129,10 +129,11 @@ class _Build:
             disabled_stages=frozenset(options.no_cache_filter), warn=self.warn_once,
         )
         epoch = options.source_date_epoch
-        self.epoch_now = epoch if epoch is not None else int(time.time())
+        self.started = time.time()
+        self.epoch_now = epoch if epoch is not None else int(self.started)
         self.now = (
             timestamp_from_epoch(epoch) if epoch is not None
-            else format_timestamp(datetime.now(UTC))
+            else format_timestamp(datetime.fromtimestamp(self.started, UTC))
         )
         self.predefined = predefined_args(
             plan.target_platform, plan.build_platform,
@@ -284,7 +285,7 @@ def _commit_image(
     config = final.config
     if options.labels:
         config = config.with_labels(sorted(options.labels.items()))
-    config = dataclasses.replace(config, created=runner.now)
+    config = settle_created(config, runner.now)
     config_desc = staging.put_bytes(canonical_json(config.to_oci()), OCI_CONFIG)
     layers = [layer.as_oci().descriptor.to_json() for layer in final.layers]
     manifest = {

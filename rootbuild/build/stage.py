@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +50,7 @@ from rootbuild.image.layer_write import TarEntry
 from rootbuild.image.rootfs import RootfsView
 from rootbuild.sandbox.run import run_step
 from rootbuild.sandbox.spec import OverlayRoot, StepSpec
-from rootbuild.stages.config import ImageConfig
+from rootbuild.stages.config import ImageConfig, format_timestamp
 from rootbuild.stages.evaluate import (
     CopyStep,
     MetadataStep,
@@ -66,7 +66,7 @@ from rootbuild.stages.graph import StageBase
 from rootbuild.stages.plan import StagePlan
 
 if TYPE_CHECKING:
-    from rootbuild.build.builder import _Build
+    from rootbuild.build.builder import BuildOptions, _Build
 
 _REMOTE = ("http://", "https://", "git@", "git://", "ssh://")
 
@@ -168,13 +168,14 @@ class Stage:
                 self.key = chain_key(key, entry.diff_id)
                 layer = Layer(entry.layer, entry.diff_id) if entry.layer and entry.diff_id \
                     else None
+                state = _stamped(state, entry.created, self.build.options)
                 return self.with_layer(state, layer), True
         layer = await self.produce(action, instr.location, handle)
         if key is not None:
             cache.add(self.stage.index, CacheEntry(
                 key=key, layer=layer.descriptor if layer else None,
                 diff_id=layer.diff_id if layer else None, description=text,
-                created=time.time(),
+                created=self.build.started,
             ))
             self.key = chain_key(key, layer.diff_id if layer else None)
         return self.with_layer(state, layer), False
@@ -393,6 +394,19 @@ def _empty_dir_source() -> Source:
         yield SourceItem(rel="", kind="dir", mode=0o755, mtime=0)
 
     return Source(name=".", is_dir=True, items=items)
+
+
+def _stamped(state: StageState, created: float, options: BuildOptions) -> StageState:
+    """The step's history entry with the time the cached step first ran (BuildKit keeps
+    cache records' times, so an unchanged rebuild is the same image); SOURCE_DATE_EPOCH
+    wins."""
+    history = state.config.history
+    if not history or options.source_date_epoch is not None:
+        return state
+    when = format_timestamp(datetime.fromtimestamp(created, UTC))
+    last = dataclasses.replace(history[-1], created=when)
+    config = dataclasses.replace(state.config, history=(*history[:-1], last))
+    return dataclasses.replace(state, config=config)
 
 
 def _mark_last_empty(state: StageState) -> StageState:

@@ -516,3 +516,20 @@ def check_signal(signal: str, location: Location | None = None) -> None:
         if name in _SIGNALS:
             return
     raise DockerfileError(f"STOPSIGNAL: invalid signal: {signal}", location)
+
+
+def settle_created(config: ImageConfig, now: str) -> ImageConfig:
+    """Timestamps as BuildKit's exporter leaves them when steps come from the cache: a
+    cached layer keeps the time its step first ran (set by the builder), a metadata entry
+    stamped ``now`` takes the time of the entry before it, and the image's ``created`` is
+    its last history entry's. So an unchanged rebuild gives the same image ID (moby/buildkit
+    #363, "use the timestamp from the cache records"); a build that ran a step is ``now``."""
+    history: list[HistoryEntry] = []
+    previous: str | None = None
+    for entry in config.history:
+        if entry.empty_layer and entry.created == now and previous is not None:
+            entry = dataclasses.replace(entry, created=previous)
+        history.append(entry)
+        previous = entry.created or previous
+    created = history[-1].created if history and history[-1].created else now
+    return dataclasses.replace(config, history=tuple(history), created=created)
