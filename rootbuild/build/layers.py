@@ -148,16 +148,15 @@ class LayerTrees:
     def commit(
         self, entries: Iterable[TarEntry], compression: Compression, epoch: int | None
     ) -> Layer:
-        """Write a new layer blob into the staging area; its tree becomes viewable."""
+        """Write a new layer blob into the staging area. Its tree is extracted only when a
+        later step or output needs it (a final COPY is never unpacked again)."""
         with self._staging.ingest(media_type=MEDIA_TYPES[compression], what="layer") as writer:
             result = write_layer(
                 entries, cast(BinaryIO, writer), compression=compression,
                 source_date_epoch=epoch,
             )
         assert writer.descriptor is not None
-        layer = Layer(writer.descriptor, result.diff_id)
-        self.tree(layer)
-        return layer
+        return Layer(writer.descriptor, result.diff_id)
 
     def publish(self) -> None:
         """After the build's blobs are committed: move this build's trees into the store."""

@@ -1,8 +1,8 @@
 """The registry transport of the step cache: push a cache manifest and its blobs, read one back.
 
 Rules (OCI distribution-spec v1.1; the push and pull rules of ``registry/push.py`` and
-``registry/pull.py``, whose machinery this reuses rather than copies):
-- Export: blobs first, manifest last, through push.py's pusher: a blob the repository
+``registry/pull.py``, whose public functions this uses rather than copies):
+- Export: blobs first, manifest last, through ``push_blobs_and_manifest``: a blob the repository
   already has (``HEAD`` 200) is not sent again, a blob the origins index places in another
   repository of the same registry is mounted, others are uploaded monolithically. The cache
   config is not a store blob: it is uploaded from memory. The layers are then recorded as held
@@ -10,7 +10,7 @@ Rules (OCI distribution-spec v1.1; the push and pull rules of ``registry/push.py
 - Import: the manifest (``GET /manifests/<tag or digest>``, 4 MiB cap, checked against a
   pinned digest) and the config (4 MiB cap, digest and size checked). A 404 on the manifest
   means no cache yet: ``read_manifest`` answers None.
-- Fetch: one layer streamed into the caller's staging area by pull.py's layer download
+- Fetch: one layer streamed into the caller's staging area by pull.py's ``fetch_layer``
   (bounded retries, digest and size verified while streaming, then the diffID); its origin is
   recorded so that a later push of an image to another repository of the same registry
   mounts it instead of uploading it.
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-
-import trio
 
 from rootbuild.errors import ImageError, RegistryError
 from rootbuild.image.digest import Verifier
@@ -40,37 +38,10 @@ from rootbuild.registry.protocol import (
     reference_of,
     scope_for,
 )
-from rootbuild.registry.pull import PullTally, _Puller, one_error, record_origins
-from rootbuild.registry.push import _Pusher
+from rootbuild.registry.pull import fetch_layer, one_error, record_origins
+from rootbuild.registry.push import push_blobs_and_manifest
 
 Say = Callable[[str], None]
-
-
-class _CachePusher(_Pusher):
-    """push.py's pusher, with some blobs served from memory instead of the store."""
-
-    def __init__(
-        self,
-        client: RegistryClient,
-        store: Store,
-        ref: Reference,
-        say: Say,
-        jobs: int,
-        in_memory: Mapping[str, bytes],
-    ) -> None:
-        super().__init__(client, store, ref.path, ref.familiar(), say, jobs)
-        self.in_memory = dict(in_memory)
-
-    def _body(self, desc: Descriptor) -> Callable[[], AsyncIterator[bytes]]:
-        data = self.in_memory.get(desc.digest)
-        if data is None:
-            return super()._body(desc)
-        payload = data
-
-        async def chunks() -> AsyncIterator[bytes]:
-            yield payload
-
-        return chunks
 
 
 async def push_cache(
@@ -89,24 +60,20 @@ async def push_cache(
     where = ref.familiar()
     if ref.digest is not None:
         raise RegistryError(f"export cache to {where}: cannot push to a digest reference")
-    try:
-        async with RegistryClient(ref.domain, transport) as client:
-            pusher = _CachePusher(
-                client, store, ref, say, jobs, {d: data for d, (_, data) in in_memory.items()}
-            )
-            blobs: dict[str, tuple[Descriptor, str]] = {
-                desc.digest: (desc, "cache config") for desc, _ in in_memory.values()
-            }
-            for n, layer in enumerate(layers):
-                blobs.setdefault(layer.digest, (layer, f"cache layer {n + 1}/{len(layers)}"))
-            async with trio.open_nursery() as nursery:
-                for desc, what in blobs.values():
-                    nursery.start_soon(pusher.blob, desc, what)
-            digest = await pusher.manifest(ref.tag or "latest", manifest_bytes, OCI_MANIFEST)
-            record_origins(store, client.registry, ref.path, [x.digest for x in layers], say)
-    except (ImageError, BaseExceptionGroup) as exc:
-        raise one_error(exc, f"export cache to {where}") from exc
-    return digest
+    blobs = [(desc, "cache config") for desc, _ in in_memory.values()]
+    blobs += [(layer, f"cache layer {n + 1}/{len(layers)}") for n, layer in enumerate(layers)]
+    return await push_blobs_and_manifest(
+        store,
+        ref,
+        blobs,
+        manifest_bytes,
+        OCI_MANIFEST,
+        in_memory={digest: data for digest, (_, data) in in_memory.items()},
+        transport=transport,
+        say=say,
+        jobs=jobs,
+        action="export cache to",
+    )
 
 
 class RegistryCacheSource:
@@ -183,9 +150,7 @@ class RegistryCacheSource:
         what = f"cache layer {layer.digest[7:19]}"
         try:
             async with self._client() as client:
-                puller = _Puller(client, self.store, self.ref, self.say, 1)
-                puller.tally = PullTally(1, layer.size, self.say)
-                await puller.layer(staging, layer, diff_id, what)
+                await fetch_layer(client, self.ref, staging, layer, diff_id, what, self.say)
                 record_origins(self.store, client.registry, self.ref.path, [layer.digest], self.say)
         except (ImageError, BaseExceptionGroup) as exc:
             raise one_error(exc, f"fetch {what} from {self.where}") from exc

@@ -20,6 +20,9 @@ Rules (OCI distribution-spec "Pulling manifests"/"Pulling blobs"; SECURITY.md ru
   live view alike).
 - A pulled image's blobs are recorded in the store's origins index as held by
   ``registry/repo`` (``origins.py``), so that a later push to that registry can mount them.
+- ``fetch_layer`` is the public single-layer download (the step cache's registry transport
+  uses it): the same streaming, verification, retries and progress lines as a pull's layers,
+  into the caller's staging area, over the caller's client.
 """
 
 from __future__ import annotations
@@ -145,6 +148,81 @@ def record_origins(
         say(f"warning: cannot record blob origins in {store.root}: {exc.strerror or exc}")
 
 
+async def _download_layer(
+    client: RegistryClient,
+    repo: str,
+    where: str,
+    staging: Staging,
+    layer: Descriptor,
+    diff_id: str,
+    what: str,
+    say: Say,
+    tally: PullTally,
+) -> None:
+    """Stream one layer into ``staging``; retry a transfer that breaks off; check the
+    diffID of the verified blob."""
+    say(f"pulling {what} ({_human(layer.size)})")
+    attempt = 0
+    while True:
+        writer = staging.ingest(layer.digest, layer.size, layer.media_type, what)
+        received = 0
+        try:
+            async with client.request(
+                "GET", blob_path(repo, layer.digest), scope=scope_for(repo), what=f"pull {what}"
+            ) as response:
+                async for chunk in response.aiter_bytes(CHUNK):
+                    writer.write(chunk)  # counts and hashes: over-long fails here
+                    received += len(chunk)
+                    tally.add(len(chunk))
+            await trio.to_thread.run_sync(writer.close)  # digest + size, then placed
+            break
+        except TransientError:
+            writer.abort()
+            tally.add(-received)
+            attempt += 1
+            if attempt >= client.retries:
+                raise
+            say(f"retrying {what}")
+            await client.sleep_backoff(attempt)
+        except BaseException:
+            writer.abort()
+            raise
+    actual = await trio.to_thread.run_sync(_diff_id, staging, layer, what)
+    if actual != diff_id:
+        raise RegistryError(f"pull {where}: {what}: diffID is {actual}, config says {diff_id}")
+    say(f"pulled {what} ({_human(layer.size)})")
+    tally.layer_done()
+
+
+def _diff_id(staging: Staging, layer: Descriptor, what: str) -> str:
+    with staging.open_blob(layer.digest) as f:
+        return diff_id_of(f, layer_compression(layer.media_type), what)
+
+
+async def fetch_layer(
+    client: RegistryClient,
+    ref: Reference,
+    staging: Staging,
+    layer: Descriptor,
+    diff_id: str,
+    what: str,
+    say: Say = _quiet,
+) -> None:
+    """Download ``layer`` of ``ref``'s repository into ``staging`` (committed by the
+    caller): streamed, its size and digest verified while it arrives, retried when the
+    transfer breaks off, then its diffID checked against ``diff_id`` (image-spec config.md
+    ``rootfs.diff_ids``). Progress lines name it ``what``, with a one-layer tally.
+
+    Errors are raised as they come (``RegistryError``, ``ImageError`` for a blob that
+    fails verification): the caller words them, e.g. with ``one_error``. Nothing is recorded
+    in the origins index; ``record_origins`` does that once the caller is done.
+    """
+    tally = PullTally(1, layer.size, say)
+    await _download_layer(
+        client, ref.path, ref.familiar(), staging, layer, diff_id, what, say, tally
+    )
+
+
 class _Puller:
     def __init__(
         self, client: RegistryClient, store: Store, ref: Reference, say: Say, jobs: int
@@ -207,49 +285,18 @@ class _Puller:
         return data
 
     async def layer(self, staging: Staging, layer: Descriptor, diff_id: str, what: str) -> None:
-        """Stream one layer into ``staging``; retry a transfer that breaks off."""
         async with self.limiter:
-            self.say(f"pulling {what} ({_human(layer.size)})")
-            attempt = 0
-            while True:
-                writer = staging.ingest(layer.digest, layer.size, layer.media_type, what)
-                received = 0
-                try:
-                    async with self.client.request(
-                        "GET",
-                        blob_path(self.repo, layer.digest),
-                        scope=self.scope,
-                        what=f"pull {what}",
-                    ) as response:
-                        async for chunk in response.aiter_bytes(CHUNK):
-                            writer.write(chunk)  # counts and hashes: over-long fails here
-                            received += len(chunk)
-                            self.tally.add(len(chunk))
-                    await trio.to_thread.run_sync(writer.close)  # digest + size, then placed
-                    break
-                except TransientError:
-                    writer.abort()
-                    self.tally.add(-received)
-                    attempt += 1
-                    if attempt >= self.client.retries:
-                        raise
-                    self.say(f"retrying {what}")
-                    await self.client.sleep_backoff(attempt)
-                except BaseException:
-                    writer.abort()
-                    raise
-            actual = await trio.to_thread.run_sync(self._diff_id, staging, layer, what)
-            if actual != diff_id:
-                raise RegistryError(
-                    f"pull {self.where}: {what}: diffID is {actual}, config says {diff_id}"
-                )
-            self.say(f"pulled {what} ({_human(layer.size)})")
-            self.tally.layer_done()
-
-    @staticmethod
-    def _diff_id(staging: Staging, layer: Descriptor, what: str) -> str:
-        with staging.open_blob(layer.digest) as f:
-            return diff_id_of(f, layer_compression(layer.media_type), what)
+            await _download_layer(
+                self.client,
+                self.repo,
+                self.where,
+                staging,
+                layer,
+                diff_id,
+                what,
+                self.say,
+                self.tally,
+            )
 
     async def resolve(self, reference: str, platform: Platform) -> _Fetched:
         """The single-platform manifest ``reference`` names for ``platform``."""

@@ -18,19 +18,22 @@ Rules (OCI distribution-spec "Pushing blobs"/"Pushing manifests"; Docker manifes
   /blobs/uploads/?mount=<digest>&from=<repo>`` under a token for both repositories
   (``repository:<name>:pull,push`` and ``repository:<from>:pull``). 201 means mounted;
   202 means not, and the upload continues through that 202's session (no second POST).
-- After a successful push every blob is recorded as held by ``registry/repo``.
+- After a successful push every store blob is recorded as held by ``registry/repo``.
+- ``push_blobs_and_manifest`` is the public core (used by ``push`` and by the step cache's
+  registry transport): any blobs, some of which may be served from memory rather than the
+  store, then one manifest. ``push`` adds reading the stored image and ``--format docker``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import trio
 
 from rootbuild.errors import ImageError, RegistryError
 from rootbuild.image.digest import CHUNK, sha256_digest
 from rootbuild.image.oci import DOCKER_MANIFEST, Descriptor, Manifest, StoredImage
-from rootbuild.image.refs import parse_reference
+from rootbuild.image.refs import Reference, parse_reference
 from rootbuild.image.store import Store
 from rootbuild.registry.client import (
     DEFAULT_TRANSPORT,
@@ -80,10 +83,18 @@ def mount_scope(repo: str, source: str) -> str:
 
 class _Pusher:
     def __init__(
-        self, client: RegistryClient, store: Store, repo: str, where: str, say: Say, jobs: int
+        self,
+        client: RegistryClient,
+        store: Store,
+        repo: str,
+        where: str,
+        say: Say,
+        jobs: int,
+        in_memory: Mapping[str, bytes],
     ) -> None:
         self.client = client
         self.store = store
+        self.in_memory = dict(in_memory)
         self.repo = repo
         self.where = where
         self.scope = scope_for(repo, push=True)
@@ -129,12 +140,22 @@ class _Pusher:
             return response.status_code == 200
 
     def _body(self, desc: Descriptor) -> Callable[[], AsyncIterator[bytes]]:
-        async def chunks() -> AsyncIterator[bytes]:
+        """A fresh byte stream of ``desc`` per attempt: from memory when given, else the store."""
+        data = self.in_memory.get(desc.digest)
+        if data is not None:
+            payload = data
+
+            async def from_memory() -> AsyncIterator[bytes]:
+                yield payload
+
+            return from_memory
+
+        async def from_store() -> AsyncIterator[bytes]:
             with self.store.open_blob(desc.digest) as f:
                 while chunk := f.read(CHUNK):
                     yield chunk
 
-        return chunks
+        return from_store
 
     async def start_upload(self, what: str) -> str:
         async with self.client.request(
@@ -211,6 +232,51 @@ class _Pusher:
         return digest
 
 
+async def push_blobs_and_manifest(
+    store: Store,
+    ref: Reference,
+    blobs: Sequence[tuple[Descriptor, str]],
+    manifest_bytes: bytes,
+    media_type: str,
+    *,
+    in_memory: Mapping[str, bytes] | None = None,
+    transport: TransportOptions = DEFAULT_TRANSPORT,
+    say: Say = _quiet,
+    jobs: int = 4,
+    action: str = "push",
+) -> str:
+    """Push ``blobs`` to ``ref``'s repository, then ``manifest_bytes`` (of ``media_type``)
+    under ``ref.tag`` (``latest`` when none); return the manifest digest (see module rules).
+
+    ``blobs`` are ``(descriptor, progress label)`` pairs; a digest listed twice is sent once,
+    under its first label. A blob whose digest is a key of ``in_memory`` is sent from those
+    bytes, every other one from ``store`` (the caller keeps it there, e.g. under the store's
+    shared lock). Once the manifest is in, the store blobs (not the in-memory ones) are
+    recorded as held by ``registry/repo``. Errors: one ``RootbuildError`` (the first of
+    the concurrent uploads'); a failed verification (``ImageError``) becomes a
+    ``RegistryError`` worded ``"<action> <ref>: <cause>"``.
+    """
+    where = ref.familiar()
+    if ref.digest is not None:
+        raise RegistryError(f"{action} {where}: cannot push to a digest reference; name a tag")
+    memory = dict(in_memory or {})
+    unique: dict[str, tuple[Descriptor, str]] = {}
+    for desc, what in blobs:
+        unique.setdefault(desc.digest, (desc, what))
+    try:
+        async with RegistryClient(ref.domain, transport) as client:
+            pusher = _Pusher(client, store, ref.path, where, say, jobs, memory)
+            async with trio.open_nursery() as nursery:
+                for desc, what in unique.values():
+                    nursery.start_soon(pusher.blob, desc, what)
+            digest = await pusher.manifest(ref.tag or "latest", manifest_bytes, media_type)
+            from_store = [blob for blob in unique if blob not in memory]
+            record_origins(store, client.registry, ref.path, from_store, say)
+    except (ImageError, BaseExceptionGroup) as exc:
+        raise one_error(exc, f"{action} {where}") from exc
+    return digest
+
+
 async def push(
     store: Store,
     image: StoredImage,
@@ -232,17 +298,14 @@ async def push(
         data, media_type, manifest = manifest_to_push(
             manifest_bytes, image.manifest.media_type, docker_format, where
         )
-        async with RegistryClient(parsed.domain, transport) as client:
-            pusher = _Pusher(client, store, parsed.path, where, say, jobs)
-            blobs = {manifest.config.digest: (manifest.config, "config")}
-            for n, layer in enumerate(manifest.layers):
-                blobs.setdefault(layer.digest, (layer, f"layer {n + 1}/{len(manifest.layers)}"))
-            async with trio.open_nursery() as nursery:
-                for desc, what in blobs.values():
-                    nursery.start_soon(pusher.blob, desc, what)
-            digest = await pusher.manifest(parsed.tag or "latest", data, media_type)
-            record_origins(store, client.registry, parsed.path, blobs, say)
-    except (ImageError, BaseExceptionGroup) as exc:
+    except ImageError as exc:
         raise one_error(exc, f"push {where}") from exc
+    blobs = [(manifest.config, "config")]
+    blobs += [
+        (layer, f"layer {n + 1}/{len(manifest.layers)}") for n, layer in enumerate(manifest.layers)
+    ]
+    digest = await push_blobs_and_manifest(
+        store, parsed, blobs, data, media_type, transport=transport, say=say, jobs=jobs
+    )
     say(f"pushed {where}: {digest}")
     return digest
