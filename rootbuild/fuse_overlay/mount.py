@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -30,7 +29,8 @@ from rootbuild.image.layermeta import LayerMeta
 
 MNT_DETACH = 2
 SERVER_MODULE = "rootbuild.fuse_overlay.server"
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# the C library this process already has (find_library would run ldconfig: ~10 ms)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
