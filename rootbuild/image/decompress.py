@@ -168,7 +168,14 @@ DECODE_ERRORS: tuple[type[Exception], ...] = (
 
 class Inflater:
     """Decodes in a worker thread (overlapping with extraction), hashing and counting the
-    uncompressed bytes; the main thread reads it like a file."""
+    uncompressed bytes; the main thread reads it like a file.
+
+    Reads are exact (``read(n)`` returns ``n`` bytes unless the stream ends) and
+    ``read_view`` hands out slices of the decoded chunks without copying them, for file
+    bodies. ``tell`` and a forward-only ``seek`` (skipping by reading, so every byte is
+    still hashed) let ``tarfile`` use its seekable "r:" mode, whose header reads go straight
+    to this object instead of through the 10 KiB re-buffering of its stream ("r|") mode.
+    """
 
     def __init__(self, decoder: Reader, max_bytes: int | None) -> None:
         self.decoder, self._max = decoder, max_bytes
@@ -176,6 +183,7 @@ class Inflater:
         self._stop = threading.Event()
         self.sha = hashlib.sha256()
         self.total = 0
+        self._pos = 0
         self._cur = memoryview(b"")
         self._eof = False
         self._thread = threading.Thread(target=self._run, name="layer-inflate", daemon=True)
@@ -188,7 +196,6 @@ class Inflater:
                 if not chunk:
                     self._put(None)
                     return
-                self.sha.update(chunk)
                 self.total += len(chunk)
                 if self._max is not None and self.total > self._max:
                     raise TooBig(f"uncompressed size exceeds the limit of {self._max} bytes")
@@ -210,26 +217,59 @@ class Inflater:
             except queue.Full:
                 continue
 
-    def read(self, size: int = -1, /) -> bytes:
+    def _fill(self) -> bool:
+        """Make ``_cur`` non-empty; False at the end of the stream."""
         while not self._cur:
             if self._eof:
-                return b""
+                return False
             item = self._q.get()
             if item is None:
                 self._eof = True
-                return b""
+                return False
             if isinstance(item, BaseException):
                 raise item
+            # Hashed here rather than in the decoding thread: decoding is the slower half
+            # of the pipeline for big files, and hashlib drops the GIL for big buffers.
+            self.sha.update(item)
             self._cur = memoryview(item)
-        n = len(self._cur) if size < 0 else min(size, len(self._cur))
-        out = bytes(self._cur[:n])
-        self._cur = self._cur[n:]
+        return True
+
+    def read_view(self, size: int, /) -> memoryview:
+        """Up to ``size`` (> 0) bytes as a view of a decoded chunk; empty at the end."""
+        if not self._cur and not self._fill():
+            return self._cur
+        out = self._cur[:size]
+        self._cur = self._cur[size:]
+        self._pos += len(out)
         return out
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size < 0:
+            size = 1 << 62
+        first = self.read_view(size)
+        if len(first) == size or not first:
+            return bytes(first)
+        parts = [first]
+        got = len(first)
+        while got < size and (view := self.read_view(size - got)):
+            parts.append(view)
+            got += len(view)
+        return b"".join(parts)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        if whence != 0 or offset < self._pos:
+            raise OSError(f"layer stream: cannot seek back from {self._pos} to {offset}")
+        while self._pos < offset and self.read_view(offset - self._pos):
+            pass
+        return self._pos
 
     def drain(self) -> None:
         """Read (and hash) whatever follows the end-of-archive marker."""
         self._cur = memoryview(b"")
-        while self.read(CHUNK):
+        while self._fill():
             self._cur = memoryview(b"")
 
     def close(self) -> None:

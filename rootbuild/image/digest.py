@@ -7,8 +7,9 @@ Rules (OCI image-spec "descriptor.md", SECURITY.md rule 7):
   hashes it; the size is checked on every update (so an over-long blob fails before it is
   all read) and the digest at the end. Nothing may be used before ``finish()`` returned.
 - JSON documents (manifests, indexes, configs) are read with a size cap.
-- Decompression for diffIDs uses ISA-L gzip (multi-member) and zstd (all frames), the two
-  layer compressions the image-spec registers.
+- Decompression for diffIDs uses the extractor's decoders (``decompress.decoder``): ISA-L
+  gzip (multi-member) and zstd (all frames), the two layer compressions the image-spec
+  registers.
 This module does no filesystem I/O of its own; it works on file objects it is given.
 """
 
@@ -16,14 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import zlib
 from collections.abc import Iterator
-from typing import BinaryIO, Literal
-
-import zstandard
-from isal import igzip
+from typing import BinaryIO, Literal, cast
 
 from rootbuild.errors import ImageError
+from rootbuild.image.decompress import DECODE_ERRORS, Reader, decoder
 
 SHA256 = "sha256"
 _ENCODED = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
@@ -159,44 +157,17 @@ def sniff_compression(head: bytes) -> Compression:
     return "none"
 
 
-ZSTD_FEED = 1024
-
-
-def _iter_zstd(src: BinaryIO) -> Iterator[bytes]:
-    """Decompress every zstd frame of ``src``; a cut-off last frame is an error (the
-    library's stream reader would end quietly). Input is fed in small pieces so that one
-    call's output stays bounded (zstd's ratio can exceed 30,000:1: a bomb guard)."""
-    dctx = zstandard.ZstdDecompressor()
-    obj, fed = dctx.decompressobj(), False
-    while chunk := src.read(ZSTD_FEED):
-        while chunk:
-            fed = True
-            out = obj.decompress(chunk)
-            if out:
-                yield out
-            chunk = b""
-            if obj.eof:
-                chunk = obj.unused_data
-                obj, fed = dctx.decompressobj(), False
-    if fed:
-        raise EOFError("zstd stream ends inside a frame")
-
-
 def iter_decompressed(src: BinaryIO, compression: Compression) -> Iterator[bytes]:
-    """The uncompressed stream in chunks (gzip may be multi-member, zstd multi-frame).
-    Corrupt or truncated input raises ``ImageError``-wrappable OSError/EOFError/ZstdError."""
-    if compression == "none":
-        while chunk := src.read(CHUNK):
-            yield chunk
-    elif compression == "gzip":
-        with igzip.IGzipFile(fileobj=src, mode="rb") as gz:  # type: ignore[no-untyped-call]
-            while chunk := gz.read(CHUNK):
-                yield chunk
-    else:
-        yield from _iter_zstd(src)
+    """The uncompressed stream in chunks (gzip may be multi-member, zstd multi-frame), with
+    the extractor's decoders (``decompress.decoder``: one zstd reader that notices
+    truncation and bounds its output per call). Corrupt or truncated input raises one of
+    ``DECOMPRESS_ERRORS``."""
+    reader = decoder(compression, cast(Reader, src))
+    while chunk := reader.read(CHUNK):
+        yield chunk
 
 
-DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
+DECOMPRESS_ERRORS = DECODE_ERRORS
 
 
 def copy_decompressed(
