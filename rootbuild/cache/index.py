@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS files (
 );
 """
 
+_FIX = " (remove that file to start the step cache afresh; images are not affected)"
+
 FileIdentity = tuple[str, int, int, int, int]  # (host path, dev, ino, size, mtime_ns)
 
 
@@ -74,7 +76,7 @@ class CacheIndex:
                 )
                 version = self._reader.execute("PRAGMA user_version").fetchone()[0]
             except sqlite3.Error as exc:
-                raise StoreError(f"read step cache {self.path}: {exc}") from exc
+                raise StoreError(f"read step cache {self.path}: {exc}{_FIX}") from exc
             if version not in (0, SCHEMA_VERSION):
                 raise StoreError(
                     f"read step cache {self.path}: schema {version} is newer than this "
@@ -94,7 +96,7 @@ class CacheIndex:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 yield conn
         except sqlite3.Error as exc:
-            raise StoreError(f"write step cache {self.path}: {exc}") from exc
+            raise StoreError(f"write step cache {self.path}: {exc}{_FIX}") from exc
         finally:
             conn.close()
 
@@ -114,7 +116,7 @@ class CacheIndex:
             except sqlite3.OperationalError as exc:
                 if "no such table" in str(exc):
                     return []
-                raise StoreError(f"read step cache {self.path}: {exc}") from exc
+                raise StoreError(f"read step cache {self.path}: {exc}{_FIX}") from exc
 
     # -- entries ----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import pytest
 from rootbuild.cache.entry import CacheEntry
 from rootbuild.cache.index import CacheIndex
 from rootbuild.cache.prune import choose_kept, parse_size
-from rootbuild.errors import ImageError
+from rootbuild.errors import ImageError, StoreError
 from rootbuild.image.oci import Descriptor
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -97,3 +97,11 @@ def test_parse_size(text: str, value: int) -> None:
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="invalid size"):
         parse_size(text)
+
+
+def test_a_corrupt_index_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "cache.db").write_bytes(b"this is not a database, but long enough" * 50)
+    index = CacheIndex(tmp_path)
+    with pytest.raises(StoreError, match=r"read step cache .*cache\.db: .*remove that file"):
+        index.lookup(key(1))
+    index.close()
