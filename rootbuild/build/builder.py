@@ -6,9 +6,9 @@ Rules:
 - Blocking work (extraction, tar writing, export) runs in worker threads so independent
   stages really overlap.
 - Everything a build writes is staged; only a successful build commits blobs, publishes
-  the trees of its new layers and then tags, so a failed build leaves the store's images
-  and blobs as they were. Base images imported along the way stay, as a pull would, and
-  so do the extracted trees of base layers (a shared cache under ``layers/``).
+  the layer trees it extracted, records its step cache entries and then tags, so a failed
+  build leaves the store's images, blobs, trees and cache as they were. Base images
+  imported along the way stay, as a pull would.
 - The store's shared lock is held for the whole build (``prune`` takes it exclusively).
 """
 

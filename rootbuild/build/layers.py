@@ -4,9 +4,11 @@ extracted trees that every merged view (COPY --from, destinations, ``dir:`` outp
 Rules:
 - New blobs go to the build's ``Staging`` area; nothing a failed build wrote becomes
   visible in the store (blobs, extracted trees) — the store is left as it was.
-- A base layer is extracted once per diffID into ``layers/<hex>/{rootfs,meta.json}`` and
-  shared read-only by every build; extraction happens in a private directory that is then
-  renamed into place, so two builds racing on one layer both end with one good tree.
+- A layer is extracted once per diffID into ``layers/<hex>/{rootfs,meta.json}`` and shared
+  read-only by every build; extraction happens in a private directory that is renamed into
+  place when the build succeeds (a failed build leaves ``layers/`` as it was), so two builds
+  racing on one layer both end with one good tree. Trees are extracted only when a step or
+  an output needs them.
 - Every method here blocks; callers run them in a worker thread.
 """
 
@@ -97,10 +99,7 @@ class LayerTrees:
             except BaseException:
                 force_rmtree(work)
                 raise
-            if self._store.has_blob(layer.descriptor.digest):
-                work = self._publish(work, final)
-            else:
-                self._pending[layer.diff_id] = work
+            self._pending[layer.diff_id] = work  # published only if the build succeeds
             found = (work / "rootfs", result.meta)
             self._trees[layer.diff_id] = found
             return found

@@ -219,15 +219,17 @@ def test_images_all_lists_entries_and_prune_removes_them(rb: Harness, app: Path)
 
 def test_prune_keep_storage_drops_least_recently_used_first(rb: Harness) -> None:
     old = busybox_context(rb, "cache-old", "FROM scratch\nCOPY big1 /big1\n", {
-        "big1": os.urandom(1536 << 10),
+        "big1": os.urandom(3 << 20),
     })
     new = busybox_context(rb, "cache-new", "FROM scratch\nCOPY big2 /big2\n", {
-        "big2": os.urandom(1536 << 10),
+        "big2": os.urandom(3 << 20),
     })
     build(rb, old, tag="old")
     build(rb, new, tag="new")
     rb.run("rmi", "old", "new")
-    out = rb.run("prune", "--keep-storage", "5MB").stdout
+    # each entry holds a 3 MiB layer blob (random: gzip cannot shrink it); a final COPY's
+    # tree is never extracted, so 4 MiB keeps exactly the most recently used one
+    out = rb.run("prune", "--keep-storage", "4MB").stdout
     assert "removed 1 step cache entries, kept 1" in out
     assert cached(build(rb, new, tag="new")) == {f"{S} COPY big2 /big2"}
     assert cached(build(rb, old, tag="old")) == set()
