@@ -6,6 +6,7 @@ Rules:
   namespace it sees namespace ids).
 - SPEC is a JSON file written by the parent: ``lowers`` (tree dir, meta.json path; lowest
   first), ``work`` (an empty private dir), ``mountpoint``, ``ready_fd``.
+- Requests are served by ``session.run_session`` (one worker task).
 - The server writes ``ready\\n`` to ``ready_fd`` once mounted (or ``error: ...\\n`` and exits
   1). When the session ends (the parent unmounts), it writes the step's changes as a layer
   tree at ``work/tree`` with ``work/tree.meta.json`` and exits 0. SIGTERM or SIGINT means
@@ -25,6 +26,8 @@ import pyfuse3
 import trio
 
 from rootbuild.fuse_overlay.ops import OverlayOperations
+from rootbuild.fuse_overlay.session import run_session
+from rootbuild.fuse_overlay.session import stop as stop_session
 from rootbuild.image.layermeta import LayerMeta
 
 RESULT_TREE = "tree"
@@ -64,7 +67,7 @@ def serve(spec_path: Path) -> int:
         async with trio.open_nursery() as nursery:
 
             async def session() -> None:
-                await pyfuse3.main()  # returns when the mount goes away
+                await run_session()  # returns when the mount goes away
                 nursery.cancel_scope.cancel()
 
             async def signals() -> None:
@@ -73,7 +76,7 @@ def serve(spec_path: Path) -> int:
                     _report(ready_fd, "ready")
                     async for _ in received:
                         aborted = True
-                        pyfuse3.terminate()
+                        stop_session()
                         return
 
             nursery.start_soon(session)

@@ -15,6 +15,8 @@ CTL_FD (the builder died), SIGTERM or SIGINT kill the step's pid namespace and t
 Rules:
 - Nothing from the image runs here: /etc/passwd and /etc/group are read as data
   (``users.py``), through ``openat2(RESOLVE_IN_ROOT)``, with a size cap.
+- CPU placement (``affinity.py``): the FUSE server and the step start on the one CPU the
+  builder chose (``cpu`` in SPEC) and get every CPU once the step wants more than one.
 - Teardown on every path: the step's pid namespace dies with its pid 1, mount targets the
   sandbox created are removed, the root is finished (layer) or aborted, and every mount of
   this namespace dies with it.
@@ -38,6 +40,7 @@ from rootbuild.errors import RootbuildError, SandboxError, StepError
 from rootbuild.fuse_overlay.mount import OverlayResult
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.sandbox import mounts
+from rootbuild.sandbox.affinity import StepCpu
 from rootbuild.sandbox.child import ChildPlan, child_main
 from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
 from rootbuild.sandbox.rootfs import provider_for
@@ -172,8 +175,9 @@ def _kill_descendants(keep: set[int]) -> None:
             return
 
 
-def _wait_step(pid: int, ctl: int) -> tuple[int, bool]:
-    """Wait for the step's pid 1 (or a kill request). Returns (status, killed)."""
+def _wait_step(pid: int, ctl: int, cpu: StepCpu) -> tuple[int, bool]:
+    """Wait for the step's pid 1 (or a kill request), watching its CPU placement meanwhile.
+    Returns (status, killed)."""
     pidfd = os.pidfd_open(pid)
     killed = False
     try:
@@ -181,7 +185,11 @@ def _wait_step(pid: int, ctl: int) -> tuple[int, bool]:
         poller.register(pidfd, select.POLLIN)
         poller.register(ctl, select.POLLIN)
         while True:
-            events = dict(poller.poll())
+            interval = cpu.interval
+            events = dict(poller.poll(None if interval is None else interval * 1000))
+            if not events:
+                cpu.tick()
+                continue
             if pidfd in events:
                 break
             if ctl in events and not killed:
@@ -223,6 +231,8 @@ def run(spec: dict[str, Any], out_fd: int, ctl: int, status: Status) -> None:
     scratch = Path(spec["scratch"])
     host_bind = spec["proc"] == "host-bind"
     warnings: list[str] = list(spec["warnings"])
+    cpu = StepCpu(spec.get("cpu"))
+    cpu.pin()  # the FUSE server and the step inherit it (sandbox/placement.py)
     _enter_namespaces(spec, plan, status, ctl)
     mountpoint = scratch / "root"
     mountpoint.mkdir(mode=0o700)
@@ -255,9 +265,10 @@ def run(spec: dict[str, Any], out_fd: int, ctl: int, status: Status) -> None:
                 os.waitpid(pid, 0)
                 kind, _, text = message.partition(":")
                 raise (StepError if kind == "step" else SandboxError)(text)
+            cpu.unpin_self()
             status.send(event="started")
             try:
-                wait_status, killed = _wait_step(pid, ctl)
+                wait_status, killed = _wait_step(pid, ctl, cpu)
             finally:
                 if host_bind:
                     _kill_descendants(keep)

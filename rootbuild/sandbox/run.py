@@ -11,6 +11,9 @@ Rules:
 - A nonzero exit status is returned, not raised: the caller names the step and its line.
   ``SandboxError`` means the sandbox could not be set up; ``StepError`` means the step's
   own request was impossible (unknown USER, WORKDIR outside the root, command not found).
+- Steps running at the same time start on different CPUs where there are several
+  (``placement.CpuSlots``; the init pins the step and its FUSE server there), unless
+  ``ROOTBUILD_CPU_PLACEMENT=off`` is in the builder's environment.
 - On timeout, cancellation or Ctrl-C: ``kill`` to the init (which kills the step's pid
   namespace and aborts the root), then SIGKILL to the init and the FUSE server if the init
   does not finish within ``TEARDOWN_SECONDS``.
@@ -34,6 +37,7 @@ from rootbuild.errors import SandboxError, StepError
 from rootbuild.fuse_overlay.mount import OverlayResult
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.sandbox.idmap import IdMapPlan, apply_helpers, read_host_plan
+from rootbuild.sandbox.placement import CpuSlots
 from rootbuild.sandbox.spec import (
     DEFAULT_PATH,
     StepResult,
@@ -42,12 +46,14 @@ from rootbuild.sandbox.spec import (
 )
 
 TEARDOWN_SECONDS = 30.0
+PLACEMENT_ENV = "ROOTBUILD_CPU_PLACEMENT"  # "off": steps start on every CPU
 MAX_LINE = 64 * 1024
 HOST_WARNING = (
     "warning: --proc=host-bind: RUN sees the builder's /proc (read-only) and runs in the "
     "builder's pid namespace: it can see and signal the builder's processes"
 )
 _idmap_warned = False
+_cpu_slots: CpuSlots | None = None
 
 
 def _hosts(hostname: str) -> str:
@@ -67,7 +73,8 @@ def _resolv_conf(network: str) -> str:
         return ""
 
 
-def _write_scratch(spec: StepSpec, plan: IdMapPlan, warnings: list[str]) -> Path:
+def _write_scratch(spec: StepSpec, plan: IdMapPlan, warnings: list[str],
+                   cpu: int | None) -> Path:
     try:
         spec.scratch.mkdir(mode=0o700)
         etc = spec.scratch / "etc"
@@ -83,7 +90,7 @@ def _write_scratch(spec: StepSpec, plan: IdMapPlan, warnings: list[str]) -> Path
             "workdir": spec.workdir, "network": spec.network, "proc": spec.proc,
             "hostname": spec.hostname, "rootfs": rootfs_to_json(spec.rootfs),
             "scratch": str(spec.scratch), "idmap": plan.to_json(), "warnings": warnings,
-            "default_path": DEFAULT_PATH,
+            "default_path": DEFAULT_PATH, "cpu": cpu,
         }
         path = spec.scratch / "spec.json"
         path.write_text(json.dumps(data))
@@ -150,7 +157,24 @@ async def run_step(spec: StepSpec, on_output: Callable[[str], None]) -> StepResu
         warnings.append(plan.warning)
     if spec.proc == "host-bind":
         warnings.append(HOST_WARNING)
-    spec_path = _write_scratch(spec, plan, warnings)
+    cpu = _cpus().take() if os.environ.get(PLACEMENT_ENV, "") != "off" else None
+    try:
+        return await _run(spec, on_output, plan, warnings, cpu)
+    finally:
+        _cpus().give(cpu)
+
+
+def _cpus() -> CpuSlots:
+    """The builder's CPUs, shared by the steps it runs at once (sandbox/placement.py)."""
+    global _cpu_slots
+    if _cpu_slots is None:
+        _cpu_slots = CpuSlots(os.sched_getaffinity(0))
+    return _cpu_slots
+
+
+async def _run(spec: StepSpec, on_output: Callable[[str], None], plan: IdMapPlan,
+               warnings: list[str], cpu: int | None) -> StepResult:
+    spec_path = _write_scratch(spec, plan, warnings, cpu)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     st_r, st_w = os.pipe2(os.O_CLOEXEC)
