@@ -8,6 +8,10 @@ Usage, as an ordinary user with /etc/subuid and /etc/subgid ranges and a usable 
     /opt/rootbuild/venv/bin/python bench/peers.py --debian-tar TAR [--runs 3]
         [--cases 1,2,3,4,6] [--builders rootbuild,buildah-vfs,buildah-overlay,buildah-fuse]
         [--work DIR] [--json FILE] [--keep-logs]
+
+``--builders`` also takes ``rootbuild-spread``: rootbuild with ``ROOTBUILD_CPU_PLACEMENT=off``
+(RUN steps and their FUSE servers free to use every CPU), to measure CPU placement in the
+same run; it is shown with its ratio but is not one of the peers the targets name.
     /opt/rootbuild/venv/bin/python bench/peers.py --report FILE.json   # tables of a --json
 
 The rootbuild measured is the ``rootbuild`` executable next to this interpreter.
@@ -73,6 +77,9 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian/dists/bookworm/Release"
 BUILD_TIMEOUT = 3600.0
 NCPU = os.cpu_count() or 1
 BUILDERS = ("rootbuild", "buildah-vfs", "buildah-overlay", "buildah-fuse")
+# rootbuild with ROOTBUILD_CPU_PLACEMENT=off (steps on every CPU): what placement is worth in
+# these cases; on request only, and never counted among the peers the targets name.
+EXTRA_BUILDERS = ("rootbuild-spread",)
 ALL_CASES = (1, 2, 3, 4, 6)
 PHASES = ("cold", "warm", "changed")
 BUILDKIT_REF = {1: 3.9, 2: 1.3, 3: 5.8, 4: 4.8}  # seconds, cold, from the issue
@@ -425,7 +432,7 @@ class Builder:
 
     @property
     def is_rootbuild(self) -> bool:
-        return self.name == "rootbuild"
+        return self.name.startswith("rootbuild")
 
     def storage_flags(self) -> list[str]:
         assert self.series is not None
@@ -445,6 +452,8 @@ class Builder:
             env[var] = str(self.series / sub)
         if self.is_rootbuild:
             env["ROOTBUILD_ROOT"] = str(self.series / "root")
+        if self.name == "rootbuild-spread":
+            env["ROOTBUILD_CPU_PLACEMENT"] = "off"
         return env
 
     def reset(self, label: str) -> None:
@@ -659,7 +668,7 @@ def report(bench: Bench, info: dict[str, str]) -> list[str]:
                          f"rootbuild/BuildKit {rb['cold'] / BUILDKIT_REF[num]:.2f}")
         if "rootbuild" in names:
             for name in names:
-                if name == "rootbuild":
+                if name.startswith("rootbuild"):
                     continue
                 for p in PHASES:
                     peer, mine = bench.median(num, name, p), rb[p]
@@ -718,7 +727,8 @@ def parse_args(argv: list[str]) -> Opts:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--cases", default=",".join(map(str, ALL_CASES)),
                    help="comma-separated case numbers (1,2,3,4,6; 5 = the warm columns)")
-    p.add_argument("--builders", default=",".join(BUILDERS), help=",".join(BUILDERS))
+    p.add_argument("--builders", default=",".join(BUILDERS),
+                   help=",".join(BUILDERS + EXTRA_BUILDERS))
     p.add_argument("--work", type=Path, default=Path.home() / "rb-peers",
                    help="work directory, on a real disk (default ~/rb-peers); removed after")
     p.add_argument("--json", type=Path, default=None, help="write every measurement here")
@@ -734,8 +744,8 @@ def parse_args(argv: list[str]) -> Opts:
         if c not in CASES:
             p.error(f"unknown case {c}")
     for b in builders:
-        if b not in BUILDERS:
-            p.error(f"unknown builder {b} (known: {', '.join(BUILDERS)})")
+        if b not in BUILDERS + EXTRA_BUILDERS:
+            p.error(f"unknown builder {b} (known: {', '.join(BUILDERS + EXTRA_BUILDERS)})")
     return Opts(a.runs, cases, builders, a.work.absolute(), a.json, a.debian_tar, a.keep_logs,
                 a.report)
 
