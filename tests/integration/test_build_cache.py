@@ -67,11 +67,15 @@ def build(rb: Harness, ctx: Path, *extra: str, tag: str = "app") -> str:
     return rb.run("build", "--progress", "plain", "-t", tag, *extra, str(ctx)).stderr
 
 
+# A value no two runs share (busybox's date has no %N, and two builds fit in one second)
+FRESH = "cat /proc/sys/kernel/random/uuid"
+STAMP_RUN = f"RUN echo $USED > /used && {FRESH} > /stamp"
+
 DOCKERFILE = (
     "FROM scratch\n"
     "COPY rootfs/ /\n"
     "ARG USED=u\n"
-    "RUN echo $USED > /used && date +%s%N > /stamp\n"
+    f"{STAMP_RUN}\n"
     "COPY app/ /app/\n"
     "RUN cat /app/main.txt > /copy-of-main\n"
     "LABEL built=yes\n"
@@ -104,10 +108,10 @@ def test_unchanged_rebuild_is_all_cached_and_gives_the_same_layers(
     second = build(rb, app)
     assert ran(second) == set(), second
     assert cached(second) == {
-        f"{S} COPY rootfs/ /", f"{S} RUN echo $USED > /used && date +%s%N > /stamp",
+        f"{S} COPY rootfs/ /", f"{S} {STAMP_RUN}",
         f"{S} COPY app/ /app/", f"{S} RUN cat /app/main.txt > /copy-of-main",
     }
-    # the RUN that stamps the time did not run again: its layer is the stored one, and the
+    # the RUN that writes a fresh value did not run again: its layer is the stored one, and the
     # image is the same image (BuildKit keeps the cache records' times)
     assert manifest_layers(rb, "app") == layers
     assert image_id(rb, "app") == first_id
@@ -120,7 +124,7 @@ def test_content_change_invalidates_that_copy_and_what_follows_only(
     (app / "app/main.txt").write_text("main v2\n")
     out = build(rb, app)
     assert ran(out) == {f"{S} COPY app/ /app/", f"{S} RUN cat /app/main.txt > /copy-of-main"}
-    assert f"{S} RUN echo $USED > /used && date +%s%N > /stamp" in cached(out)
+    assert f"{S} {STAMP_RUN}" in cached(out)
 
 
 def test_mtime_ignored_and_unreferenced_files_do_not_invalidate(rb: Harness, app: Path) -> None:
@@ -146,7 +150,7 @@ def test_build_args_invalidate_only_when_the_step_sees_them(rb: Harness, app: Pa
     out = build(rb, app, "--build-arg", "UNRELATED=1")
     assert ran(out) == set(), out
     out = build(rb, app, "--build-arg", "USED=other")
-    assert f"{S} RUN echo $USED > /used && date +%s%N > /stamp" in ran(out)
+    assert f"{S} {STAMP_RUN}" in ran(out)
     assert f"{S} COPY rootfs/ /" in cached(out)
 
 
@@ -176,8 +180,8 @@ def test_no_cache_runs_everything_and_still_records(rb: Harness, app: Path) -> N
 
 MULTI = (
     "FROM scratch AS base\nCOPY rootfs/ /\n"
-    "FROM base AS a\nCOPY a.txt /a.txt\nRUN date +%s%N > /a-stamp\n"
-    "FROM base AS b\nCOPY b.txt /b.txt\nRUN date +%s%N > /b-stamp\n"
+    "FROM base AS a\nCOPY a.txt /a.txt\nRUN " + FRESH + " > /a-stamp\n"
+    "FROM base AS b\nCOPY b.txt /b.txt\nRUN " + FRESH + " > /b-stamp\n"
     "FROM base\nCOPY --from=a /a.txt /a-stamp /out/\nCOPY --from=b /b.txt /b-stamp /out/\n"
     "RUN ls /out > /listing\n"
 )
@@ -189,20 +193,20 @@ def test_stage_inputs_flow_through_copy_from(rb: Harness) -> None:
     (ctx / "a.txt").write_text("a2\n")
     out = build(rb, ctx)
     assert ran(out) == {
-        "a COPY a.txt /a.txt", "a RUN date +%s%N > /a-stamp",
+        "a COPY a.txt /a.txt", f"a RUN {FRESH} > /a-stamp",
         "stage-3 COPY --from=a /a.txt /a-stamp /out/",
         "stage-3 COPY --from=b /b.txt /b-stamp /out/", "stage-3 RUN ls /out > /listing",
     }
-    assert {"b COPY b.txt /b.txt", "b RUN date +%s%N > /b-stamp"} <= cached(out)
+    assert {"b COPY b.txt /b.txt", f"b RUN {FRESH} > /b-stamp"} <= cached(out)
 
 
 def test_no_cache_filter_reruns_the_named_stage_only(rb: Harness) -> None:
     ctx = busybox_context(rb, "cache-filter", MULTI, {"a.txt": "a1\n", "b.txt": "b1\n"})
     build(rb, ctx)
     out = build(rb, ctx, "--no-cache-filter", "b")
-    assert {"b COPY b.txt /b.txt", "b RUN date +%s%N > /b-stamp"} <= ran(out)
-    assert {"a COPY a.txt /a.txt", "a RUN date +%s%N > /a-stamp"} <= cached(out)
-    # b's RUN wrote a new time stamp, so the final stage's COPY --from=b ran again too
+    assert {"b COPY b.txt /b.txt", f"b RUN {FRESH} > /b-stamp"} <= ran(out)
+    assert {"a COPY a.txt /a.txt", f"a RUN {FRESH} > /a-stamp"} <= cached(out)
+    # b's RUN wrote a new value, so the final stage's COPY --from=b ran again too
     assert "stage-3 COPY --from=b /b.txt /b-stamp /out/" in ran(out)
 
 
@@ -293,7 +297,7 @@ def test_cache_mode_min_exports_the_final_chain_and_max_everything(rb: Harness) 
           "--cache-to", f"type=local,dest={max_dir},mode=max")
     out = build_in(rb, rb.workdir / "store-min", ctx, "--cache-from", f"type=local,src={min_dir}")
     assert "base COPY rootfs/ /" in cached(out)
-    assert {"a RUN date +%s%N > /a-stamp", "b RUN date +%s%N > /b-stamp"} <= ran(out)
+    assert {f"a RUN {FRESH} > /a-stamp", f"b RUN {FRESH} > /b-stamp"} <= ran(out)
     out = build_in(rb, rb.workdir / "store-max", ctx, "--cache-from", f"type=local,src={max_dir}")
     assert ran(out) == set(), out
 
