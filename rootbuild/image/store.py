@@ -3,7 +3,8 @@
 Layout under the store root (created mode 0700)::
 
     blobs/<alg>/<hex>   immutable, verified blobs (mode 0444)
-    tmp/                staging on the same filesystem; every entry is scratch
+    tmp/                staging on the same filesystem; every entry is scratch (marked as a
+                        "top directory" where the filesystem has the flag: see spread_subdirs)
     layers/<hex>        extracted layer trees keyed by diffID (written by the layer modules)
     images.json         {"version": 1, "images": {name: {digest, mediaType, size, created}}}
     images.lock         flock: exclusive while images.json is read-modified-written
@@ -29,6 +30,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -51,6 +53,36 @@ from rootbuild.image.oci import Descriptor, Manifest, StoredImage
 from rootbuild.image.refs import normalize_name
 
 IMAGES_VERSION = 1
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_TOPDIR_FL = 0x00020000
+
+
+def spread_subdirs(path: Path) -> None:
+    """Mark ``path`` a "top directory" (``chattr +T``) where the filesystem knows the flag
+    (ext2/3/4): each directory made directly in it is then placed in a block group with
+    many free inodes (the Orlov allocator) instead of next to its parent. Every build,
+    extracted layer and RUN step works in such a directory in ``tmp/``. Without it, their
+    files land in the group of the store's last deletions, and ext4 without a journal will
+    not reuse an inode freed less than a minute ago: each new file then scans past every
+    such inode, and extracting a 10,000-file base after a large ``rm -rf`` took 5.8-6.8 s
+    instead of 0.9 s (docs/benchmarks.md, "ext4"). Best effort: other filesystems refuse
+    the ioctl or ignore the flag, which changes nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        buf = bytearray(8)  # the kernel reads and writes an int; room for a long
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf)
+        flags = int.from_bytes(buf[:4], sys.byteorder)
+        if not flags & FS_TOPDIR_FL:
+            new = (flags | FS_TOPDIR_FL).to_bytes(4, sys.byteorder) + bytes(4)
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, new)
+    except OSError:  # ENOTTY, EOPNOTSUPP, EPERM: nothing to gain here
+        pass
+    finally:
+        os.close(fd)
 
 
 def default_root(env: dict[str, str] | None = None) -> Path:
@@ -285,6 +317,7 @@ class Store:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
             for sub in ("blobs/sha256", "tmp", "layers"):
                 (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+            spread_subdirs(root / "tmp")
             for lock in ("images.lock", "gc.lock"):
                 os.close(os.open(root / lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         except OSError as exc:

@@ -33,12 +33,17 @@ def _threads(pid: int) -> list[int]:
         return []
 
 
-def _children(pid: int, tid: int) -> list[int]:
+def _thread_children(pid: int, tid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
             return [int(p) for p in f.read().split()]
     except OSError:
         return []
+
+
+def children(pid: int) -> set[int]:
+    """The processes ``pid``'s threads started (and have not reaped)."""
+    return {c for tid in _threads(pid) for c in _thread_children(pid, tid)}
 
 
 def tree_threads(root: int) -> Iterator[tuple[int, int]]:
@@ -48,7 +53,7 @@ def tree_threads(root: int) -> Iterator[tuple[int, int]]:
         pid = queue.pop()
         for tid in _threads(pid):
             yield pid, tid
-            for child in _children(pid, tid):
+            for child in _thread_children(pid, tid):
                 if child not in seen:
                     seen.add(child)
                     queue.append(child)

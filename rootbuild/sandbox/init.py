@@ -40,7 +40,7 @@ from rootbuild.errors import RootbuildError, SandboxError, StepError
 from rootbuild.fuse_overlay.mount import OverlayResult
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.sandbox import mounts
-from rootbuild.sandbox.affinity import StepCpu
+from rootbuild.sandbox.affinity import StepCpu, children
 from rootbuild.sandbox.child import ChildPlan, child_main
 from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
 from rootbuild.sandbox.rootfs import provider_for
@@ -237,7 +237,7 @@ def run(spec: dict[str, Any], out_fd: int, ctl: int, status: Status) -> None:
     mountpoint = scratch / "root"
     mountpoint.mkdir(mode=0o700)
     with provider_for(rootfs_from_json(spec["rootfs"]))(mountpoint) as mounted:
-        keep = _children()  # the FUSE server: the builder kills it if the init dies
+        keep = children(os.getpid())  # the FUSE server: the builder kills it if the init dies
         status.send(event="mounted", pids=sorted(keep))
         rootfd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         created: list[mounts.Created] = []
@@ -321,14 +321,6 @@ def _drop_stub_parents(result: OverlayResult, spec: dict[str, Any],
             os.rmdir(result.tree / parent)
     kept = [e for p, e in meta.entries.items() if p not in drop]
     return OverlayResult(result.tree, LayerMeta.build(kept, meta.whiteouts, meta.opaque_dirs))
-
-
-def _children() -> set[int]:
-    try:
-        with open(f"/proc/self/task/{os.getpid()}/children") as f:
-            return {int(p) for p in f.read().split()}
-    except OSError:
-        return set()
 
 
 def _check_mapped(identity: Identity, plan: IdMapPlan, user: str) -> None:
