@@ -9,8 +9,8 @@ scheduler turn) and then parks the task until trio's epoll loop reports the fd r
 exclude, and the server has nothing else to do while it waits: ``run_session`` puts in its
 place a wait that blocks in ``poll`` on the FUSE fd, and runs ``pyfuse3.main(1, 1)``. A
 request then costs one ``poll`` on top of libfuse's read and reply. When the step and the
-server share a CPU (``sandbox/placement.py``) this makes an untar of 3,000 files 0.60 s
-instead of 1.28 s with pyfuse3's stock loop (``bench/placement.py``; docs/benchmarks.md).
+server share a CPU (``sandbox/placement.py``) this makes an untar of 5,000 files 0.92 s
+instead of 1.89 s with pyfuse3's stock loop (``bench/placement.py``; docs/benchmarks.md).
 
 Rules:
 - One worker task: a handler that awaits (a copy-up over 1 MiB runs in a thread) holds up the

@@ -5,7 +5,7 @@ process and the overlay server. When the two sit on different CPUs, each request
 idle CPU; on the virtual machines CI runs on that costs tens of microseconds each way
 (an inter-processor interrupt, a halted vCPU scheduled again), more than the request's own
 work. On one CPU a round trip is a plain context switch: an untar of 5,000 files through the
-overlay took 1.8 s there against 3.1 s spread over two CPUs (docs/benchmarks.md, "CPU
+overlay took 0.92 s there against 3.38 s spread over two CPUs (docs/benchmarks.md, "CPU
 placement"). So a step starts on one CPU together with its server, and is given every CPU
 the builder may use as soon as it wants more than one: several of its threads wait for that
 CPU at once (``make -j``), which the kernel's per-thread run-queue delays show.
