@@ -101,12 +101,17 @@ class StepCpu:
         return INTERVAL_S
 
     def pin(self) -> None:
-        if self.cpu is not None:
+        if self.cpu is None:
+            return
+        try:
             os.sched_setaffinity(0, {self.cpu})
+        except OSError:  # the CPU went offline, or a cpuset changed since the builder looked
+            self.cpu = None
 
     def unpin_self(self) -> None:
         if self.cpu is not None:
-            os.sched_setaffinity(0, self.allowed)
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, self.allowed)
 
     def tick(self) -> None:
         if self.interval is None:
