@@ -118,7 +118,7 @@ def test_placement_can_be_switched_off(rb: Harness) -> None:
 
 def test_steps_running_at_once_start_on_different_cpus(rb: Harness) -> None:
     allowed()
-    stage = "FROM scratch AS {0}\nCOPY rootfs/ /\nRUN {1} && sleep 2 && echo {0} > /{0}\n"
+    stage = "FROM scratch AS {0}\nCOPY rootfs/ /\nRUN {1} && sleep 3 && echo {0} > /{0}\n"
     ctx = busybox_context(rb, "two-stages", (
         stage.format("a", show("a"))
         + stage.format("b", show("b"))
