@@ -37,7 +37,6 @@ from pathlib import Path
 import overlay as ovl  # bench/overlay.py: layers, mounts, namespace re-exec helpers
 
 NS_ENV = "RB_BENCH_PLACEMENT_NS"
-STOCK_ENV = "RB_BENCH_STOCK_LOOP"
 CONFIGS = ("rootbuild", "rootbuild-stock-loop", "fuse-overlayfs")
 
 
@@ -113,19 +112,21 @@ def main() -> int:
                        check=True)
         shutil.rmtree(scratch / "src")
         base = ovl.make_layer(ovl.base_entries(), scratch / "base")
+        def mask(placement: str) -> set[int]:
+            return {min(everywhere)} if placement == "one CPU" else everywhere
+
         n = 0
         for run in range(args.runs):
             order = [(p, c) for p in ("one CPU", "spread") for c in configs]
             order = order[run % len(order):] + order[: run % len(order)]
             for placement, config in order:
-                mask = {min(everywhere)} if placement == "one CPU" else everywhere
-                os.sched_setaffinity(0, mask)  # the server and tar inherit it
+                os.sched_setaffinity(0, mask(placement))  # the server and tar inherit it
                 n += 1
                 elapsed = one(config, base, scratch / "t.tar", scratch / f"m{n}", cmd)
                 times.setdefault((placement, config), []).append(elapsed)
                 print(f"  run {run} {placement:8} {config:22} {elapsed:6.2f} s", file=sys.stderr)
             for placement in rtt:
-                os.sched_setaffinity(0, {min(everywhere)} if placement == "one CPU" else everywhere)
+                os.sched_setaffinity(0, mask(placement))
                 rtt[placement].append(ovl.pipe_round_trip_us())
         os.sched_setaffinity(0, everywhere)
     finally:
