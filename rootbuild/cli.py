@@ -172,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from rootbuild.build.builder import BuildOptions, build
     from rootbuild.cache.spec import parse_cache_from, parse_cache_to
+    from rootbuild.engine.build import BuildOptions, build
     from rootbuild.image.refs import parse_output
     from rootbuild.image.store import Store
 
@@ -223,13 +223,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         push=args.push,
         docker_format=args.format == "docker",
     )
-    if args.push and not args.tags:
-        raise UsageError("build: --push needs at least one -t NAME to push to")
-    if args.proc == "host-bind" and args.untrusted:
-        raise UsageError(
-            "build: --proc=host-bind is refused with --untrusted: it lets RUN see and signal "
-            "the builder's processes"
-        )
+    options.validate()  # before the store is opened; build() checks again
     progress = make_progress(args.progress, quiet=args.quiet)
     store = Store.open(args.root)
     try:

@@ -1,7 +1,8 @@
 """Build progress for people: one line per step in plain mode, a live view on a terminal.
 
 Rules:
-- Progress and warnings go to stderr; stdout is kept for results (`-q` prints the image ID).
+- Progress and warnings go to the progress stream (stderr by default); stdout is kept for
+  results (`-q` prints the image ID). Nothing here writes to ``sys.stderr`` directly.
 - Plain mode prints BuildKit-like lines: ``#3 [build 2/4] COPY a /b`` then ``#3 DONE 0.1s``.
 - The tty mode redraws the running steps in place and leaves the same finished lines behind.
 - Nothing here decides anything about the build; the builder calls these methods.
@@ -71,9 +72,10 @@ class PlainProgress:
         self._emit(f"#{step} {self._elapsed(step)} {line}")
 
     def warn(self, message: str) -> None:
+        # shown even with -q, as docker build does: a warning is never progress noise
         with self._lock:
-            sys.stderr.write(f"WARNING: {message}\n")
-            sys.stderr.flush()
+            self.stream.write(f"WARNING: {message}\n")
+            self.stream.flush()
 
     def note(self, message: str) -> None:
         self._emit(f"note: {message}")
@@ -130,6 +132,10 @@ class TtyProgress(PlainProgress):
 
     def note(self, message: str) -> None:
         self._redraw(f"note: {message}")
+
+    def warn(self, message: str) -> None:
+        # above the running steps, so the next redraw keeps it
+        self._redraw(f"WARNING: {message}")
 
     def close(self) -> None:
         self._redraw()

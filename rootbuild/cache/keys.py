@@ -31,7 +31,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from rootbuild.stages.evaluate import CopyStep, RunStep, WorkdirStep
+from rootbuild.stages.steps import CopyStep, RunStep, WorkdirStep
 
 KEY_VERSION = "rootbuild-step-cache/1"
 

@@ -211,11 +211,14 @@ class Directives:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One ``FROM`` and the instructions up to the next ``FROM``. ``index`` is 0-based."""
+    """One ``FROM`` and the instructions up to the next ``FROM``. ``index`` is 0-based.
+    ``onbuild`` holds the base's ONBUILD triggers, parsed and located at the ``FROM``
+    line, once the build has learnt them (they run before ``instructions``)."""
 
     index: int
     from_: From
     instructions: tuple[Instruction, ...] = ()
+    onbuild: tuple[Instruction, ...] = ()
 
     @property
     def name(self) -> str | None:

@@ -8,15 +8,15 @@ Rules (BuildKit ``frontend/dockerfile/dockerfile2llb/convert.go`` ``dispatch*``)
   ENV, EXPOSE (split into words), LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR, ARG defaults,
   ``RUN --mount`` values and ``<<EOF`` (unquoted) heredoc bodies of COPY/ADD. Never RUN,
   CMD, ENTRYPOINT, SHELL, HEALTHCHECK, MAINTAINER, ONBUILD (triggers expand when they run).
-  ``COPY --from`` and ``--mount from=`` are left as written: the stage plan resolves them in
-  the global scope (``StagePlan.refs`` is keyed by the raw word).
+  ``COPY --from`` and ``--mount from=`` are not expanded here: the stage plan resolved them
+  in the global scope, and the step carries what they name (``StageState.resolve``).
 - The substitution environment is the stage's environment: the image's Env overlaid, in
   instruction order, by ENV and by ARGs with a value (``rootbuild.stages.args``).
 - History: one entry per instruction except ONBUILD, ``comment: buildkit.dockerfile.v0``,
   ``created_by`` formatted exactly as BuildKit's ``commitToHistory`` calls do; metadata
   instructions are ``empty_layer``; RUN/COPY/ADD and WORKDIR (other than ``/``) make a layer.
-- ONBUILD triggers of the base (``onbuild_triggers``) run first, as ordinary instructions
-  of the child stage (parse them with the front end, then ``apply``); ``begin_stage``
+- ONBUILD triggers of the base run first, as ordinary instructions of the child stage: the
+  plan put them there (``stages.onbuild``) before the stage graph was built; ``begin_stage``
   clears ``OnBuild`` in the child's config, as BuildKit does.
 - Pure: no os, no trio.
 """
@@ -27,7 +27,6 @@ import dataclasses
 import posixpath
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from rootbuild.dockerfile.instructions import (
     Add,
@@ -57,7 +56,7 @@ from rootbuild.dockerfile.instructions import (
 from rootbuild.dockerfile.instructions import Command as CommandForm
 from rootbuild.dockerfile.substitution import expand, expand_words
 from rootbuild.errors import DockerfileError
-from rootbuild.stages.args import NON_ENV_ARGS, proxy_env, resolve_stage_arg, run_history_args
+from rootbuild.stages.args import NON_ENV_ARGS, resolve_stage_arg, run_history_args
 from rootbuild.stages.config import (
     DEFAULT_PATH,
     HISTORY_COMMENT,
@@ -70,111 +69,19 @@ from rootbuild.stages.config import (
     go_quote_list,
     parse_port_spec,
 )
+from rootbuild.stages.graph import MOUNT_TYPES_WITH_SOURCE, StageBase
 from rootbuild.stages.paths import dest_relative_to_workdir, go_clean, normalize_workdir
+from rootbuild.stages.steps import (
+    CopyStep,
+    MetadataStep,
+    RunStep,
+    StageState,
+    Step,
+    StepMount,
+    WorkdirStep,
+)
 
-DEFAULT_SHELL = ("/bin/sh", "-c")  # BuildKit ``defaultShell`` on Linux
 PIPES_DIR = "/dev/pipes/"  # where BuildKit mounts a ``#!`` RUN heredoc
-
-
-# -- state and steps ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StageState:
-    """Everything ``apply`` needs between instructions of one stage.
-
-    ``env`` is BuildKit's LLB state environment (image Env + ARG values, in order); ``args``
-    its ``buildArgs`` (every ARG declared so far and its value, None when it has none);
-    ``cmd_set`` whether CMD was given in this stage (ENTRYPOINT then keeps it).
-    """
-
-    config: ImageConfig
-    env: tuple[tuple[str, str], ...] = ()
-    args: tuple[tuple[str, str | None], ...] = ()
-    global_args: tuple[tuple[str, str], ...] = ()
-    build_args: tuple[tuple[str, str], ...] = ()
-    escape: str = "\\"
-    cmd_set: bool = False
-
-    @property
-    def scope(self) -> dict[str, str]:
-        """The substitution environment at this point of the stage."""
-        return dict(self.env)
-
-    @property
-    def shell(self) -> tuple[str, ...]:
-        return self.config.shell or DEFAULT_SHELL
-
-    @property
-    def declared(self) -> frozenset[str]:
-        """ARG names declared in this stage (and the stage it is built from)."""
-        return frozenset(name for name, _ in self.args)
-
-    def run_env(self) -> tuple[str, ...]:
-        """The environment a RUN gets: the stage environment plus the proxy build args."""
-        env = dict(self.env)
-        for key, value in proxy_env(dict(self.build_args)):
-            env.setdefault(key, value)
-        return tuple(f"{k}={v}" for k, v in env.items())
-
-
-@dataclass(frozen=True)
-class MetadataStep:
-    """Only the config changed; nothing to run. ``history`` is None for ONBUILD."""
-
-    history: HistoryEntry | None
-
-
-@dataclass(frozen=True)
-class WorkdirStep:
-    """``mkdir -p path`` (mode 0755, owned by ``user`` when set, resolved in the image's
-    own passwd/group), committed as a layer (BuildKit ``dispatchWorkdir``)."""
-
-    path: str
-    user: str
-    history: HistoryEntry
-
-
-@dataclass(frozen=True)
-class CopyStep:
-    """COPY or ADD. ``sources`` are expanded context (or ``from_``) paths and URLs;
-    ``heredocs`` are inline files (created mode 0644 unless ``chmod``) named by their
-    ``name``, bodies already expanded; ``dest`` is absolute, a trailing ``/`` kept."""
-
-    is_add: bool
-    sources: tuple[str, ...]
-    dest: str
-    from_: str | None
-    chown: str | None
-    chmod: str | None
-    link: bool
-    parents: bool
-    excludes: tuple[str, ...]
-    heredocs: tuple[Heredoc, ...]
-    checksum: str | None
-    keep_git_dir: bool
-    unpack: bool | None
-    history: HistoryEntry
-
-
-@dataclass(frozen=True)
-class RunStep:
-    """RUN. ``command`` is the final argv (shell form already wrapped in the SHELL);
-    ``heredoc_files`` are (absolute path, content) files to mount read-only, mode 0755
-    (the ``#!`` heredoc case); mount ``target``s are absolute."""
-
-    command: tuple[str, ...]
-    env: tuple[str, ...]
-    user: str
-    workdir: str
-    mounts: tuple[Mount, ...]
-    network: str | None
-    security: str | None
-    heredoc_files: tuple[tuple[str, str], ...]
-    history: HistoryEntry
-
-
-Step = MetadataStep | WorkdirStep | CopyStep | RunStep
 
 
 # -- stage start ----------------------------------------------------------------------------
@@ -189,14 +96,16 @@ def begin_stage(
     *,
     escape: str,
     parent: StageState | None = None,
+    refs: tuple[tuple[str, StageBase], ...] = (),
 ) -> StageState:
     """The state before the stage's first instruction (BuildKit ``dispatchStages``).
 
     ``base_config`` is the base image's config (``ImageConfig.scratch`` for ``FROM
     scratch``), or the final config of ``parent`` when the stage is built FROM an earlier
     stage; ``parent`` then passes on its environment and declared ARGs (BuildKit
-    ``dispatchState.init``). ``created`` and ``OnBuild`` are cleared: take the triggers
-    with ``onbuild_triggers(base_config)`` first.
+    ``dispatchState.init``). ``created`` and ``OnBuild`` are cleared: the plan already
+    put the base's triggers first (``stages.onbuild``). ``refs`` is the stage plan's
+    ``refs``: what each ``--from``/``from=`` word of the stage (triggers included) names.
     """
     del stage  # the FROM line itself changes nothing here; kept for the caller's symmetry
     config = dataclasses.replace(base_config, created=None, onbuild=())
@@ -216,6 +125,7 @@ def begin_stage(
         global_args=tuple({**predefined, **meta}.items()),
         build_args=tuple(build_args.items()),
         escape=escape,
+        refs=refs,
     )
 
 
@@ -449,7 +359,14 @@ def _run(state: StageState, instr: Instruction, now: str) -> tuple[StageState, S
             text, files = _run_heredoc_text(text, instr.heredocs)
         argv = (*state.shell, text)
     workdir = state.config.working_dir or "/"
-    mounts = tuple(_expand_mount(state, m, instr, workdir) for m in instr.mounts)
+    mounts = tuple(
+        StepMount(
+            _expand_mount(state, m, instr, workdir),
+            state.resolve(m.from_, "RUN --mount from", instr)
+            if m.from_ is not None and m.type in MOUNT_TYPES_WITH_SOURCE else None,
+        )
+        for m in instr.mounts
+    )
     words = [*run_history_args(state.args, state.scope), *argv]
     entry = _history("RUN " + " ".join(words), now, layer=True)
     step = RunStep(
@@ -520,11 +437,11 @@ def _copy(state: StageState, instr: Instruction, now: str) -> tuple[StageState, 
     chown = _expand(state, instr.chown, instr) if instr.chown is not None else None
     chmod = _expand(state, instr.chmod, instr) if instr.chmod is not None else None
     checksum = None
-    from_ = None
+    from_: StageBase | None = None
     if isinstance(instr, Add):
         checksum = _expand(state, instr.checksum, instr) if instr.checksum is not None else None
-    else:
-        from_ = instr.from_
+    elif instr.from_ is not None:
+        from_ = state.resolve(instr.from_, "COPY --from", instr)
     _check_copy(keyword, sources, chmod, checksum, instr)
     heredocs = tuple(
         dataclasses.replace(doc, content=expand_heredoc(doc.content, state.scope, instr))

@@ -29,7 +29,7 @@ from rootbuild.errors import DockerfileError, Location, StageGraphError
 Expander = Callable[[str, Location, set[str]], str]
 
 # Mount types whose ``from=`` names a source (BuildKit ignores it for tmpfs, secret, ssh).
-_MOUNT_TYPES_WITH_SOURCE = frozenset({"bind", "cache"})
+MOUNT_TYPES_WITH_SOURCE = frozenset({"bind", "cache"})
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class StageNode:
     refs: tuple[tuple[str, StageBase], ...]
     from_args: frozenset[str]  # meta ARGs the FROM line and the references referenced
     instructions: tuple[Instruction, ...]
+    onbuild: tuple[Instruction, ...] = ()  # the base's ONBUILD triggers, run first
 
     @property
     def display_name(self) -> str:
@@ -133,7 +134,7 @@ def build_graph(dockerfile: Dockerfile, expand: Expander) -> StageGraph:
 
         refs: dict[str, StageBase] = {}
         images: set[str] = set()
-        for instruction, kind, word in _references(spec.instructions):
+        for instruction, kind, word in _references((*spec.onbuild, *spec.instructions)):
             ref = _resolve_ref(
                 word,
                 instruction.location,
@@ -162,6 +163,7 @@ def build_graph(dockerfile: Dockerfile, expand: Expander) -> StageGraph:
                 refs=tuple(sorted(refs.items())),
                 from_args=frozenset(used),
                 instructions=spec.instructions,
+                onbuild=spec.onbuild,
             )
         )
         if name is not None:
@@ -177,7 +179,7 @@ def _references(
             yield instruction, "COPY --from", instruction.from_
         elif isinstance(instruction, Run):
             for mount in instruction.mounts:
-                if mount.from_ is not None and mount.type in _MOUNT_TYPES_WITH_SOURCE:
+                if mount.from_ is not None and mount.type in MOUNT_TYPES_WITH_SOURCE:
                     yield instruction, "RUN --mount from", mount.from_
 
 

@@ -53,19 +53,12 @@ class StagePlan:
     from_: From
     instructions: tuple[Instruction, ...]
     refs: tuple[tuple[str, StageBase], ...]  # raw --from / from= word -> what it names
+    onbuild: tuple[Instruction, ...] = ()  # the base's ONBUILD triggers, run first
 
     @property
     def display_name(self) -> str:
         """The stage's name, or BuildKit's ``stage-N`` for an unnamed stage."""
         return self.name if self.name is not None else f"stage-{self.index}"
-
-    def resolve(self, word: str) -> StageBase:
-        """What the ``COPY --from`` / ``RUN --mount from=`` word ``word`` (unexpanded, as in
-        the instruction) of this stage names."""
-        for raw, ref in self.refs:
-            if raw == word:
-                return ref
-        raise KeyError(word)
 
 
 @dataclass(frozen=True)
@@ -133,6 +126,7 @@ def plan(
             from_=node.from_,
             instructions=node.instructions,
             refs=node.refs,
+            onbuild=node.onbuild,
         )
         for node in graph.nodes
         if node.index in needed
@@ -233,6 +227,9 @@ def render(build: BuildPlan) -> str:
         lines.append("  images: " + (" ".join(stage.images) or "-"))
         for raw, ref in stage.refs:
             lines.append(f"  ref {raw} -> {ref}")
+        for trigger in stage.onbuild:
+            text = trigger.original.replace("\n", "\\n")
+            lines.append(f"  onbuild {trigger.location.line}: {text}")
         for instruction in stage.instructions:
             text = instruction.original.replace("\n", "\\n")
             lines.append(f"  {instruction.location.line}: {text}")

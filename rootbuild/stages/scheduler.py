@@ -51,7 +51,7 @@ async def run_plan(
                 inputs = MappingProxyType({dep: results[dep] for dep in stage.deps})
                 results[stage.index] = await build_stage(stage, inputs)
         except Exception as exc:  # every stage failure ends the build; see module rules
-            failures.append(_unwrap(exc))
+            failures.append(unwrap_group(exc))
             cancel_scope.cancel()
             return
         finished[stage.index].set()
@@ -68,7 +68,7 @@ async def run_plan(
     return results
 
 
-def _unwrap(exc: Exception) -> Exception:
+def unwrap_group(exc: Exception) -> Exception:
     """The one exception inside a (nested) exception group, ignoring trio's ``Cancelled``;
     ``exc`` itself when it is not a group or holds several real causes."""
     if not isinstance(exc, BaseExceptionGroup):

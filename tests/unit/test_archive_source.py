@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rootbuild.build.archive_source import is_tar_archive
 from rootbuild.context import BuildContext
 from rootbuild.dockerfile.dockerignore import IgnoreMatcher
+from rootbuild.engine.archive_source import is_tar_archive
 
 
 def _tar(payload: bytes) -> bytes:

@@ -8,7 +8,7 @@ import dataclasses
 from rootbuild.cache.keys import base_key, chain_key, step_fields, step_key
 from rootbuild.dockerfile.instructions import Heredoc, Mount
 from rootbuild.stages.config import HistoryEntry
-from rootbuild.stages.evaluate import CopyStep, RunStep, WorkdirStep
+from rootbuild.stages.steps import CopyStep, RunStep, WorkdirStep
 
 PARENT = base_key("sha256:" + "a" * 64, "linux/amd64")
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rootbuild.build.copy import CopyPlan, Source, SourceItem, copy_entries, parse_chmod
+from rootbuild.engine.copy import CopyPlan, Source, SourceItem, copy_entries, parse_chmod
 from rootbuild.errors import DockerfileError, Location
 from rootbuild.image.rootfs import RootfsView
 

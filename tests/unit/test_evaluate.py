@@ -33,20 +33,20 @@ from rootbuild.dockerfile.instructions import (
     Volume,
     Workdir,
 )
-from rootbuild.errors import DockerfileError, Location
+from rootbuild.errors import DockerfileError, Location, StageGraphError
 from rootbuild.platform import Platform
 from rootbuild.stages.args import predefined_args, unused_build_args
 from rootbuild.stages.config import DEFAULT_PATH, HistoryEntry, ImageConfig
-from rootbuild.stages.evaluate import (
+from rootbuild.stages.evaluate import apply, begin_stage, onbuild_triggers
+from rootbuild.stages.graph import StageBase
+from rootbuild.stages.steps import (
     CopyStep,
     MetadataStep,
     RunStep,
     StageState,
     Step,
+    StepMount,
     WorkdirStep,
-    apply,
-    begin_stage,
-    onbuild_triggers,
 )
 
 NOW = "2024-01-01T00:00:00Z"
@@ -62,12 +62,13 @@ def start(
     meta: Mapping[str, str] | None = None,
     build_args: Mapping[str, str] | None = None,
     parent: StageState | None = None,
+    refs: tuple[tuple[str, StageBase], ...] = (),
 ) -> StageState:
     spec = StageSpec(0, From(Location("Dockerfile", 1), "FROM scratch", "scratch"))
     return begin_stage(
         config if config is not None else ImageConfig.scratch(AMD64),
         spec, meta or {}, build_args or {}, predefined_args(AMD64, AMD64),
-        escape="\\", parent=parent,
+        escape="\\", parent=parent, refs=refs,
     )
 
 
@@ -369,14 +370,33 @@ def test_run_exec_form_and_run_context() -> None:
 def test_run_mounts_are_expanded_and_targets_made_absolute() -> None:
     mounts = (Mount(type="cache", target="node_modules", id="$NAME"),
               Mount(type="bind", target="/out", source="$SUB/bin", from_="$STAGE"))
-    _, steps = run(start(), Workdir(LOC, "WORKDIR", "/src"), env(("NAME", "npm"), ("SUB", "x")),
+    refs = (("$STAGE", StageBase(stage=3)),)
+    _, steps = run(start(refs=refs), Workdir(LOC, "WORKDIR", "/src"),
+                   env(("NAME", "npm"), ("SUB", "x")),
                    Run(LOC, "RUN", ShellCommand("npm ci"), mounts=mounts))
     step = steps[-1]
     assert isinstance(step, RunStep)
     assert step.mounts == (
-        Mount(type="cache", target="/src/node_modules", id="npm"),
-        Mount(type="bind", target="/out", source="x/bin", from_="$STAGE"),
+        StepMount(Mount(type="cache", target="/src/node_modules", id="npm"), None),
+        StepMount(Mount(type="bind", target="/out", source="x/bin", from_="$STAGE"),
+                  StageBase(stage=3)),
     )
+
+
+@pytest.mark.parametrize(
+    "instr",
+    [
+        Copy(LOC, "COPY --from=nowhere a /b", ("a",), "/b", from_="nowhere"),
+        Run(LOC, "RUN --mount=from=nowhere true", ShellCommand("true"),
+            mounts=(Mount(type="bind", target="/x", from_="nowhere"),)),
+    ],
+)
+def test_a_from_word_the_plan_never_resolved_is_a_located_error(instr: Instruction) -> None:
+    # the plan resolves every --from/from= word; a step that meets another one says so at
+    # its line instead of ending in a KeyError (the ONBUILD COPY --from bug)
+    with pytest.raises(StageGraphError, match=r"^Dockerfile:\d+: (COPY --from|RUN --mount "
+                       r"from)=nowhere: names no stage or image of this build$"):
+        apply(start(refs=(("other", StageBase(stage=0)),)), instr, now=NOW)
 
 
 @pytest.mark.parametrize(
@@ -432,13 +452,15 @@ def test_copy_destination_resolution(workdir: str, dest: str, resolved: str) -> 
 
 
 def test_copy_flags_expand_and_appear_in_history() -> None:
-    _, steps = run(start(), env(("U", "app"), ("SRC", "dist")),
+    refs = (("builder", StageBase(stage=1)),)
+    _, steps = run(start(refs=refs), env(("U", "app"), ("SRC", "dist")),
                    copy("$SRC/*.js", "/www/", chown="$U:$U", chmod="0755",
                         from_="builder", link=True, excludes=("*.map",)))
     step = steps[-1]
     assert isinstance(step, CopyStep)
     assert step.sources == ("dist/*.js",)
-    assert (step.chown, step.chmod, step.from_, step.link) == ("app:app", "0755", "builder", True)
+    assert (step.chown, step.chmod, step.from_, step.link) == (
+        "app:app", "0755", StageBase(stage=1), True)
     assert step.excludes == ("*.map",)
     assert step.history == HistoryEntry(
         NOW, "COPY --chown=app:app --chmod=0755 dist/*.js /www/ # buildkit", COMMENT, False)

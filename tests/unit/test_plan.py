@@ -89,7 +89,7 @@ def test_default_target_is_last_stage_and_unneeded_stages_are_pruned() -> None:
     assert p.order == (0, 2)
     assert p.levels == ((0,), (2,))
     assert p.stage(2).deps == (0,)
-    assert p.stage(2).resolve("a") == StageBase(stage=0)
+    assert dict(p.stage(2).refs)["a"] == StageBase(stage=0)
 
 
 def test_target_is_case_insensitive() -> None:

@@ -1,4 +1,4 @@
-"""Content digests of COPY sources for the step cache (``rootbuild.build.step_cache``),
+"""Content digests of COPY sources for the step cache (``rootbuild.engine.step_cache``),
 through a real build context: what changes a digest, what doesn't, and that an unchanged
 file is not read twice."""
 
@@ -8,10 +8,10 @@ import os
 import time
 from pathlib import Path
 
-from rootbuild.build.copy import context_sources
-from rootbuild.build.step_cache import SourceHasher, StepCache
 from rootbuild.cache.index import CacheIndex
 from rootbuild.context import BuildContext, load_ignore
+from rootbuild.engine.copy import context_sources
+from rootbuild.engine.step_cache import SourceHasher, StepCache
 from rootbuild.errors import Location
 
 WHERE = Location("Dockerfile", 1)

@@ -16,8 +16,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from rootbuild.build.copy import Source, context_sources, image_sources
 from rootbuild.context import BuildContext, ContextEntry
+from rootbuild.engine.copy import Source, context_sources, image_sources
 from rootbuild.errors import Location
 from rootbuild.image.decompress import DECODE_ERRORS, StreamError, decoder, select_compression
 from rootbuild.image.layer_extract import extract_layer

@@ -32,9 +32,9 @@ from typing import Protocol
 
 import trio
 
-from rootbuild.build.copy import Source, SourceItem
 from rootbuild.cache.entry import CacheEntry
 from rootbuild.cache.index import CacheIndex, FileIdentity
+from rootbuild.engine.copy import Source, SourceItem
 from rootbuild.errors import RootbuildError
 from rootbuild.image.store import Staging
 

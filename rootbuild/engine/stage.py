@@ -8,22 +8,30 @@ Rules:
   base; a hit reuses the stored layer (or the recorded "no layer") without running
   anything, and progress says ``CACHED`` as BuildKit does.
 - Blocking work runs in worker threads so independent stages really overlap.
+- A stage sees only what it is handed: the build's frozen ``BuildEnv``, its ``Seams``
+  (executor, base images) and the per-build ``Workspace``; it never reaches into the
+  build that made them.
+- The base's ONBUILD triggers are already in the plan (``StagePlan.onbuild``); they run
+  first, shown as ``[ONBUILD ...]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
-from rootbuild.build.archive_source import add_archive_or_file
-from rootbuild.build.copy import (
+from rootbuild.cache.entry import CacheEntry
+from rootbuild.cache.keys import Scalar, base_key, chain_key, step_key
+from rootbuild.context import BuildContext
+from rootbuild.dockerfile.instructions import Instruction, StageSpec
+from rootbuild.engine.archive_source import add_archive_or_file
+from rootbuild.engine.copy import (
     CopyPlan,
     Source,
     SourceItem,
@@ -34,11 +42,10 @@ from rootbuild.build.copy import (
     parse_chmod,
     resolve_chown,
 )
-from rootbuild.build.layers import Layer
-from rootbuild.cache.entry import CacheEntry
-from rootbuild.cache.keys import Scalar, base_key, chain_key, step_key
-from rootbuild.dockerfile.instructions import Instruction, StageSpec
-from rootbuild.dockerfile.parser import parse_instruction
+from rootbuild.engine.env import BuildEnv
+from rootbuild.engine.layers import Layer, LayerTrees
+from rootbuild.engine.seams import Seams
+from rootbuild.engine.step_cache import StepCache
 from rootbuild.errors import (
     ContextError,
     Location,
@@ -47,28 +54,36 @@ from rootbuild.errors import (
     StepError,
 )
 from rootbuild.image.layer_write import TarEntry
+from rootbuild.image.oci import StoredImage
 from rootbuild.image.rootfs import RootfsView
-from rootbuild.sandbox.run import run_step
+from rootbuild.image.store import Staging
+from rootbuild.progress import Progress
+from rootbuild.sandbox.idmap import IdMapPlan
 from rootbuild.sandbox.spec import OverlayRoot, StepSpec
 from rootbuild.stages.config import ImageConfig, format_timestamp
-from rootbuild.stages.evaluate import (
-    CopyStep,
-    MetadataStep,
-    RunStep,
-    StageState,
-    Step,
-    WorkdirStep,
-    apply,
-    begin_stage,
-    onbuild_triggers,
-)
+from rootbuild.stages.evaluate import apply, begin_stage
+from rootbuild.stages.features import REMOTE_PREFIXES
 from rootbuild.stages.graph import StageBase
 from rootbuild.stages.plan import StagePlan
+from rootbuild.stages.steps import CopyStep, MetadataStep, RunStep, StageState, Step, WorkdirStep
 
-if TYPE_CHECKING:
-    from rootbuild.build.builder import BuildOptions, _Build
 
-_REMOTE = ("http://", "https://", "git@", "git://", "ssh://")
+@dataclass(frozen=True)
+class Workspace:
+    """The per-build places and records every stage shares: progress, the layer trees,
+    the step cache, the build context, the build's scratch directory and staging area,
+    the id mapping RUN gets, the snapshotter (chosen at the first RUN) and the
+    once-per-build warnings."""
+
+    progress: Progress
+    trees: LayerTrees
+    cache: StepCache
+    context: BuildContext
+    work_dir: Path
+    staging: Staging
+    idmap: IdMapPlan
+    snapshotter: Callable[[], str]
+    warn_once: Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -85,36 +100,38 @@ class StageResult:
 class Stage:
     """Runs the steps of one stage."""
 
-    def __init__(self, build: _Build, stage: StagePlan, deps: Mapping[int, StageResult]):
-        self.build = build
+    def __init__(self, env: BuildEnv, seams: Seams, work: Workspace, stage: StagePlan,
+                 deps: Mapping[int, StageResult]):
+        self.env = env
+        self.seams = seams
+        self.work = work
         self.stage = stage
         self.deps = deps
         self.layers: tuple[Layer, ...] = ()
         self.key = ""  # the cache key of the state reached so far
         self.total = len(stage.instructions) + 1
-        self.use_cache = build.cache.enabled_for(stage.index, stage.name)
+        self.use_cache = work.cache.enabled_for(stage.index, stage.name)
 
     def label(self, number: int, text: str) -> str:
         short = text if len(text) <= 120 else text[:117] + "..."
         return f"[{self.stage.display_name} {number}/{self.total}] {short}"
 
     async def run(self) -> StageResult:
-        b = self.build
-        step = b.progress.start(self.label(1, self.stage.from_.original))
+        env, progress = self.env, self.work.progress
+        step = progress.start(self.label(1, self.stage.from_.original))
         try:
             base_config, parent = await self.base()
         except RootbuildError as exc:
-            b.progress.failed(step, str(exc))
+            progress.failed(step, str(exc))
             raise
-        b.progress.done(step)
+        progress.done(step)
         spec = StageSpec(self.stage.index, self.stage.from_, self.stage.instructions)
         state = begin_stage(
-            base_config, spec, dict(b.plan.global_args), b.options.build_args, b.predefined,
-            escape=b.escape, parent=parent.state if parent else None,
+            base_config, spec, env.global_args, env.options.build_args, env.predefined,
+            escape=env.escape, parent=parent.state if parent else None, refs=self.stage.refs,
         )
-        for trigger in onbuild_triggers(base_config):
-            instr = parse_instruction(trigger, self.stage.from_.location, b.escape)
-            state = await self.step(state, instr, f"ONBUILD {trigger}", None)
+        for trigger in self.stage.onbuild:
+            state = await self.step(state, trigger, f"ONBUILD {trigger.original}", None)
         for number, instr in enumerate(self.stage.instructions, start=2):
             state = await self.step(state, instr, instr.original, number)
         return StageResult(state, self.layers, self.key)
@@ -130,7 +147,7 @@ class Stage:
         if base.is_scratch:
             self.key = base_key(None, platform)
             return ImageConfig.scratch(self.stage.platform), None
-        image = await self.build.image(base.image, self.stage.platform, self.stage.from_.location)
+        image = await self.image(base.image, self.stage.from_.location)
         self.layers = tuple(Layer(d, i) for d, i in zip(image.layers, image.diff_ids, strict=True))
         self.key = base_key(image.manifest.digest, platform)
         return ImageConfig.from_oci(image.config_json), None
@@ -138,19 +155,19 @@ class Stage:
     async def step(
         self, state: StageState, instr: Instruction, text: str, number: int | None
     ) -> StageState:
-        b = self.build
-        handle = b.progress.start(self.label(number, text) if number else f"[{text}]")
+        progress = self.work.progress
+        handle = progress.start(self.label(number, text) if number else f"[{text}]")
         try:
-            state, action = apply(state, instr, now=b.now)
+            state, action = apply(state, instr, now=self.env.clock.now)
             state, cached = await self.execute(state, action, instr, text, handle)
         except RootbuildError as exc:
             # every error of a step says which instruction it was
             error = exc if exc.location else type(exc)(exc.message, instr.location)
-            b.progress.failed(handle, str(error))
+            progress.failed(handle, str(error))
             if error is exc:
                 raise
             raise error from exc
-        b.progress.done(handle, cached=cached)
+        progress.done(handle, cached=cached)
         return state
 
     async def execute(
@@ -159,23 +176,23 @@ class Stage:
         """Carry out one step (or take it from the cache); True when it was cached."""
         if isinstance(action, MetadataStep):
             return state, False
-        cache = self.build.cache
+        cache = self.work.cache
         key = await self.cache_key(action, instr.location)
         if key is not None and self.use_cache:
-            entry = await cache.lookup(key, self.build.staging)
+            entry = await cache.lookup(key, self.work.staging)
             if entry is not None:
                 cache.hit(self.stage.index, entry)
                 self.key = chain_key(key, entry.diff_id)
                 layer = Layer(entry.layer, entry.diff_id) if entry.layer and entry.diff_id \
                     else None
-                state = _stamped(state, entry.created, self.build.options)
+                state = _stamped(state, entry.created, self.env.options.source_date_epoch)
                 return self.with_layer(state, layer), True
         layer = await self.produce(action, instr.location, handle)
         if key is not None:
             cache.add(self.stage.index, CacheEntry(
                 key=key, layer=layer.descriptor if layer else None,
                 diff_id=layer.diff_id if layer else None, description=text,
-                created=self.build.started,
+                created=self.env.clock.started,
             ))
             self.key = chain_key(key, layer.diff_id if layer else None)
         return self.with_layer(state, layer), False
@@ -197,29 +214,27 @@ class Stage:
             entries = await self.copy_entries(action, where)
         if entries is None:
             return None
+        options = self.env.options
         return await trio.to_thread.run_sync(
-            self.build.trees.commit, entries, self.build.options.compression,
-            self.build.options.source_date_epoch,
+            self.work.trees.commit, entries, options.compression, options.source_date_epoch,
         )
 
     async def cache_key(self, action: Step, where: Location) -> str | None:
         """The step's cache key; None for a step the cache leaves alone (one that is
         refused anyway: remote sources, ``--parents``)."""
-        b = self.build
+        options = self.env.options
         assert not isinstance(action, MetadataStep)
         inputs: dict[str, Scalar] = {
-            "compression": b.options.compression,
-            "epoch": b.options.source_date_epoch,
+            "compression": options.compression,
+            "epoch": options.source_date_epoch,
         }
         if isinstance(action, RunStep):
-            network = action.network if action.network in ("host", "none") \
-                else b.options.network
-            inputs |= {"network": network, "idmap": b.idmap.mode}
+            inputs |= {"network": self.network(action), "idmap": self.work.idmap.mode}
         elif isinstance(action, CopyStep):
-            if action.parents or any(src.startswith(_REMOTE) for src in action.sources):
+            if action.parents or any(src.startswith(REMOTE_PREFIXES) for src in action.sources):
                 return None
             if action.from_ is not None:
-                inputs["from"] = await self.source_key(self.stage.resolve(action.from_), where)
+                inputs["from"] = await self.source_key(action.from_, where)
             elif action.sources:
                 inputs["context"] = await trio.to_thread.run_sync(
                     self.context_digest, action, where
@@ -234,7 +249,7 @@ class Stage:
         if ref.is_scratch:
             return base_key(None, platform)
         assert ref.image is not None
-        image = await self.build.image(ref.image, self.stage.platform, where)
+        image = await self.image(ref.image, where)
         return base_key(image.manifest.digest, platform)
 
     def context_digest(self, action: CopyStep, where: Location) -> str:
@@ -243,63 +258,80 @@ class Stage:
         keyword = "ADD" if action.is_add else "COPY"
         try:
             sources = context_sources(
-                self.build.context, action.sources, action.excludes, where
+                self.work.context, action.sources, action.excludes, where
             )
-            return self.build.cache.hasher.digest(sources)
+            return self.work.cache.hasher.digest(sources)
         except ContextError as exc:
             if exc.message.startswith(keyword):
                 raise
             raise ContextError(f"{keyword}: {exc.message}", where) from exc
 
     def view(self) -> RootfsView:
-        return self.build.trees.view(self.layers)
+        return self.work.trees.view(self.layers)
+
+    async def image(self, ref: str, where: Location) -> StoredImage:
+        """A base or ``--from`` image of this stage's platform, its error located."""
+        try:
+            return await self.seams.base_images.get(ref, self.stage.platform)
+        except RootbuildError as exc:
+            if exc.location is not None:
+                raise
+            raise type(exc)(exc.message, where) from exc
+
+    def network(self, action: RunStep) -> str:
+        """RUN's network: its own ``--network`` when host or none, else the build's."""
+        if action.network in ("host", "none"):
+            return action.network
+        return self.env.options.network
 
     async def run_command(
         self, action: RunStep, where: Location, handle: int
     ) -> Layer | None:
         """Run a RUN step in the sandbox over the overlay of this stage's layers."""
-        b = self.build
+        options, work = self.env.options, self.work
         if action.mounts:
-            kinds = ", ".join(sorted({m.type for m in action.mounts}))
+            kinds = ", ".join(sorted({m.mount.type for m in action.mounts}))
             raise StepError(f"RUN --mount=type={kinds}: not supported yet", where)
         if action.heredoc_files:
             raise StepError("RUN with a #! heredoc: not supported yet", where)
         if action.security == "insecure":
             raise StepError("RUN --security=insecure: refused (rootbuild has no such mode)",
                             where)
+        snapshotter = work.snapshotter()
         lowers = await trio.to_thread.run_sync(
-            lambda: tuple(b.trees.lower(layer) for layer in self.layers)
+            lambda: tuple(work.trees.lower(layer) for layer in self.layers)
         )
-        scratch = Path(tempfile.mkdtemp(prefix="run-", dir=b.work_dir))
-        network = action.network if action.network in ("host", "none") else b.options.network
+        scratch = Path(tempfile.mkdtemp(prefix="run-", dir=work.work_dir))
         env = dict(item.partition("=")[::2] for item in action.env)
         spec = StepSpec(
             argv=action.command,
-            rootfs=OverlayRoot(lowers, scratch / "overlay", b.snapshotter.name),
+            rootfs=OverlayRoot(lowers, scratch / "overlay", snapshotter),
             scratch=scratch / "sandbox",
-            env=env, user=action.user, workdir=action.workdir or "/", network=network,
-            proc=b.options.proc, untrusted=b.options.untrusted,
-            timeout=b.options.step_timeout,
+            env=env, user=action.user, workdir=action.workdir or "/",
+            network=self.network(action), proc=options.proc, untrusted=options.untrusted,
+            timeout=options.step_timeout,
         )
         try:
-            result = await run_step(spec, lambda line: b.progress.output(handle, line))
+            result = await self.seams.executor.run(
+                spec, lambda line: work.progress.output(handle, line)
+            )
         except (StepError, SandboxError) as exc:
             if exc.location is not None or exc.message.startswith("RUN"):
                 raise
             raise type(exc)(f"RUN: {exc.message}", where) from exc
         for warning in result.warnings:
-            b.warn_once(warning)
+            work.warn_once(warning)
         command = " ".join(action.command)
         if result.timed_out:
             raise StepError(
-                f'RUN: process "{command}" timed out after {b.options.step_timeout:g}s', where
+                f'RUN: process "{command}" timed out after {options.step_timeout:g}s', where
             )
         if result.exit_code != 0:
             hint = ""
-            if b.idmap.mode == "single":  # the likeliest cause of a chown/USER failure
+            if work.idmap.mode == "single":  # the likeliest cause of a chown/USER failure
                 hint = (
                     " (note: RUN maps only root to your user, so chown to other ids and "
-                    "USER switches fail; " + b.idmap.warning.split("; fix: ")[-1] + ")"
+                    "USER switches fail; " + work.idmap.warning.split("; fix: ")[-1] + ")"
                 )
             raise StepError(
                 f'RUN: process "{command}" did not complete successfully: '
@@ -309,8 +341,8 @@ class Stage:
             raise SandboxError("RUN: the sandbox returned no layer for a successful step",
                                where)
         return await trio.to_thread.run_sync(
-            b.trees.adopt, result.layer.tree, result.layer.meta, b.options.compression,
-            b.options.source_date_epoch,
+            work.trees.adopt, result.layer.tree, result.layer.meta, options.compression,
+            options.source_date_epoch,
         )
 
     def workdir_entries(self, action: WorkdirStep, where: Location) -> list[TarEntry] | None:
@@ -322,14 +354,14 @@ class Stage:
         owner = resolve_chown(action.user, view, where) if action.user else (0, 0)
         plan = CopyPlan(
             sources=[_empty_dir_source()], dest="/" + target + "/", owner=owner, chmod=None,
-            now=self.build.epoch_now,
+            now=self.env.clock.epoch_now,
         )
         return copy_entries(plan, view, where)
 
     async def copy_entries(self, action: CopyStep, where: Location) -> list[TarEntry]:
         keyword = "ADD" if action.is_add else "COPY"
         for src in action.sources:
-            if src.startswith(_REMOTE):
+            if src.startswith(REMOTE_PREFIXES):
                 raise ContextError(
                     f'{keyword}: source "{src}": remote sources are not supported yet', where
                 )
@@ -338,9 +370,9 @@ class Stage:
         source_view: RootfsView | None = None
         what = ""
         if action.from_ is not None:
-            ref = self.stage.resolve(action.from_)
-            source_view, what = await self.from_view(ref, where), action.from_
-        build = self.build
+            source_view = await self.from_view(action.from_, where)
+            what = self.describe(action.from_)
+        ws, epoch_now = self.work, self.env.clock.epoch_now
 
         def work() -> list[TarEntry]:
             view = self.view()
@@ -353,23 +385,23 @@ class Stage:
                 try:
                     if action.is_add:
                         sources, keep_owner = add_archive_or_file(
-                            build.context, action.sources, action.excludes, where,
-                            build.work_dir,
+                            ws.context, action.sources, action.excludes, where,
+                            ws.work_dir,
                         )
                     else:
                         sources = context_sources(
-                            build.context, action.sources, action.excludes, where
+                            ws.context, action.sources, action.excludes, where
                         )
                 except ContextError as exc:
                     if exc.message.startswith(keyword):
                         raise
                     raise ContextError(f"{keyword}: {exc.message}", where) from exc
-            sources += [heredoc_source(h.name, h.content, build.epoch_now)
+            sources += [heredoc_source(h.name, h.content, epoch_now)
                         for h in action.heredocs]
             plan = CopyPlan(
                 sources=sources, dest=action.dest,
                 owner=resolve_chown(action.chown, view, where) if action.chown else None,
-                chmod=parse_chmod(action.chmod, where), now=build.epoch_now,
+                chmod=parse_chmod(action.chmod, where), now=epoch_now,
                 keep_owner=keep_owner,
             )
             return copy_entries(plan, view, where)
@@ -383,10 +415,13 @@ class Stage:
             layers = ()
         else:
             assert ref.image is not None
-            image = await self.build.image(ref.image, self.stage.platform, where)
+            image = await self.image(ref.image, where)
             layers = tuple(Layer(d, i) for d, i in zip(image.layers, image.diff_ids, strict=True))
-        return await trio.to_thread.run_sync(self.build.trees.view, layers)
+        return await trio.to_thread.run_sync(self.work.trees.view, layers)
 
+    def describe(self, ref: StageBase) -> str:
+        """How errors name a ``--from`` source: the word the Dockerfile wrote for it."""
+        return next((raw for raw, found in self.stage.refs if found == ref), str(ref))
 
 
 def _empty_dir_source() -> Source:
@@ -396,12 +431,12 @@ def _empty_dir_source() -> Source:
     return Source(name=".", is_dir=True, items=items)
 
 
-def _stamped(state: StageState, created: float, options: BuildOptions) -> StageState:
+def _stamped(state: StageState, created: float, epoch: int | None) -> StageState:
     """The step's history entry with the time the cached step first ran (BuildKit keeps
     cache records' times, so an unchanged rebuild is the same image); SOURCE_DATE_EPOCH
     wins."""
     history = state.config.history
-    if not history or options.source_date_epoch is not None:
+    if not history or epoch is not None:
         return state
     when = format_timestamp(datetime.fromtimestamp(created, UTC))
     last = dataclasses.replace(history[-1], created=when)

@@ -1,0 +1,77 @@
+"""Base images of one build (``FROM``, ``COPY --from``, ``RUN --mount from=``): the store's
+``BaseImages``.
+
+Rules:
+- A name in the store wins when it is for the build's platform (as ``docker build`` uses
+  local images); any other name is pulled from its registry; ``oci:``, ``oci-archive:``
+  and ``docker-archive:`` references are imported.
+- Each (reference, platform) is fetched once per build. A lock per reference, not one for
+  all: stages on different bases pull at the same time, two stages on one base wait for
+  the one pull.
+- Errors carry no location; the caller knows which line asked.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from rootbuild.errors import ImageError, RegistryError, RootbuildError, UsageError
+from rootbuild.image.archives import import_image
+from rootbuild.image.oci import StoredImage, config_platform
+from rootbuild.image.refs import ImageRef, parse_base_ref
+from rootbuild.image.store import Store
+from rootbuild.platform import Platform
+from rootbuild.progress import Progress
+from rootbuild.registry.client import TransportOptions
+from rootbuild.registry.pull import pull
+
+
+def platform_of(image: StoredImage) -> Platform | None:
+    """The image's platform as its config states it, normalised like ``--platform``."""
+    declared = config_platform(image.config_json)
+    return Platform.parse(str(declared)) if declared is not None else None
+
+
+class StoreBaseImages:
+    def __init__(self, store: Store, transport: TransportOptions, progress: Progress) -> None:
+        self.store = store
+        self.transport = transport
+        self.progress = progress
+        self._images: dict[tuple[str, str], StoredImage] = {}
+        self._locks: dict[tuple[str, str], trio.Lock] = {}
+
+    async def get(self, ref: str, platform: Platform) -> StoredImage:
+        key = (ref, str(platform))
+        lock = self._locks.setdefault(key, trio.Lock())
+        async with lock:
+            if key not in self._images:
+                try:
+                    parsed = parse_base_ref(ref)
+                except UsageError as exc:
+                    raise ImageError(exc.message) from exc
+                self._images[key] = await self._fetch(parsed, ref, platform)
+            return self._images[key]
+
+    async def _fetch(self, ref: ImageRef, text: str, platform: Platform) -> StoredImage:
+        if ref.transport != "store":
+            return await trio.to_thread.run_sync(import_image, self.store, ref, platform)
+        assert ref.name is not None
+        local = await trio.to_thread.run_sync(self.store.resolve, ref.name)
+        if local is not None and platform_of(local) == platform:
+            return local
+        handle = self.progress.start(f"pulling {text}")
+        try:
+            image = await pull(
+                self.store, text, platform, transport=self.transport,
+                progress=lambda line: self.progress.output(handle, line),
+            )
+        except RootbuildError as exc:
+            have = "for another platform only" if local is not None else "not in the store"
+            error = RegistryError(
+                f"pull {text} for {platform} ({have}): "
+                f"{exc.message.removeprefix(f'pull {text}: ')}"
+            )
+            self.progress.failed(handle, str(error))
+            raise error from exc
+        self.progress.done(handle)
+        return image

@@ -1,0 +1,281 @@
+"""One build: Dockerfile → plan → stages run by the scheduler → image in the store → outputs.
+
+Rules:
+- The pure pieces decide (``stages.plan``, ``stages.evaluate.apply``); this module only
+  carries their decisions out: resolves bases, produces layers, writes the image.
+- Blocking work (extraction, tar writing, export) runs in worker threads so independent
+  stages really overlap.
+- Everything a build writes is staged; only a successful build commits blobs, publishes
+  the layer trees it extracted, records its step cache entries and then tags, so a failed
+  build leaves the store's images, blobs, trees and cache as they were. Base images
+  imported along the way stay, as a pull would.
+- The store's shared lock is held for the whole build (``prune`` takes it exclusively).
+- All per-build state lives in this call's objects (``BuildEnv``, ``Workspace``, the
+  ``Seams``): nothing is kept in module globals or written straight to ``sys.stderr``,
+  so one process (the worker) can run many builds, at once or in turn.
+- ``options.validate()`` runs first: the checks hold for every caller, not just the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import trio
+
+from rootbuild.cache.index import CacheIndex
+from rootbuild.cache.remote import export_cache, import_cache
+from rootbuild.cache.spec import CacheSpec
+from rootbuild.context import BuildContext, find_dockerfile, load_ignore
+from rootbuild.dockerfile.parser import parse_dockerfile
+from rootbuild.engine.bases import StoreBaseImages
+from rootbuild.engine.env import BuildEnv
+from rootbuild.engine.exporter import StoreExporter
+from rootbuild.engine.layers import LayerTrees
+from rootbuild.engine.options import BuildOptions, BuildResult
+from rootbuild.engine.planning import plan_build
+from rootbuild.engine.sandbox_executor import SandboxExecutor
+from rootbuild.engine.seams import Exporter, Seams
+from rootbuild.engine.stage import Stage, StageResult, Workspace
+from rootbuild.engine.step_cache import MergedCache, RemoteCache, StepCache
+from rootbuild.errors import ContextError, RootbuildError
+from rootbuild.fuse_overlay.snapshotter import choose_snapshotter
+from rootbuild.image.oci import OCI_CONFIG, OCI_MANIFEST, StoredImage, canonical_json
+from rootbuild.image.refs import OutputRef
+from rootbuild.image.store import Store, force_rmtree
+from rootbuild.platform import host_platform
+from rootbuild.progress import Progress
+from rootbuild.sandbox.idmap import read_host_plan
+from rootbuild.stages.args import unused_build_args, unused_build_args_warning
+from rootbuild.stages.config import settle_created
+from rootbuild.stages.plan import BuildPlan, StagePlan
+from rootbuild.stages.scheduler import run_plan
+
+__all__ = ["BuildOptions", "BuildResult", "build", "default_seams"]
+
+
+def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Seams:
+    """The real seams: the RUN sandbox, the store's base images and exporter."""
+    return Seams(
+        executor=SandboxExecutor(read_host_plan()),
+        base_images=StoreBaseImages(store, options.transport, progress),
+        exporter=StoreExporter(store, options.transport, docker_format=options.docker_format,
+                               warn=progress.warn),
+    )
+
+
+class _Warnings:
+    """Warnings shown once per build (the id-mapping note of every RUN, ...)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.seen: set[str] = set()
+
+    def __call__(self, message: str) -> None:
+        if message not in self.seen:
+            self.seen.add(message)
+            self.progress.warn(message)
+
+
+class _Snapshotter:
+    """The snapshotter's name, chosen (and probed) at the build's first RUN step: a build
+    without RUN never needs FUSE."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+
+    def __call__(self) -> str:
+        if self.name is None:
+            self.name = choose_snapshotter().name
+        return self.name
+
+
+def _read_dockerfile(options: BuildOptions) -> tuple[str, str, Path | None]:
+    """(text, display name, path) of the Dockerfile."""
+    if options.dockerfile_text is not None:
+        return options.dockerfile_text, "Dockerfile", None
+    path = find_dockerfile(options.context_dir, options.dockerfile)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ContextError(f"read Dockerfile {path}: {exc.strerror}") from exc
+    return data.decode("utf-8", "surrogateescape"), path.name, path
+
+
+async def build(
+    options: BuildOptions, store: Store, progress: Progress, *, seams: Seams | None = None
+) -> BuildResult:
+    """Run one build and return the image it stored (tagged with ``options.tags``).
+    ``seams`` replaces the real executor, base images and exporter (tests)."""
+    options.validate()
+    text, name, path = _read_dockerfile(options)
+    dockerfile = parse_dockerfile(text, name)
+    if dockerfile.directives.syntax:
+        progress.note(
+            f"# syntax={dockerfile.directives.syntax} ignored: rootbuild has its own frontend"
+        )
+    for warning in dockerfile.warnings:
+        progress.warn(warning)
+    ignore = load_ignore(options.context_dir, path or options.context_dir / "Dockerfile")
+    with store.shared_lock(), BuildContext.open(options.context_dir, ignore) as context, \
+            store.stage() as staging:
+        seams = seams or default_seams(store, options, progress)
+        the_plan = await plan_build(
+            dockerfile, seams.base_images, target=options.target,
+            build_args=options.build_args, target_platform=options.target_platform,
+            build_platform=host_platform(),
+        )
+        for warning in the_plan.warnings:
+            progress.warn(warning)
+        env = BuildEnv.for_plan(options, the_plan, dockerfile.directives.escape)
+        warn_once = _Warnings(progress)
+        work = Workspace(
+            progress=progress, trees=LayerTrees(store, staging),
+            cache=StepCache(
+                CacheIndex(store.root), disabled=options.no_cache,
+                disabled_stages=frozenset(options.no_cache_filter), warn=warn_once,
+            ),
+            context=context, work_dir=store.staging_dir(), staging=staging,
+            idmap=read_host_plan(), snapshotter=_Snapshotter(), warn_once=warn_once,
+        )
+
+        async def run_stage(stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:
+            return await Stage(env, seams, work, stage, deps).run()
+
+        try:
+            async with contextlib.AsyncExitStack() as remotes:
+                work.cache.remote = await _import_caches(store, options, progress, remotes)
+                results = await run_plan(the_plan, run_stage, jobs=options.jobs)
+            final = results[the_plan.target]
+            image = await trio.to_thread.run_sync(_commit_image, store, work, env, final)
+        except BaseException:
+            work.trees.discard()
+            raise
+        finally:
+            work.cache.index.close()
+            _rmtree(work.work_dir)
+        for spec in options.cache_to:
+            await _export_cache(store, work, the_plan, spec, options, progress)
+        _warn_unused_args(the_plan, results, options, progress)
+        pushed = await _export(seams.exporter, image, final, work, options, progress)
+    return BuildResult(image.config.digest, image, pushed)
+
+
+async def _export(
+    exporter: Exporter, image: StoredImage, final: StageResult, work: Workspace,
+    options: BuildOptions, progress: Progress,
+) -> tuple[tuple[str, str], ...]:
+    """Every ``--output``, then every ``-t`` name when ``--push``; (reference, digest) of
+    each push."""
+    jobs = [(f"exporting to {output.text}", output) for output in options.outputs]
+    if options.push:
+        jobs += [(f"pushing {tag}", OutputRef("docker", tag, text=f"docker://{tag}"))
+                 for tag in options.tags]
+    pushed: list[tuple[str, str]] = []
+    for label, output in jobs:
+        handle = progress.start(label)
+        digest = await exporter.export(
+            image, output, lambda: work.trees.view(final.layers),
+            functools.partial(progress.output, handle),
+        )
+        if digest is not None:
+            pushed.append((output.path, digest))
+        progress.done(handle)
+    return tuple(pushed)
+
+
+def _commit_image(store: Store, work: Workspace, env: BuildEnv, final: StageResult) -> StoredImage:
+    config = final.config
+    staging, options = work.staging, env.options
+    if options.labels:
+        config = config.with_labels(sorted(options.labels.items()))
+    config = settle_created(config, env.clock.now)
+    config_desc = staging.put_bytes(canonical_json(config.to_oci()), OCI_CONFIG)
+    layers = [layer.as_oci().descriptor.to_json() for layer in final.layers]
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config_desc.to_json(),
+        "layers": layers,
+    }
+    manifest_desc = staging.put_bytes(canonical_json(manifest), OCI_MANIFEST)
+    staging.commit()
+    work.trees.publish()
+    work.cache.commit()
+    for tag in options.tags:
+        store.tag(tag, manifest_desc)
+    return store.load(manifest_desc)
+
+
+async def _import_caches(
+    store: Store, options: BuildOptions, progress: Progress, stack: contextlib.AsyncExitStack
+) -> RemoteCache | None:
+    """Every ``--cache-from`` source, read (manifest and config only) before the build; one
+    that cannot be read is a warning, as with BuildKit."""
+    imported: list[RemoteCache] = []
+    for spec in options.cache_from:
+        handle = progress.start(f"importing cache from {_describe(spec)}")
+        try:
+            cache = await import_cache(
+                store, spec, transport=options.transport,
+                say=functools.partial(progress.output, handle),
+            )
+        except RootbuildError as exc:
+            progress.done(handle)
+            progress.warn(f"importing cache from {_describe(spec)}: {exc}")
+            continue
+        progress.done(handle)
+        imported.append(await stack.enter_async_context(cache))
+    if not imported:
+        return None
+    return imported[0] if len(imported) == 1 else MergedCache(imported)
+
+
+async def _export_cache(
+    store: Store, work: Workspace, the_plan: BuildPlan, spec: CacheSpec, options: BuildOptions,
+    progress: Progress,
+) -> None:
+    """``--cache-to``: mode=min exports the steps whose layers are in the image (the target
+    stage and the stages it is built FROM), mode=max every step of the build."""
+    if spec.mode == "max":
+        stages = list(the_plan.order)
+    else:
+        stages, index = [], the_plan.target
+        while True:
+            stages.insert(0, index)
+            base = the_plan.stage(index).base.stage
+            if base is None:
+                break
+            index = base
+    entries = work.cache.entries_of(stages)
+    handle = progress.start(f"exporting cache to {_describe(spec)}")
+    await export_cache(
+        store, entries, spec, transport=options.transport,
+        say=functools.partial(progress.output, handle),
+    )
+    progress.done(handle)
+
+
+def _describe(spec: CacheSpec) -> str:
+    return f"type={spec.kind},{'ref' if spec.kind == 'registry' else 'dir'}={spec.ref}"
+
+
+def _warn_unused_args(
+    the_plan: BuildPlan, results: Mapping[int, StageResult], options: BuildOptions,
+    progress: Progress,
+) -> None:
+    declared: set[str] = set(the_plan.meta_arg_names)
+    for result in results.values():
+        declared |= result.state.declared
+    unused = unused_build_args(options.build_args, declared)
+    if unused:
+        progress.warn(unused_build_args_warning(unused))
+
+
+def _rmtree(path: Path) -> None:
+    force_rmtree(path)
+    if os.path.exists(path):
+        raise RootbuildError(f"remove build work directory {path}: failed")

@@ -1,0 +1,76 @@
+"""What one build is asked to do (``BuildOptions``) and what it gives back (``BuildResult``).
+
+Rules:
+- Options are a frozen value made once (by the CLI, the worker or a test) and never
+  changed; ``validate()`` refuses combinations no build may run with, whoever made them,
+  so the checks do not live only in the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rootbuild.cache.spec import CacheSpec
+from rootbuild.engine.layers import Compression
+from rootbuild.errors import UsageError
+from rootbuild.image.oci import StoredImage
+from rootbuild.image.refs import OutputRef
+from rootbuild.platform import Platform, host_platform
+from rootbuild.registry.client import TransportOptions
+
+NETWORK_MODES = ("host", "none")
+PROC_MODES = ("fresh", "host-bind")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    context_dir: Path
+    dockerfile: str | None = None
+    dockerfile_text: str | None = None  # `-f -`: the Dockerfile read from stdin
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    no_cache: bool = False  # no cache lookups (steps still recorded), as BuildKit
+    no_cache_filter: tuple[str, ...] = ()  # stages whose steps are never looked up
+    cache_from: tuple[CacheSpec, ...] = ()
+    cache_to: tuple[CacheSpec, ...] = ()
+    outputs: tuple[OutputRef, ...] = ()
+    jobs: int = 1
+    compression: Compression = "gzip"
+    target_platform: Platform = field(default_factory=host_platform)
+    source_date_epoch: int | None = None
+    network: str = "host"  # RUN's network unless RUN --network says otherwise
+    proc: str = "fresh"  # "host-bind": the explicit, weaker /proc fallback
+    untrusted: bool = False  # refuse every weakening (host-bind /proc, ...)
+    step_timeout: float | None = None  # seconds a RUN step may take
+    transport: TransportOptions = field(default_factory=TransportOptions)  # registries
+    push: bool = False  # push every -t name after the build
+    docker_format: bool = False  # push with Docker schema 2 media types
+
+    def validate(self) -> None:
+        """Refuse what no build may run with (``UsageError``, exit code 2)."""
+        if self.jobs < 1:
+            raise UsageError(f"build: --jobs must be at least 1, not {self.jobs}")
+        if self.network not in NETWORK_MODES:
+            raise UsageError(f"build: unknown --network {self.network!r}")
+        if self.proc not in PROC_MODES:
+            raise UsageError(f"build: unknown --proc {self.proc!r}")
+        if self.push and not self.tags:
+            raise UsageError("build: --push needs at least one -t NAME to push to")
+        if self.proc == "host-bind" and self.untrusted:
+            raise UsageError(
+                "build: --proc=host-bind is refused with --untrusted: it lets RUN see and "
+                "signal the builder's processes"
+            )
+        if self.step_timeout is not None and self.step_timeout <= 0:
+            raise UsageError(f"build: --timeout must be positive, not {self.step_timeout:g}")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image_id: str  # the config digest, as `docker build` reports it
+    image: StoredImage
+    pushed: tuple[tuple[str, str], ...] = ()  # (reference, manifest digest) per push

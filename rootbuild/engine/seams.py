@@ -1,0 +1,58 @@
+"""The engine's side-effect seams: where a build meets the kernel, the network and the disk.
+
+Rules (STYLE.md: a small Protocol at each side-effect seam, the implementation chosen once):
+- ``Executor`` runs a RUN step (``rootbuild.sandbox``'s ``SandboxExecutor`` in a real
+  build); ``BaseImages`` turns a ``FROM``/``--from`` reference into an image in the store
+  (registry pull, archive or layout import); ``Exporter`` writes a finished image to one
+  output (layout, archive, directory, registry push).
+- ``Seams`` bundles them for one build; ``engine.build`` makes the real ones unless the
+  caller passes its own (``rootbuild.testing`` ships fakes that need no kernel, FUSE or
+  network), so the stage engine is tested through the same code a build runs.
+- Implementations hold per-build state only (no module globals): two builds in one
+  process (the worker) never share or lose it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from rootbuild.image.oci import StoredImage
+from rootbuild.image.refs import OutputRef
+from rootbuild.image.rootfs import RootfsView
+from rootbuild.platform import Platform
+from rootbuild.sandbox.spec import StepResult, StepSpec
+
+
+class Executor(Protocol):
+    async def run(self, spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
+        """Run one RUN step; its output lines go to ``on_output``. A nonzero exit is
+        returned; ``SandboxError``/``StepError`` are raised (without a location)."""
+        ...
+
+
+class BaseImages(Protocol):
+    async def get(self, ref: str, platform: Platform) -> StoredImage:
+        """The image ``ref`` (as written after expansion: a store name, a registry
+        reference, ``oci:DIR``...) for ``platform``, in the store; fetched at most once
+        per build, concurrently for different references. Errors carry no location."""
+        ...
+
+
+class Exporter(Protocol):
+    async def export(
+        self, image: StoredImage, output: OutputRef, rootfs: Callable[[], RootfsView],
+        say: Callable[[str], None],
+    ) -> str | None:
+        """Write ``image`` to ``output``; ``rootfs`` gives its merged root filesystem (it
+        blocks: call it in a worker thread) for outputs that need the files. Returns the
+        manifest digest when the image was pushed to a registry, else None."""
+        ...
+
+
+@dataclass(frozen=True)
+class Seams:
+    executor: Executor
+    base_images: BaseImages
+    exporter: Exporter
