@@ -9,7 +9,7 @@ Rules (pyfuse3's contract, SECURITY.md rule 4):
 - Names arrive as bytes and are decoded with surrogateescape; "/" and NUL are refused.
 - Lookup counts: every reply that hands the kernel an inode (lookup, create, mkdir, mknod,
   symlink, link, readdirplus) adds one; content goes away in ``forget``/``release`` once
-  the inode also has no name (model._maybe_drop).
+  the inode also has no name (inodes.InodeTable._maybe_drop).
 - Speed (pyfuse3 costs ~20 us per request): attributes are built once per inode version;
   entry/attr timeouts are long (rootbuild is the only writer during a step); the kernel's
   writeback cache is on, so the kernel owns mtime/ctime and i_size of written files;
@@ -39,8 +39,9 @@ import trio
 from rootbuild.fuse_overlay import backing
 from rootbuild.fuse_overlay.backing import Backing
 from rootbuild.fuse_overlay.diff import changes
+from rootbuild.fuse_overlay.inodes import KIND_OF_IFMT, ROOT_INO, Inode
 from rootbuild.fuse_overlay.journal import write_tree
-from rootbuild.fuse_overlay.model import KIND_OF_IFMT, ROOT_INO, Inode, OverlayModel
+from rootbuild.fuse_overlay.model import OverlayModel
 from rootbuild.image.layermeta import LayerMeta
 
 log = logging.getLogger(__name__)
