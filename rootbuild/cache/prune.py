@@ -8,6 +8,8 @@ Rules (``docker buildx prune``, ``docker builder prune --keep-storage``):
   tree, counted once per layer, and nothing for a layer a tagged image keeps anyway.
 - The decision is made under the store's exclusive GC lock (``Store.prune(also_keep=)``),
   so no build adds or uses entries meanwhile; kept entries keep their blobs and trees.
+- When a tagged image keeps a layer blob, the blob's tree stays too, even if that image's
+  config cannot be read (a cache entry still says which diffID the blob has).
 """
 
 from __future__ import annotations
@@ -72,9 +74,10 @@ def prune(store: Store, keep_storage: int | None = None, wait: bool = True) -> P
         index.remove(e.key for e in entries if e.key not in kept_keys)
         counts["removed"] = len(entries) - len(kept)
         counts["kept"] = len(kept)
+        held = [e for e in entries if e.layer is not None and e.layer.digest in held_blobs]
         return (
             {e.layer.digest for e in kept if e.layer is not None},
-            {e.diff_id for e in kept if e.diff_id is not None},
+            {e.diff_id for e in [*kept, *held] if e.diff_id is not None},
         )
 
     try:

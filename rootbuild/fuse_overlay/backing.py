@@ -12,7 +12,7 @@ Rules:
   O_CREAT|O_EXCL. Renames and hardlinks never touch it, so no path is ever traversed in
   the upper.
 - Backing files are plain files of the invoking user (mode 0600); owners, modes, devices
-  and xattrs are virtual (model.py).
+  and xattrs are virtual (inodes.py).
 - Copies use copy_file_range (reflink or in-kernel copy where the filesystem can),
   falling back to a pread/pwrite loop.
 """

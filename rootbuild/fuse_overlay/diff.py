@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rootbuild.fuse_overlay.model import ROOT_INO, Inode, OverlayModel, join_path, sort_key
+from rootbuild.fuse_overlay.inodes import ROOT_INO, Inode, join_path, sort_key
+from rootbuild.fuse_overlay.model import OverlayModel
 from rootbuild.image.layermeta import EntryMeta
 
 

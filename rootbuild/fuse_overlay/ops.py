@@ -5,11 +5,13 @@ Job: a thin ``pyfuse3.Operations`` over ``OverlayModel`` (virtual inodes, journa
 
 Rules (pyfuse3's contract, SECURITY.md rule 4):
 - One error boundary (``_boundary``): every ``OSError`` becomes ``FUSEError(errno)``;
-  anything else is a bug, logged with its traceback and answered EIO.
+  anything else is a bug, logged with its traceback and answered EIO. ``forget`` has no
+  reply, so nothing may raise out of it (pyfuse3 would end the session, and with it the
+  step's filesystem): it logs each failure and goes on with the other inodes.
 - Names arrive as bytes and are decoded with surrogateescape; "/" and NUL are refused.
 - Lookup counts: every reply that hands the kernel an inode (lookup, create, mkdir, mknod,
   symlink, link, readdirplus) adds one; content goes away in ``forget``/``release`` once
-  the inode also has no name (model._maybe_drop).
+  the inode also has no name (inodes.InodeTable._maybe_drop).
 - Speed (pyfuse3 costs ~20 us per request): attributes are built once per inode version;
   entry/attr timeouts are long (rootbuild is the only writer during a step); the kernel's
   writeback cache is on, so the kernel owns mtime/ctime and i_size of written files;
@@ -39,8 +41,9 @@ import trio
 from rootbuild.fuse_overlay import backing
 from rootbuild.fuse_overlay.backing import Backing
 from rootbuild.fuse_overlay.diff import changes
+from rootbuild.fuse_overlay.inodes import KIND_OF_IFMT, ROOT_INO, Inode
 from rootbuild.fuse_overlay.journal import write_tree
-from rootbuild.fuse_overlay.model import KIND_OF_IFMT, ROOT_INO, Inode, OverlayModel
+from rootbuild.fuse_overlay.model import OverlayModel
 from rootbuild.image.layermeta import LayerMeta
 
 log = logging.getLogger(__name__)
@@ -191,9 +194,22 @@ class OverlayOperations(pyfuse3.Operations):
         return self._attr(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """FORGET has no reply: an exception here would propagate into pyfuse3's session
+        loop and end the mount. A failure is logged to the server's stderr (server.log)
+        and the remaining inodes are still forgotten."""
         for ino, n in inode_list:
+            try:
+                self._forget_one(ino, n)
+            except OSError as exc:
+                log.error("fuse overlay: forget inode %d: %s", ino, exc)
+            except Exception:
+                log.exception("fuse overlay: forget inode %d failed", ino)
+
+    def _forget_one(self, ino: int, n: int) -> None:
+        try:
             self._drop(self.model.forget(ino, n))
-        self._forget_attrs([ino for ino, _ in inode_list])
+        finally:  # also when the backing file could not be removed
+            self._forget_attrs([ino])
 
     @_boundary
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

@@ -17,6 +17,8 @@ Rules (after go-containerregistry's layout writer and containerd's content store
   is replaced by temp file + fsync + rename under the exclusive ``images.lock``.
 - Builds hold ``shared_lock()`` while they run; ``prune()`` takes ``gc.lock`` exclusively,
   so it never removes a blob or a staged file a running build may still tag.
+- ``prune()`` keeps what tagged images reach; an image that does not load (config or
+  manifest missing or corrupt) keeps every blob and tree its verified documents name.
 - Imports are atomic: they ``stage()`` blobs in a private directory and ``commit()`` only
   once the whole image verified; an uncommitted staging directory is removed.
 """
@@ -49,7 +51,14 @@ from rootbuild.image.digest import (
     read_verified,
     sha256_digest,
 )
-from rootbuild.image.oci import Descriptor, Manifest, StoredImage
+from rootbuild.image.oci import (
+    Descriptor,
+    Manifest,
+    StoredImage,
+    diff_ids_of,
+    layer_compression,
+    parse_json_object,
+)
 from rootbuild.image.refs import normalize_name
 
 IMAGES_VERSION = 1
@@ -518,10 +527,32 @@ class Store:
             try:
                 image = self.load(record.manifest)
             except StoreError:
-                continue  # a broken image keeps what it has; prune never guesses
+                more_blobs, more_diff_ids = self._broken_reaches(record.manifest)
+                blobs.update(more_blobs)
+                diff_ids.update(more_diff_ids)
+                continue
             blobs.add(image.config.digest)
             blobs.update(layer.digest for layer in image.layers)
             diff_ids.update(image.diff_ids)
+        return blobs, diff_ids
+
+    def _broken_reaches(self, manifest: Descriptor) -> tuple[set[str], set[str]]:
+        """What an image that does not load still reaches, as far as its verified documents
+        say: a broken image keeps what it has; prune never guesses. A readable manifest
+        names the config and the layers (an uncompressed layer's diffID is its digest); a
+        verified config that does not fit the manifest still names its diffIDs."""
+        try:
+            manifest_bytes = self.read_blob(manifest)
+            parsed = Manifest.parse(manifest_bytes, manifest.media_type)
+        except (StoreError, ImageError):
+            return set(), set()  # nothing is known beyond the manifest's own digest
+        blobs = {parsed.config.digest, *(layer.digest for layer in parsed.layers)}
+        diff_ids = {
+            layer.digest for layer in parsed.layers if layer_compression(layer.media_type) == "none"
+        }
+        with contextlib.suppress(StoreError, ImageError):
+            config = parse_json_object(self.read_blob(parsed.config), "image config")
+            diff_ids.update(diff_ids_of(config))
         return blobs, diff_ids
 
     def prune(

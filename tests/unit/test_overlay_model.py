@@ -12,8 +12,9 @@ import pytest
 
 from rootbuild.fuse_overlay.backing import Backing
 from rootbuild.fuse_overlay.diff import Change, ChangeSet, changes
+from rootbuild.fuse_overlay.inodes import ROOT_INO
 from rootbuild.fuse_overlay.journal import write_tree
-from rootbuild.fuse_overlay.model import ROOT_INO, OverlayModel
+from rootbuild.fuse_overlay.model import OverlayModel
 from rootbuild.image.layer_extract import extract_layer
 from rootbuild.image.layer_write import entries_from_extracted, write_layer
 from rootbuild.image.layermeta import EntryMeta, LayerMeta

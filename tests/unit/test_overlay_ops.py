@@ -1,0 +1,122 @@
+"""The pyfuse3 adapter (fuse_overlay/ops.py) without a mount: FORGET has no reply, so a
+failure while forgetting one inode is logged and the others are still forgotten (an
+exception would end pyfuse3's session loop and the step's filesystem)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from rootbuild.fuse_overlay.inodes import ROOT_INO
+from rootbuild.fuse_overlay.model import OverlayModel
+from rootbuild.fuse_overlay.ops import OverlayOperations
+
+NOW = 5_000 * 10**9
+
+
+class FailingForget(OverlayModel):
+    """A model whose ``forget`` raises for chosen inodes."""
+
+    def __init__(self) -> None:
+        super().__init__([], NOW)
+        self.fail: dict[int, Exception] = {}
+        self.forgotten: list[int] = []
+
+    def forget(self, ino: int, n: int) -> list[int]:
+        self.forgotten.append(ino)
+        exc = self.fail.get(ino)
+        if exc is not None:
+            raise exc
+        return super().forget(ino, n)
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def ops(work: Path) -> Iterator[OverlayOperations]:
+    adapter = OverlayOperations([], work)
+    adapter.model = FailingForget()
+    try:
+        yield adapter
+    finally:
+        adapter.backing.close()
+
+
+def unlinked_file(ops: OverlayOperations, name: str) -> tuple[int, int]:
+    """(ino, data number) of a file whose last name is gone while the kernel still holds
+    one lookup reference on it: the next FORGET drops it and its backing file."""
+    n = ops.model.alloc_data()
+    os.close(ops.backing.create_data(n))
+    node = ops.model.create(ROOT_INO, name, "file", 0o644, 0, 0, NOW, data=n)
+    ops._attr(node)  # cached, as after the reply that handed the inode to the kernel
+    assert ops.model.unlink(ROOT_INO, name, NOW) == []
+    return node.ino, n
+
+
+def test_forget_logs_failures_and_forgets_the_other_inodes(
+    ops: OverlayOperations, work: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = ops.model
+    assert isinstance(model, FailingForget)
+    unexpected, _ = unlinked_file(ops, "unexpected")
+    backing_fails, n_fails = unlinked_file(ops, "backing-fails")
+    model_oserror, _ = unlinked_file(ops, "model-oserror")
+    fine, n_fine = unlinked_file(ops, "fine")
+    model.fail[unexpected] = KeyError(unexpected)
+    model.fail[model_oserror] = OSError(errno.EIO, "injected")
+    data = work / "data"
+    # the backing store refuses to remove this one: unlink(2) of a directory is EISDIR
+    (data / str(n_fails)).unlink()
+    (data / str(n_fails)).mkdir()
+
+    async def main() -> None:
+        await ops.forget(
+            [(unexpected, 1), (backing_fails, 1), (model_oserror, 1), (fine, 1)]
+        )
+
+    with caplog.at_level(logging.WARNING, logger="rootbuild.fuse_overlay.ops"):
+        trio.run(main)  # returns normally
+
+    assert model.forgotten == [unexpected, backing_fails, model_oserror, fine]
+    # the inodes after each failure were still handled
+    assert fine not in model.inodes and not (data / str(n_fine)).exists()
+    assert fine not in ops._attrs
+    assert backing_fails not in model.inodes and backing_fails not in ops._attrs
+    assert unexpected in model.inodes and model_oserror in model.inodes  # never forgotten
+
+    logged = {r.getMessage(): r for r in caplog.records}
+    assert set(logged) == {
+        f"fuse overlay: forget inode {unexpected} failed",
+        f"fuse overlay: forget inode {backing_fails}: [Errno {errno.EISDIR}] "
+        f"{os.strerror(errno.EISDIR)}: '{n_fails}'",
+        f"fuse overlay: forget inode {model_oserror}: [Errno {errno.EIO}] injected",
+    }
+    assert all(r.levelno == logging.ERROR for r in caplog.records)
+    # an unexpected error is a bug: its traceback goes to server.log too
+    assert logged[f"fuse overlay: forget inode {unexpected} failed"].exc_info is not None
+
+
+def test_forget_without_failures_drops_inodes_and_their_data(
+    ops: OverlayOperations, work: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, n_a = unlinked_file(ops, "a")
+    b, n_b = unlinked_file(ops, "b")
+
+    async def main() -> None:
+        await ops.forget([(a, 1), (b, 1)])
+
+    trio.run(main)
+    assert a not in ops.model.inodes and b not in ops.model.inodes
+    assert not (work / "data" / str(n_a)).exists() and not (work / "data" / str(n_b)).exists()
+    assert not caplog.records
