@@ -23,6 +23,7 @@ from rootbuild.errors import RootbuildError
 from rootbuild.image.oci import StoredImage
 from rootbuild.platform import Platform
 from rootbuild.stages.config import ImageConfig
+from rootbuild.stages.evaluate import onbuild_triggers
 from rootbuild.stages.features import check_supported
 from rootbuild.stages.onbuild import stage_triggers, with_triggers
 from rootbuild.stages.plan import BuildPlan, StagePlan, plan
@@ -54,7 +55,7 @@ async def plan_build(
                 triggers[stage.index] = stage_triggers(dockerfile.stages[stage.base.stage])
             elif stage.index in images:
                 config = ImageConfig.from_oci(images[stage.index].config_json)
-                triggers[stage.index] = config.onbuild
+                triggers[stage.index] = onbuild_triggers(config)
             else:  # scratch
                 triggers[stage.index] = ()
 
