@@ -42,7 +42,6 @@ from rootbuild.errors import (
     RootbuildError,
     UsageError,
 )
-from rootbuild.fuse_overlay.snapshotter import choose_snapshotter
 from rootbuild.image.archives import export_image, import_image
 from rootbuild.image.oci import (
     OCI_CONFIG,
@@ -59,7 +58,9 @@ from rootbuild.progress import Progress
 from rootbuild.registry.client import TransportOptions
 from rootbuild.registry.pull import pull
 from rootbuild.registry.push import push
+from rootbuild.sandbox.executor import SandboxExecutor
 from rootbuild.sandbox.idmap import read_host_plan
+from rootbuild.snapshot import choose_snapshotter
 from rootbuild.stages.args import predefined_args, unused_build_args, unused_build_args_warning
 from rootbuild.stages.config import (
     format_timestamp,
@@ -144,6 +145,7 @@ class _Build:
         self._warned: set[str] = set()
         self.snapshotter = choose_snapshotter()
         self.idmap = read_host_plan()
+        self.executor = SandboxExecutor(self.idmap)
 
     def warn_once(self, message: str) -> None:
         if message not in self._warned:

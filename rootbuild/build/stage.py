@@ -48,8 +48,8 @@ from rootbuild.errors import (
 )
 from rootbuild.image.layer_write import TarEntry
 from rootbuild.image.rootfs import RootfsView
-from rootbuild.sandbox.run import run_step
 from rootbuild.sandbox.spec import OverlayRoot, StepSpec
+from rootbuild.snapshot import LowerLayer
 from rootbuild.stages.config import ImageConfig, format_timestamp
 from rootbuild.stages.evaluate import (
     CopyStep,
@@ -268,7 +268,7 @@ class Stage:
             raise StepError("RUN --security=insecure: refused (rootbuild has no such mode)",
                             where)
         lowers = await trio.to_thread.run_sync(
-            lambda: tuple(b.trees.lower(layer) for layer in self.layers)
+            lambda: tuple(LowerLayer(*b.trees.lower(layer)) for layer in self.layers)
         )
         scratch = Path(tempfile.mkdtemp(prefix="run-", dir=b.work_dir))
         network = action.network if action.network in ("host", "none") else b.options.network
@@ -282,7 +282,7 @@ class Stage:
             timeout=b.options.step_timeout,
         )
         try:
-            result = await run_step(spec, lambda line: b.progress.output(handle, line))
+            result = await b.executor.run(spec, lambda line: b.progress.output(handle, line))
         except (StepError, SandboxError) as exc:
             if exc.location is not None or exc.message.startswith("RUN"):
                 raise

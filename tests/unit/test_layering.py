@@ -20,17 +20,18 @@ ALLOWED: dict[str, set[str]] = {
     "context": {"errors", "dockerfile"},
     "image": {"errors", "platform"},
     "fuse_overlay": {"errors", "platform", "image"},
-    "sandbox": {"errors", "platform", "image", "fuse_overlay"},
+    "snapshot": {"errors", "platform", "image", "fuse_overlay"},
+    "sandbox": {"errors", "platform", "image", "snapshot"},
     "registry": {"errors", "platform", "image"},
     "cache": {"errors", "platform", "dockerfile", "stages", "context", "image", "registry"},
     "build": {
         "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
-        "fuse_overlay", "sandbox", "registry", "cache",
+        "fuse_overlay", "snapshot", "sandbox", "registry", "cache",
     },
     "doctor": set(),
     "cli": {
         "doctor", "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
-        "fuse_overlay", "sandbox", "registry", "cache", "build",
+        "fuse_overlay", "snapshot", "sandbox", "registry", "cache", "build",
     },
 }
 IO_MODULES = {"os", "trio", "pyfuse3", "subprocess", "socket", "shutil", "tempfile", "pathlib"}
