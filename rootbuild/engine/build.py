@@ -37,17 +37,16 @@ from rootbuild.engine.exporter import StoreExporter
 from rootbuild.engine.layers import LayerTrees
 from rootbuild.engine.options import BuildOptions, BuildResult
 from rootbuild.engine.planning import plan_build
-from rootbuild.engine.sandbox_executor import SandboxExecutor
 from rootbuild.engine.seams import Exporter, Seams
 from rootbuild.engine.stage import Stage, StageResult, Workspace
 from rootbuild.engine.step_cache import MergedCache, RemoteCache, StepCache
 from rootbuild.errors import ContextError, RootbuildError
-from rootbuild.fuse_overlay.snapshotter import choose_snapshotter
 from rootbuild.image.oci import OCI_CONFIG, OCI_MANIFEST, StoredImage, canonical_json
 from rootbuild.image.refs import OutputRef
 from rootbuild.image.store import Store, force_rmtree
 from rootbuild.platform import host_platform
 from rootbuild.progress import Progress
+from rootbuild.sandbox.executor import SandboxExecutor
 from rootbuild.sandbox.idmap import read_host_plan
 from rootbuild.stages.args import unused_build_args, unused_build_args_warning
 from rootbuild.stages.config import settle_created
@@ -78,19 +77,6 @@ class _Warnings:
         if message not in self.seen:
             self.seen.add(message)
             self.progress.warn(message)
-
-
-class _Snapshotter:
-    """The snapshotter's name, chosen (and probed) at the build's first RUN step: a build
-    without RUN never needs FUSE."""
-
-    def __init__(self) -> None:
-        self.name: str | None = None
-
-    def __call__(self) -> str:
-        if self.name is None:
-            self.name = choose_snapshotter().name
-        return self.name
 
 
 def _read_dockerfile(options: BuildOptions) -> tuple[str, str, Path | None]:
@@ -139,7 +125,7 @@ async def build(
                 disabled_stages=frozenset(options.no_cache_filter), warn=warn_once,
             ),
             context=context, work_dir=store.staging_dir(), staging=staging,
-            idmap=read_host_plan(), snapshotter=_Snapshotter(), warn_once=warn_once,
+            idmap=read_host_plan(), snapshotter=seams.snapshotter, warn_once=warn_once,
         )
 
         async def run_stage(stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:

@@ -4,7 +4,8 @@ Rules (STYLE.md: a small Protocol at each side-effect seam, the implementation c
 - ``Executor`` runs a RUN step (``rootbuild.sandbox``'s ``SandboxExecutor`` in a real
   build); ``BaseImages`` turns a ``FROM``/``--from`` reference into an image in the store
   (registry pull, archive or layout import); ``Exporter`` writes a finished image to one
-  output (layout, archive, directory, registry push).
+  output (layout, archive, directory, registry push); ``snapshotter`` names the
+  ``rootbuild.snapshot`` implementation RUN steps mount their root with.
 - ``Seams`` bundles them for one build; ``engine.build`` makes the real ones unless the
   caller passes its own (``rootbuild.testing`` ships fakes that need no kernel, FUSE or
   network), so the stage engine is tested through the same code a build runs.
@@ -15,7 +16,7 @@ Rules (STYLE.md: a small Protocol at each side-effect seam, the implementation c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from rootbuild.image.oci import StoredImage
@@ -23,6 +24,7 @@ from rootbuild.image.refs import OutputRef
 from rootbuild.image.rootfs import RootfsView
 from rootbuild.platform import Platform
 from rootbuild.sandbox.spec import StepResult, StepSpec
+from rootbuild.snapshot import choose_snapshotter
 
 
 class Executor(Protocol):
@@ -51,8 +53,22 @@ class Exporter(Protocol):
         ...
 
 
+class ChosenSnapshotter:
+    """The snapshotter's name, chosen (and probed) at the build's first RUN step: a build
+    without RUN never needs FUSE."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+
+    def __call__(self) -> str:
+        if self.name is None:
+            self.name = choose_snapshotter().name
+        return self.name
+
+
 @dataclass(frozen=True)
 class Seams:
     executor: Executor
     base_images: BaseImages
     exporter: Exporter
+    snapshotter: Callable[[], str] = field(default_factory=ChosenSnapshotter)

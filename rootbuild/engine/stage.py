@@ -60,6 +60,7 @@ from rootbuild.image.store import Staging
 from rootbuild.progress import Progress
 from rootbuild.sandbox.idmap import IdMapPlan
 from rootbuild.sandbox.spec import OverlayRoot, StepSpec
+from rootbuild.snapshot import LowerLayer
 from rootbuild.stages.config import ImageConfig, format_timestamp
 from rootbuild.stages.evaluate import apply, begin_stage
 from rootbuild.stages.features import REMOTE_PREFIXES
@@ -299,7 +300,7 @@ class Stage:
                             where)
         snapshotter = work.snapshotter()
         lowers = await trio.to_thread.run_sync(
-            lambda: tuple(work.trees.lower(layer) for layer in self.layers)
+            lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
         )
         scratch = Path(tempfile.mkdtemp(prefix="run-", dir=work.work_dir))
         env = dict(item.partition("=")[::2] for item in action.env)

@@ -4,8 +4,9 @@ unmount, the step's layer collected, and nothing left behind.
 Rules:
 - ``mount_overlay`` runs where FUSE mounts are allowed: as root of a user namespace that
   owns the current mount namespace (the sandbox), or as a user with ``fusermount3``.
-- Leaving the context without ``finish()`` (an error, a cancelled step) detaches the
-  mount and kills the server: no mount and no process remain, whatever happened.
+- Leaving the context without ``finish()`` (or ``close()``, for a read-only view: an
+  error, a cancelled step) detaches the mount and kills the server: no mount and no process
+  remain, whatever happened.
 - The server's stderr goes to ``work/server.log``; its last lines are quoted in errors.
 """
 
@@ -75,12 +76,15 @@ def unmount(path: Path) -> None:
 
 
 class OverlayMount:
-    """A mounted overlay; ``finish()`` unmounts it and returns the step's changes."""
+    """A mounted overlay; ``finish()`` unmounts it and returns the step's changes; a
+    read-only view is unmounted by ``close()`` (or by leaving its context)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], mountpoint: Path, work: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], mountpoint: Path, work: Path,
+                 readonly: bool = False) -> None:
         self.proc = proc
         self.mountpoint = mountpoint
         self.work = work
+        self.readonly = readonly
         self.done = False
 
     def _log_tail(self) -> str:
@@ -92,6 +96,19 @@ class OverlayMount:
 
     def finish(self, timeout: float = 120.0) -> OverlayResult:
         """Unmount, let the server write the change journal as a layer tree, return it."""
+        if self.readonly:
+            raise SandboxError(f"finish overlay {self.mountpoint}: a read-only view has no "
+                               "changes (leave its context, or call close())")
+        self.close(timeout)
+        from rootbuild.fuse_overlay.server import RESULT_META, RESULT_TREE
+
+        overlay = self.work / "overlay"
+        return OverlayResult(overlay / RESULT_TREE, LayerMeta.load(overlay / RESULT_META))
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Unmount and wait for the server to exit cleanly (after writing the layer, for a
+        writable mount)."""
+        what = "close read-only overlay" if self.readonly else "finish overlay"
         self.done = True
         try:
             unmount(self.mountpoint)
@@ -99,19 +116,15 @@ class OverlayMount:
         except subprocess.TimeoutExpired:
             self._kill()
             raise SandboxError(
-                f"finish overlay {self.mountpoint}: server did not exit in {timeout:.0f}s"
+                f"{what} {self.mountpoint}: server did not exit in {timeout:.0f}s"
             ) from None
         except BaseException:
             self._kill()
             raise
         if code != 0:
             raise SandboxError(
-                f"finish overlay {self.mountpoint}: server exited {code}: {self._log_tail()}"
+                f"{what} {self.mountpoint}: server exited {code}: {self._log_tail()}"
             )
-        from rootbuild.fuse_overlay.server import RESULT_META, RESULT_TREE
-
-        overlay = self.work / "overlay"
-        return OverlayResult(overlay / RESULT_TREE, LayerMeta.load(overlay / RESULT_META))
 
     def _kill(self) -> None:
         if self.proc.poll() is None:
@@ -169,10 +182,13 @@ def _wait_ready(fd: int, timeout: float) -> str:
 
 @contextlib.contextmanager
 def mount_overlay(
-    lowers: Sequence[tuple[Path, Path]], work: Path, mountpoint: Path, *, timeout: float = 30.0
+    lowers: Sequence[tuple[Path, Path]], work: Path, mountpoint: Path, *,
+    readonly: bool = False, timeout: float = 30.0,
 ) -> Iterator[OverlayMount]:
     """Mount the overlay of ``lowers`` ((tree dir, meta.json) pairs, lowest first) at
-    ``mountpoint``, with its upper in ``work`` (created; must not exist)."""
+    ``mountpoint``, with its upper in ``work`` (created; must not exist). ``readonly``:
+    a view of the merged lowers, mounted ``ro``, with no upper and no result
+    (``readonly.py``)."""
     work.mkdir(mode=0o700)
     spec_path = work / "spec.json"
     read_fd, write_fd = os.pipe()
@@ -181,6 +197,7 @@ def mount_overlay(
         "work": str(work / "overlay"),
         "mountpoint": str(mountpoint),
         "ready_fd": write_fd,
+        "readonly": readonly,
     }
     spec_path.write_text(json.dumps(spec))
     (work / "overlay").mkdir(mode=0o700)
@@ -193,7 +210,7 @@ def mount_overlay(
             )
         finally:
             os.close(write_fd)
-    handle = OverlayMount(proc, mountpoint, work)
+    handle = OverlayMount(proc, mountpoint, work, readonly)
     try:
         try:
             status = _wait_ready(read_fd, timeout)

@@ -5,12 +5,14 @@ Rules:
   started by ``mount.mount_overlay`` in the caller's namespaces (inside a build's user
   namespace it sees namespace ids).
 - SPEC is a JSON file written by the parent: ``lowers`` (tree dir, meta.json path; lowest
-  first), ``work`` (an empty private dir), ``mountpoint``, ``ready_fd``.
+  first), ``work`` (an empty private dir), ``mountpoint``, ``ready_fd``, ``readonly``
+  (a view: ``readonly.ReadOnlyOperations``, mounted ``ro``, and no result is written).
 - Requests are served by ``session.run_session`` (one worker task).
 - The server writes ``ready\\n`` to ``ready_fd`` once mounted (or ``error: ...\\n`` and exits
   1). When the session ends (the parent unmounts), it writes the step's changes as a layer
-  tree at ``work/tree`` with ``work/tree.meta.json`` and exits 0. SIGTERM or SIGINT means
-  "abort": unmount if still mounted and exit 2 without writing a result.
+  tree at ``work/tree`` with ``work/tree.meta.json`` (a view: nothing) and exits 0.
+  SIGTERM or SIGINT means "abort": unmount if still mounted and exit 2 without writing a
+  result.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pyfuse3
 import trio
 
 from rootbuild.fuse_overlay.ops import OverlayOperations
+from rootbuild.fuse_overlay.readonly import ReadOnlyOperations
 from rootbuild.fuse_overlay.session import run_session
 from rootbuild.fuse_overlay.session import stop as stop_session
 from rootbuild.image.layermeta import LayerMeta
@@ -54,9 +57,11 @@ def serve(spec_path: Path) -> int:
     ready_fd = int(spec["ready_fd"])
     work = Path(spec["work"])
     mountpoint = str(spec["mountpoint"])
+    readonly = bool(spec.get("readonly", False))
     try:
         lowers = [(Path(tree), LayerMeta.load(Path(meta))) for tree, meta in spec["lowers"]]
-        ops = OverlayOperations(lowers, work)
+        kind = ReadOnlyOperations if readonly else OverlayOperations
+        ops = kind(lowers, work)
         pyfuse3.init(ops, mountpoint, ops.mount_options())
     except Exception as exc:  # the parent turns this line into a RootbuildError
         _report(ready_fd, f"error: mount overlay at {mountpoint}: {exc}")
@@ -88,6 +93,9 @@ def serve(spec_path: Path) -> int:
         pyfuse3.close(unmount=aborted)
     if aborted:
         return 2
+    if readonly:
+        ops.backing.close()
+        return 0
     meta = ops.finalize(work / RESULT_TREE)
     meta.save(work / RESULT_META)
     return 0

@@ -2,11 +2,15 @@
 
 Job: in a mount namespace of its own (so that pivot_root moves only the step, never the init
 or the FUSE server), mount /dev, /sys, a fresh /proc (or the host-bind fallback) and the
-sandbox's /etc files under the new root, pivot_root into it and detach the old root, then
-become the step: WORKDIR, USER, only fds 0-2, exactly the given environment, exec.
+step's binds (the sandbox's /etc files first, then every ``RUN --mount``), in order, under
+the new root, pivot_root into it and detach the old root, then become the step: WORKDIR,
+USER, only fds 0-2, exactly the given environment, exec.
 
 Rules (SECURITY.md rules 1, 5, 6):
-- Mount targets are opened with openat2 as O_PATH fds, never through path strings.
+- Mount targets are opened with openat2 as O_PATH fds, never through path strings (the init
+  checked or created them first). A bind's source (the builder's own file or directory) is
+  opened O_PATH|O_NOFOLLOW and must be of the bind's kind; a read-only bind is made so
+  recursively after the bind.
 - EPERM from the fresh procfs mount is explained (mount_too_revealing) and fatal; the
   fallback is only ever the explicit ``host_bind`` mode.
 - WORKDIR is resolved after pivot_root with RESOLVE_NO_MAGICLINKS: ``/proc/self/fd/N`` or
@@ -23,10 +27,12 @@ import ctypes
 import errno
 import os
 import signal
-from dataclasses import dataclass, field
+import stat
+from dataclasses import dataclass
 from typing import NoReturn
 
 from rootbuild.sandbox import mounts
+from rootbuild.sandbox.spec import Bind
 from rootbuild.sandbox.users import Identity
 
 PR_SET_PDEATHSIG = 1
@@ -46,8 +52,7 @@ class ChildPlan:
     setgroups: bool
     mountpoint: str
     out_fd: int
-    etc_dir: str
-    etc_files: list[str] = field(default_factory=list)
+    binds: tuple[Bind, ...] = ()
     own_netns: bool = False
     host_bind: bool = False
     tty_gid_mapped: bool = False
@@ -79,18 +84,39 @@ def _mount_all(plan: ChildPlan) -> int:
         if plan.host_bind:
             raise
         raise RuntimeError(proc_refused_message(mounts.proc_submounts())) from exc
-    for name in plan.etc_files:
-        target = mounts.open_in_root(rootfd, f"etc/{name}")
+    for item in plan.binds:
+        _bind(rootfd, item)
+    return rootfd
+
+
+def _bind(rootfd: int, item: Bind) -> None:
+    """Bind ``item.source`` over its target under the root (both opened as O_PATH fds, no
+    symlink followed), read-only when asked."""
+    try:
+        source = os.open(item.source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RuntimeError(f"bind {item.source} at {item.target}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(source).st_mode
+        if not (stat.S_ISDIR(mode) if item.kind == "dir" else stat.S_ISREG(mode)):
+            raise RuntimeError(
+                f"bind {item.source} at {item.target}: the source is not a "
+                f"{'directory' if item.kind == 'dir' else 'regular file'}"
+            )
+        target = mounts.open_in_root(rootfd, item.target)
         try:
-            mounts.bind(os.path.join(plan.etc_dir, name), target)
+            recursive = mounts.MS_REC if item.kind == "dir" else 0
+            mounts.bind(mounts.fd_path(source), target, recursive)
         finally:
             os.close(target)
-        again = mounts.open_in_root(rootfd, f"etc/{name}")
+    finally:
+        os.close(source)
+    if item.readonly:
+        again = mounts.open_in_root(rootfd, item.target)
         try:
             mounts.make_readonly_recursive(again)
         finally:
             os.close(again)
-    return rootfd
 
 
 def _open_workdir(path: str) -> int:

@@ -1,11 +1,12 @@
 """The sandbox init: ``python -I -m rootbuild.sandbox.init SPEC OUT_FD CTL_FD STATUS_FD``.
 
-Job: one RUN step's life, in a fresh interpreter started by ``run.run_step`` (never a fork
-of the multithreaded builder): new user namespace (mapped by the builder through
-newuidmap/newgidmap, or by itself with the single mapping), new mount, uts, ipc (and, for
-``network="none"``, net) namespaces; the root filesystem mounted by its provider (the FUSE
-server starts here, inside the user namespace); then a new pid namespace whose pid 1 is the
-step (``child.py``). The init and the FUSE server stay outside that pid namespace.
+Job: one RUN step's life (SPEC: an ``InitRequest`` as JSON), in a fresh interpreter started
+by ``run.run_init`` (never a fork of the multithreaded builder): new user namespace (mapped
+by the builder through newuidmap/newgidmap, or by itself with the single mapping), new
+mount, uts, ipc (and, for ``network="none"``, net) namespaces; the root filesystem mounted
+by its provider (the FUSE server starts here, inside the user namespace); then a new pid
+namespace whose pid 1 is the step (``child.py``). The init and the FUSE server stay outside
+that pid namespace.
 
 Protocol: JSON lines on STATUS_FD (init -> builder): ``{"event": "unshared"}`` (map my ids,
 then write ``mapped`` on CTL_FD), ``{"event": "started"}``, and last one of
@@ -17,6 +18,10 @@ Rules:
   (``users.py``), through ``openat2(RESOLVE_IN_ROOT)``, with a size cap.
 - CPU placement (``affinity.py``): the FUSE server and the step start on the one CPU the
   builder chose (``cpu`` in SPEC) and get every CPU once the step wants more than one.
+- Every mount target (/proc, /dev, /sys, each bind's target) is checked, or created when
+  missing, through the root's fd before the step exists (``mounts.ensure_target``: no
+  symlink followed, the wrong type refused). A bind the image makes impossible fails the
+  step, or, when not ``required`` (the sandbox's /etc files), is left out with a warning.
 - Teardown on every path: the step's pid namespace dies with its pid 1, mount targets the
   sandbox created are removed, the root is finished (layer) or aborted, and every mount of
   this namespace dies with it.
@@ -37,17 +42,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rootbuild.errors import RootbuildError, SandboxError, StepError
-from rootbuild.fuse_overlay.mount import OverlayResult
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.sandbox import mounts
 from rootbuild.sandbox.affinity import StepCpu, children
 from rootbuild.sandbox.child import ChildPlan, child_main
 from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
 from rootbuild.sandbox.rootfs import provider_for
-from rootbuild.sandbox.spec import rootfs_from_json
+from rootbuild.sandbox.spec import Bind, InitRequest, OverlayRoot, StepSpec
 from rootbuild.sandbox.users import MAX_FILE_BYTES, Identity, resolve_user
+from rootbuild.snapshot import StepChanges
 
-ETC_FILES = ("hosts", "resolv.conf", "hostname")
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -104,7 +108,7 @@ USERNS_REFUSED = (
 )
 
 
-def _enter_namespaces(spec: dict[str, Any], plan: IdMapPlan, status: Status, ctl: int) -> None:
+def _enter_namespaces(spec: StepSpec, plan: IdMapPlan, status: Status, ctl: int) -> None:
     try:
         mounts.unshare(mounts.CLONE_NEWUSER)
     except OSError as exc:
@@ -118,18 +122,19 @@ def _enter_namespaces(spec: dict[str, Any], plan: IdMapPlan, status: Status, ctl
     else:
         write_own_maps(plan)
     flags = mounts.CLONE_NEWNS | mounts.CLONE_NEWUTS | mounts.CLONE_NEWIPC
-    if spec["network"] == "none":
+    if spec.network == "none":
         flags |= mounts.CLONE_NEWNET
     mounts.unshare(flags)
     mounts.mount("none", "/", None, mounts.MS_REC | mounts.MS_PRIVATE)
-    if spec["network"] == "none":
+    if spec.network == "none":
         mounts.loopback_up()
-    mounts.sethostname(spec["hostname"])
+    mounts.sethostname(spec.hostname)
 
 
-def _prepare_targets(rootfd: int, created: list[mounts.Created]) -> tuple[list[str], list[str]]:
+def _prepare_targets(rootfd: int, binds: tuple[Bind, ...], created: list[mounts.Created]
+                     ) -> tuple[list[Bind], list[str]]:
     """Check (and create when missing) every mount target before the step exists. Returns
-    the /etc files to provide and warnings for those the image makes impossible."""
+    the binds to mount and warnings for the optional ones the image makes impossible."""
     for name in ("proc", "dev", "sys"):
         try:
             os.close(mounts.ensure_target(rootfd, name, "dir", created))
@@ -138,15 +143,22 @@ def _prepare_targets(rootfd: int, created: list[mounts.Created]) -> tuple[list[s
                 f"prepare /{name} for RUN: the image's /{name} is a symlink or not a "
                 f"directory; refusing to mount over it ({exc.strerror})"
             ) from exc
-    provide, warnings = [], []
-    for name in ETC_FILES:
+    provide: list[Bind] = []
+    warnings: list[str] = []
+    for bind in binds:
         try:
-            os.close(mounts.ensure_target(rootfd, f"etc/{name}", "file", created))
-            provide.append(name)
+            os.close(mounts.ensure_target(rootfd, bind.target, bind.kind, created))
+            provide.append(bind)
         except OSError as exc:
+            what = "regular file" if bind.kind == "file" else "directory"
+            if bind.required:
+                raise StepError(
+                    f"mount {bind.target} for RUN: in the image it is a symlink, lies under "
+                    f"one, or is not a {what}; refusing to mount over it ({exc.strerror})"
+                ) from exc
             warnings.append(
-                f"warning: RUN gets no /etc/{name}: in the image it is a symlink, lies "
-                f"under one, or is not a regular file ({exc.strerror})"
+                f"warning: RUN gets no {bind.target}: in the image it is a symlink, lies "
+                f"under one, or is not a {what} ({exc.strerror})"
             )
     return provide, warnings
 
@@ -226,32 +238,32 @@ def _start_child(plan: ChildPlan) -> tuple[int, str]:
     return pid, message
 
 
-def run(spec: dict[str, Any], out_fd: int, ctl: int, status: Status) -> None:
-    plan = IdMapPlan.from_json(spec["idmap"])
-    scratch = Path(spec["scratch"])
-    host_bind = spec["proc"] == "host-bind"
-    warnings: list[str] = list(spec["warnings"])
-    cpu = StepCpu(spec.get("cpu"))
+def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
+    spec = request.step
+    plan = request.idmap
+    host_bind = spec.proc == "host-bind"
+    warnings: list[str] = list(request.warnings)
+    cpu = StepCpu(request.cpu)
     cpu.pin()  # the FUSE server and the step inherit it (sandbox/placement.py)
     _enter_namespaces(spec, plan, status, ctl)
-    mountpoint = scratch / "root"
+    mountpoint = spec.scratch / "root"
     mountpoint.mkdir(mode=0o700)
-    with provider_for(rootfs_from_json(spec["rootfs"]))(mountpoint) as mounted:
+    with provider_for(spec.rootfs)(mountpoint) as mounted:
         keep = children(os.getpid())  # the FUSE server: the builder kills it if the init dies
         status.send(event="mounted", pids=sorted(keep))
         rootfd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         created: list[mounts.Created] = []
         try:
-            identity = resolve_user(spec["user"], _read_image_file(rootfd, "etc/passwd"),
+            identity = resolve_user(spec.user, _read_image_file(rootfd, "etc/passwd"),
                                     _read_image_file(rootfd, "etc/group"))
-            _check_mapped(identity, plan, spec["user"])
-            provide, notes = _prepare_targets(rootfd, created)
+            _check_mapped(identity, plan, spec.user)
+            binds, notes = _prepare_targets(rootfd, spec.binds, created)
             warnings += notes
             child = ChildPlan(
-                argv=list(spec["argv"]), env=_env(spec, identity), workdir=spec["workdir"],
-                identity=identity, setgroups=plan.mode == "subid", mountpoint=str(mountpoint),
-                out_fd=out_fd, etc_dir=str(scratch / "etc"), etc_files=provide,
-                own_netns=spec["network"] == "none", host_bind=host_bind,
+                argv=list(spec.argv), env=_env(spec, request.default_path, identity),
+                workdir=spec.workdir, identity=identity, setgroups=plan.mode == "subid",
+                mountpoint=str(mountpoint), out_fd=out_fd, binds=tuple(binds),
+                own_netns=spec.network == "none", host_bind=host_bind,
                 tty_gid_mapped=plan.maps_gid(5),
             )
             if host_bind:
@@ -286,17 +298,19 @@ def run(spec: dict[str, Any], out_fd: int, ctl: int, status: Status) -> None:
     tree = meta = None
     if result is not None:
         result = _drop_stub_parents(result, spec, created)
-        tree, meta = str(result.tree), str(scratch / "layer.meta.json")
+        tree, meta = str(result.tree), str(spec.scratch / "layer.meta.json")
         result.meta.save(Path(meta))
     status.send(event="exit", code=code, killed=False, warnings=warnings, tree=tree, meta=meta)
 
 
-def _drop_stub_parents(result: OverlayResult, spec: dict[str, Any],
-                       created: list[mounts.Created]) -> OverlayResult:
+def _drop_stub_parents(result: StepChanges, spec: StepSpec,
+                       created: list[mounts.Created]) -> StepChanges:
     """Creating and removing a mount target (/etc/hosts) made its parent directory look
     modified; drop that directory from the layer when nothing under it changed and its
     mode and owner equal the lower layer's (BuildKit's layers carry no such entry)."""
-    lowers = [LayerMeta.load(Path(m)) for _, m in spec["rootfs"].get("lowers", [])]
+    root = spec.rootfs
+    lowers = [LayerMeta.load(lo.meta_path) for lo in root.lowers] \
+        if isinstance(root, OverlayRoot) else []
     meta = result.meta
     drop = set()
     for item in created:
@@ -320,7 +334,7 @@ def _drop_stub_parents(result: OverlayResult, spec: dict[str, Any],
         with contextlib.suppress(OSError):
             os.rmdir(result.tree / parent)
     kept = [e for p, e in meta.entries.items() if p not in drop]
-    return OverlayResult(result.tree, LayerMeta.build(kept, meta.whiteouts, meta.opaque_dirs))
+    return StepChanges(result.tree, LayerMeta.build(kept, meta.whiteouts, meta.opaque_dirs))
 
 
 def _check_mapped(identity: Identity, plan: IdMapPlan, user: str) -> None:
@@ -334,9 +348,9 @@ def _check_mapped(identity: Identity, plan: IdMapPlan, user: str) -> None:
         )
 
 
-def _env(spec: dict[str, Any], identity: Identity) -> dict[str, str]:
-    env = dict(spec["env"])
-    env.setdefault("PATH", spec["default_path"])
+def _env(spec: StepSpec, default_path: str, identity: Identity) -> dict[str, str]:
+    env = dict(spec.env)
+    env.setdefault("PATH", default_path)
     env.setdefault("HOME", identity.home or "/")
     return env
 
@@ -348,8 +362,8 @@ def main(argv: list[str]) -> NoReturn:
     signal.signal(signal.SIGINT, _on_signal)
     code = 0
     try:
-        spec = json.loads(Path(spec_path).read_text())
-        run(spec, out_fd, ctl, status)
+        request = InitRequest.from_json(json.loads(Path(spec_path).read_text()))
+        run(request, out_fd, ctl, status)
     except Terminated:
         status.send(event="error", kind="sandbox", message="run step: interrupted")
         code = 3

@@ -17,16 +17,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from rootbuild.fuse_overlay.mount import OverlayResult
-from rootbuild.fuse_overlay.snapshotter import LowerLayer, snapshotter_named
 from rootbuild.sandbox import mounts
 from rootbuild.sandbox.spec import DirRoot, OverlayRoot, Rootfs
+from rootbuild.snapshot import StepChanges, snapshotter_named
 
 
 class MountedRoot(Protocol):
-    mountpoint: Path
+    @property
+    def mountpoint(self) -> Path: ...
 
-    def finish(self) -> OverlayResult | None: ...
+    def finish(self) -> StepChanges | None: ...
 
 
 Provider = Callable[[Path], contextlib.AbstractContextManager[MountedRoot]]
@@ -59,8 +59,7 @@ def _dir_root(source: Path, mountpoint: Path) -> Iterator[MountedRoot]:
 
 @contextlib.contextmanager
 def _overlay_root(root: OverlayRoot, mountpoint: Path) -> Iterator[MountedRoot]:
-    lowers = [LowerLayer(tree, meta) for tree, meta in root.lowers]
-    with snapshotter_named(root.snapshotter).mount(lowers, root.work, mountpoint) as m:
+    with snapshotter_named(root.snapshotter).mount(root.lowers, root.work, mountpoint) as m:
         yield m
 
 

@@ -1,19 +1,18 @@
-"""The builder's side of a RUN step: start the sandbox init, map its ids, stream the step's
-output, enforce the timeout, and make sure nothing outlives the step.
+"""The builder's side of one RUN step's sandbox: start the init, map its ids, stream the
+step's output, enforce the timeout, and make sure nothing outlives the step.
 
-Job: ``run_step(spec, on_output)`` -> ``StepResult``. The init is a fresh interpreter
+Job: ``run_init(request, on_output)`` -> ``StepResult``, for ``executor.SandboxExecutor``
+(which owns the build's state and prepares the request). The init is a fresh interpreter
 (``python -I -m rootbuild.sandbox.init``) in a session of its own, so the terminal's Ctrl-C
-reaches only the builder, which then tears the step down through the init.
+reaches only the builder, which then tears the step down through the init. The request
+crosses as ``spec.json`` in the step's scratch (``InitRequest.to_json``).
 
 Rules:
-- The step's environment is ``spec.env`` plus defaults; the init gets a minimal environment
-  and the step gets exactly its own (SECURITY.md rule 6).
-- A nonzero exit status is returned, not raised: the caller names the step and its line.
-  ``SandboxError`` means the sandbox could not be set up; ``StepError`` means the step's
-  own request was impossible (unknown USER, WORKDIR outside the root, command not found).
-- Steps running at the same time start on different CPUs where there are several
-  (``placement.CpuSlots``; the init pins the step and its FUSE server there), unless
-  ``ROOTBUILD_CPU_PLACEMENT=off`` is in the builder's environment.
+- The init gets a minimal environment and the step gets exactly its own (SECURITY.md
+  rule 6).
+- A ``RootbuildError`` raised while the step runs (a failing newuidmap, say) comes out
+  bare, never wrapped in the nursery's exception group, so that the engine's handler adds
+  the Dockerfile line; cancellation and KeyboardInterrupt are left as trio raises them.
 - On timeout, cancellation or Ctrl-C: ``kill`` to the init (which kills the step's pid
   namespace and aborts the root), then SIGKILL to the init and the FUSE server if the init
   does not finish within ``TEARDOWN_SECONDS``.
@@ -27,75 +26,30 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from rootbuild.errors import SandboxError, StepError
-from rootbuild.fuse_overlay.mount import OverlayResult
+from rootbuild.errors import RootbuildError, SandboxError, StepError
 from rootbuild.image.layermeta import LayerMeta
-from rootbuild.sandbox.idmap import IdMapPlan, apply_helpers, read_host_plan
-from rootbuild.sandbox.placement import CpuSlots
-from rootbuild.sandbox.spec import (
-    DEFAULT_PATH,
-    StepResult,
-    StepSpec,
-    rootfs_to_json,
-)
+from rootbuild.sandbox.idmap import IdMapPlan, apply_helpers
+from rootbuild.sandbox.spec import DEFAULT_PATH, InitRequest, StepResult, StepSpec
+from rootbuild.snapshot import StepChanges
 
 TEARDOWN_SECONDS = 30.0
-PLACEMENT_ENV = "ROOTBUILD_CPU_PLACEMENT"  # "off": steps start on every CPU
 MAX_LINE = 64 * 1024
-HOST_WARNING = (
-    "warning: --proc=host-bind: RUN sees the builder's /proc (read-only) and runs in the "
-    "builder's pid namespace: it can see and signal the builder's processes"
-)
-_idmap_warned = False
-_cpu_slots: CpuSlots | None = None
 
 
-def _hosts(hostname: str) -> str:
-    return (
-        f"127.0.0.1\tlocalhost {hostname}\n"
-        "::1\tlocalhost ip6-localhost ip6-loopback\n"
-    )
-
-
-def _resolv_conf(network: str) -> str:
-    if network == "none":
-        return ""
+def _write_request(request: InitRequest) -> Path:
+    path = request.step.scratch / "spec.json"
     try:
-        with open("/etc/resolv.conf", encoding="utf-8", errors="replace") as f:
-            return f.read(64 * 1024)
-    except OSError:
-        return ""
-
-
-def _write_scratch(spec: StepSpec, plan: IdMapPlan, warnings: list[str],
-                   cpu: int | None) -> Path:
-    try:
-        spec.scratch.mkdir(mode=0o700)
-        etc = spec.scratch / "etc"
-        etc.mkdir()
-        (etc / "hosts").write_text(_hosts(spec.hostname))
-        (etc / "resolv.conf").write_text(_resolv_conf(spec.network))
-        (etc / "hostname").write_text(spec.hostname + "\n")
-        for name in ("hosts", "resolv.conf", "hostname"):
-            os.chmod(etc / name, 0o644)
-        os.chmod(spec.scratch, 0o711)  # the step's users must reach the bound files
-        data: dict[str, Any] = {
-            "argv": list(spec.argv), "env": dict(spec.env), "user": spec.user,
-            "workdir": spec.workdir, "network": spec.network, "proc": spec.proc,
-            "hostname": spec.hostname, "rootfs": rootfs_to_json(spec.rootfs),
-            "scratch": str(spec.scratch), "idmap": plan.to_json(), "warnings": warnings,
-            "default_path": DEFAULT_PATH, "cpu": cpu,
-        }
-        path = spec.scratch / "spec.json"
-        path.write_text(json.dumps(data))
+        path.write_text(json.dumps(request.to_json()))
     except OSError as exc:
-        raise SandboxError(f"prepare RUN sandbox in {spec.scratch}: {exc.strerror}") from exc
+        raise SandboxError(
+            f"prepare RUN sandbox in {request.step.scratch}: {exc.strerror}"
+        ) from exc
     return path
 
 
@@ -146,35 +100,26 @@ def _init_log(scratch: Path) -> str:
     return " | ".join(text.splitlines()[-5:])
 
 
-async def run_step(spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
-    """Run one RUN step in a fresh sandbox; see the module docstring."""
-    global _idmap_warned
-    spec.validate()
-    plan = read_host_plan()
-    warnings: list[str] = []
-    if plan.warning and not _idmap_warned:
-        _idmap_warned = True
-        warnings.append(plan.warning)
-    if spec.proc == "host-bind":
-        warnings.append(HOST_WARNING)
-    cpu = _cpus().take() if os.environ.get(PLACEMENT_ENV, "") != "off" else None
+@contextlib.contextmanager
+def _bare_errors() -> Iterator[None]:
+    """Let a RootbuildError out of a nursery as itself: a group holding just that one error
+    says nothing more (the error keeps its own traceback), and the caller's handler
+    catches RootbuildError. Anything else (Cancelled, KeyboardInterrupt, several errors,
+    a bug) stays as trio raised it."""
     try:
-        return await _run(spec, on_output, plan, warnings, cpu)
-    finally:
-        _cpus().give(cpu)
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], RootbuildError):
+            raise group.exceptions[0] from None
+        raise
 
 
-def _cpus() -> CpuSlots:
-    """The builder's CPUs, shared by the steps it runs at once (sandbox/placement.py)."""
-    global _cpu_slots
-    if _cpu_slots is None:
-        _cpu_slots = CpuSlots(os.sched_getaffinity(0))
-    return _cpu_slots
-
-
-async def _run(spec: StepSpec, on_output: Callable[[str], None], plan: IdMapPlan,
-               warnings: list[str], cpu: int | None) -> StepResult:
-    spec_path = _write_scratch(spec, plan, warnings, cpu)
+async def run_init(request: InitRequest, on_output: Callable[[str], None]) -> StepResult:
+    """Run the prepared step ``request`` (scratch made, binds final) in a fresh sandbox."""
+    spec = request.step
+    plan = request.idmap
+    warnings = list(request.warnings)
+    spec_path = _write_request(request)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     st_r, st_w = os.pipe2(os.O_CLOEXEC)
@@ -195,9 +140,10 @@ async def _run(spec: StepSpec, on_output: Callable[[str], None], plan: IdMapPlan
         os.close(fd)
     session = _Session(proc, ctl_w, plan, spec)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump, trio.lowlevel.FdStream(out_r), _Lines(on_output))
-            final = await session.follow(trio.lowlevel.FdStream(st_r))
+        with _bare_errors():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pump, trio.lowlevel.FdStream(out_r), _Lines(on_output))
+                final = await session.follow(trio.lowlevel.FdStream(st_r))
     finally:
         with trio.CancelScope(shield=True):
             await session.teardown()
@@ -214,7 +160,7 @@ def _result(final: dict[str, Any] | None, warnings: list[str], timed_out: bool,
         raise SandboxError(final["message"])
     layer = None
     if final.get("tree"):
-        layer = OverlayResult(Path(final["tree"]), LayerMeta.load(Path(final["meta"])))
+        layer = StepChanges(Path(final["tree"]), LayerMeta.load(Path(final["meta"])))
     notes = tuple(warnings + [w for w in final.get("warnings", []) if w not in warnings])
     return StepResult(int(final["code"]), layer, notes, timed_out)
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import trio
 
 from rootbuild.errors import ImageError, RootbuildError
-from rootbuild.fuse_overlay.mount import OverlayResult as StepChanges  # MERGE-FIXME
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
 from rootbuild.image.oci import OCI_CONFIG, OCI_MANIFEST, StoredImage, canonical_json
 from rootbuild.image.refs import OutputRef
@@ -30,6 +29,7 @@ from rootbuild.image.rootfs import RootfsView
 from rootbuild.image.store import Store
 from rootbuild.platform import Platform
 from rootbuild.sandbox.spec import OverlayRoot, StepResult, StepSpec
+from rootbuild.snapshot import StepChanges
 
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 

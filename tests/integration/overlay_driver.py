@@ -1,8 +1,11 @@
 """Overlay conformance driver: runs INSIDE a user+mount namespace as its root (uid 0 maps to
 the unprivileged test user, 1..65535 to its subuid range).
 
-Usage: ``python overlay_driver.py SCENARIO WORKDIR`` (prints one JSON report, exits 0 when
-everything matched, 1 on differences, 3 when FUSE is unusable) or ``--list``.
+Usage: ``python overlay_driver.py SCENARIO WORKDIR [SNAPSHOTTER]`` (prints one JSON report,
+exits 0 when everything matched, 1 on differences, 3 when the snapshotter's probe fails) or
+``--list``. SNAPSHOTTER names an entry of ``rootbuild.snapshot.SNAPSHOTTERS`` (default
+"fuse"); every mount goes through its ``Snapshotter`` Protocol, so a second implementation
+meets the same scenarios.
 
 For one scenario (containerd's fstest model):
 1. build the lower layers in memory with rootbuild's layer writer, extract them with
@@ -11,13 +14,19 @@ For one scenario (containerd's fstest model):
    (we are root here); device nodes, which no userns can create, become placeholder files
    that ``fstest`` describes as the devices they stand for;
 3. run the scenario's operations in a forked child on the plain directory, then on the
-   mounted overlay (``mount_overlay``); the children log errno outcomes, which must match;
+   mounted overlay (``Snapshotter.mount``); the children log errno outcomes, which must match;
 4. compare the plain tree with the overlay tree, and the overlay just after mounting with
    the lowers;
 5. round trip: the step's layer (``finish()``) is written as a tar, extracted, stacked on the
    lowers, and the merged view must equal the overlay as it was before unmounting;
 6. layer checks: expected whiteouts/opaque dirs, and no entry for an unchanged lower path;
 7. no mount is left in this mount namespace.
+
+View scenarios (``Snapshotter.view``, the read-only merged tree) instead check: the view
+equals the merged lowers; reads give the plain directory's outcomes; every write, create,
+unlink, rename, link, chmod/chown/utime and xattr change fails with EROFS; the view is
+unchanged by the attempts; the lower trees and their meta.json are byte-for-byte and
+time-for-time as before; nothing is left mounted.
 """
 
 from __future__ import annotations
@@ -53,11 +62,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fstest
 
 from rootbuild.errors import ImageError
-from rootbuild.fuse_overlay.mount import OverlayResult, mount_overlay
 from rootbuild.image.layer_extract import extract_layer
 from rootbuild.image.layer_write import TarEntry, entries_from_extracted, write_layer
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.image.rootfs import RootfsView
+from rootbuild.snapshot import LowerLayer, Snapshotter, StepChanges, snapshotter_named
 
 MTIME = 1_700_000_000
 SCENARIO_TIMEOUT = 150
@@ -977,6 +986,72 @@ def op_one_file_change(c: Ctx) -> None:
     c.write("data/d050/f0050", b" changed", os.O_WRONLY | os.O_APPEND)
 
 
+# -- view scenarios (read-only) ------------------------------------------------------------
+
+
+def op_view_reads(c: Ctx) -> None:
+    """Everything a step reads through a bind of another stage's tree."""
+    c.rec("passwd", c.read("etc/passwd"))
+    c.rec("python3", hashlib.sha256(c.read("usr/bin/python3")).hexdigest())
+    c.rec("listing", sorted(os.listdir(c.p("var/lib/dpkg/info"))))
+    c.rec("doc", sorted(os.listdir(c.p("usr/share/doc"))))
+    c.rec("readlinks", [os.readlink(c.p(p)) for p in
+                        ("a", "bin", "etc/alternatives/editor", "usr/lib/dangling")])
+    c.rec("through-link", c.read("bin/vi"))
+    c.try_("stat-dangling", os.stat, c.p("usr/lib/dangling"))
+    c.try_("whited-out", os.stat, c.p("usr/share/doc/pkg19"))
+    c.rec("xattrs", sorted(os.listxattr(c.p("srv/xattr-file"))))
+    c.rec("xattr", os.getxattr(c.p("var/www/index.html"), "user.mime_type"))
+    c.rec("nlink", os.stat(c.p("usr/share/hl/one")).st_nlink)
+    st = os.lstat(c.p("etc/shadow"))
+    c.rec("shadow", [oct(st.st_mode), st.st_uid, st.st_gid])
+    fd = os.open(c.p("opt/app/lib/x.so"), os.O_RDONLY)
+    try:
+        m = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
+        c.rec("mmap", m[8000:8004].hex())
+        m.close()
+    finally:
+        os.close(fd)
+    c.rec("read-zero-perm", c.read("srv/zero"))  # root reads a mode-000 file
+
+
+def op_view_writes(c: Ctx) -> None:
+    """Every kind of change: all must fail with EROFS (logged, checked by the driver)."""
+    f = c.p("etc/passwd")
+    c.try_open("open-wronly", "etc/passwd", os.O_WRONLY)
+    c.try_open("open-rdwr", "etc/passwd", os.O_RDWR)
+    c.try_open("open-trunc", "etc/passwd", os.O_WRONLY | os.O_TRUNC)
+    c.try_open("open-append", "etc/passwd", os.O_WRONLY | os.O_APPEND)
+    c.try_open("create", "srv/new", EXCL)
+    c.try_open("create-in-lower-dir", "usr/bin/new", RW_CREATE)
+    c.try_("truncate", os.truncate, f, 0)
+    c.try_("unlink", os.unlink, f)
+    c.try_("unlink-hardlink", os.unlink, c.p("usr/share/hl/two"))
+    c.try_("rmdir-empty", os.rmdir, c.p("srv/empty"))
+    c.try_("mkdir", os.mkdir, c.p("srv/newdir"))
+    c.try_("rename", os.rename, f, c.p("etc/passwd2"))
+    c.try_("rename-dir", os.rename, c.p("srv/dirs"), c.p("srv/dirs-moved"))
+    c.try_("symlink", os.symlink, "target", c.p("srv/ln"))
+    c.try_("link", os.link, c.p("usr/bin/vi"), c.p("usr/bin/vi2"))
+    c.try_("mkfifo", os.mkfifo, c.p("srv/fifo"))
+    c.try_("chmod", os.chmod, f, 0o600)
+    c.try_("chown", os.chown, f, 33, 33)
+    c.try_("lchown-symlink", os.chown, c.p("bin"), 33, 33, follow_symlinks=False)
+    c.try_("utime", os.utime, f, ns=(1, 1))
+    c.try_("setxattr", os.setxattr, c.p("srv/xattr-file"), "user.new", b"n")
+    c.try_("removexattr", os.removexattr, c.p("srv/xattr-file"), "user.a")
+    fd = os.open(c.p("opt/app/lib/x.so"), os.O_RDONLY)
+    try:
+        c.try_("mmap-shared-write", mmap.mmap, fd, 0, mmap.MAP_SHARED,
+               mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+#: outcomes of op_view_writes that are not EROFS by design (mmap: EACCES, the fd is O_RDONLY)
+VIEW_WRITE_EXCEPTIONS = {"mmap-shared-write": "EACCES"}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -990,6 +1065,7 @@ class Scenario:
     mtime_paths: tuple[str, ...] = ()
     export_refused: str = ""  # the layer cannot be exported: ImageError matching this
     finish_limit: float = 0.0
+    view: str = ""  # a read-only view scenario: "reads" or "writes"
 
 
 S = Scenario
@@ -1035,6 +1111,9 @@ SCENARIOS = {s.name: s for s in [
     S("one_file_change_10k", op_one_file_change, lowers=ten_thousand_lowers,
       only_entries=frozenset({"", "data", "data/d050", "data/d050/f0050"}),
       kinds={"data/d050/f0050": "file"}, finish_limit=1.0),
+    S("view_reads", op_view_reads, view="reads"),
+    S("view_reads_chroot", op_view_reads, chroot=True, view="reads"),
+    S("view_writes", op_view_writes, view="writes"),
 ]}
 
 
@@ -1059,13 +1138,13 @@ def _log_diffs(plain: list[list[Any]], ovl: list[list[Any]]) -> tuple[list[str],
     return out, notes
 
 
-def _roundtrip(lowers: list[tuple[Path, Path]], result: OverlayResult, work: Path) -> RootfsView:
+def _roundtrip(lowers: list[LowerLayer], result: StepChanges, work: Path) -> RootfsView:
     buf = io.BytesIO()
     write_layer(entries_from_extracted(result.tree, result.meta), buf, compression="none")
     buf.seek(0)
     extracted = extract_layer(buf, work / "roundtrip", media_type_or_compression="none")
-    stack = [(t, LayerMeta.load(m)) for t, m in lowers] + [(work / "roundtrip", extracted.meta)]
-    return RootfsView(stack)
+    stack = [(lo.tree, LayerMeta.load(lo.meta_path)) for lo in lowers]
+    return RootfsView([*stack, (work / "roundtrip", extracted.meta)])
 
 
 def check_layer(sc: Scenario, meta: LayerMeta, before: fstest.Snapshot,
@@ -1112,27 +1191,46 @@ def check_layer(sc: Scenario, meta: LayerMeta, before: fstest.Snapshot,
     return diffs, notes
 
 
-def run_scenario(sc: Scenario, work: Path) -> dict[str, Any]:
-    report: dict[str, Any] = {"scenario": sc.name, "diffs": [], "notes": [], "times": {}}
-    diffs: list[str] = report["diffs"]
-    times: dict[str, float] = report["times"]
-    token = secrets.token_hex(8)
+@dataclass
+class Setup:
+    """The scenario's lower layers, their materialised plain copy and its snapshot."""
+
+    lowers: list[LowerLayer]
+    plain: Path
+    devices: dict[int, tuple[str, int, int]]
+    before: fstest.Snapshot
+
+
+def _setup(sc: Scenario, work: Path, times: dict[str, float]) -> Setup:
     t0 = time.monotonic()
     lowers = []
     for i, entries in enumerate(sc.lowers()):
         tree, meta_path = work / "lowers" / str(i), work / "lowers" / f"{i}.meta.json"
         tree.parent.mkdir(parents=True, exist_ok=True)
         build_lower(entries, tree, meta_path)
-        lowers.append((tree, meta_path))
-    lower_view = RootfsView([(t, LayerMeta.load(m)) for t, m in lowers])
+        lowers.append(LowerLayer(tree, meta_path))
+    lower_view = RootfsView([(lo.tree, LayerMeta.load(lo.meta_path)) for lo in lowers])
     plain = work / "plain"
     plain.mkdir()
     devices = materialize(lower_view, plain)
     before = fstest.snapshot_dir(plain, devices)
-    diffs += fstest.compare(fstest.snapshot_view(lower_view), before, names=("lowers", "plain"))
+    diffs = fstest.compare(fstest.snapshot_view(lower_view), before, names=("lowers", "plain"))
     if diffs:  # the harness itself is wrong: say so rather than blame the overlay
         raise RuntimeError("materialised lowers differ from their view:\n" + "\n".join(diffs))
     times["setup"] = time.monotonic() - t0
+    return Setup(lowers, plain, devices, before)
+
+
+def run_scenario(sc: Scenario, work: Path, snapshotter: Snapshotter) -> dict[str, Any]:
+    report: dict[str, Any] = {"scenario": sc.name, "diffs": [], "notes": [], "times": {},
+                              "snapshotter": snapshotter.name}
+    diffs: list[str] = report["diffs"]
+    times: dict[str, float] = report["times"]
+    token = secrets.token_hex(8)
+    setup = _setup(sc, work, times)
+    if sc.view:
+        return run_view(sc, work, snapshotter, setup, token, report)
+    lowers, plain, devices, before = setup.lowers, setup.plain, setup.devices, setup.before
 
     t0 = time.monotonic()
     plain_out = _in_child(sc.ops, str(plain), "plain", token, sc.chroot)
@@ -1145,7 +1243,7 @@ def run_scenario(sc: Scenario, work: Path) -> dict[str, Any]:
     mnt.mkdir()
     ovl_work = work / "ovl"
     t0 = time.monotonic()
-    with mount_overlay(lowers, ovl_work, mnt) as m:
+    with snapshotter.mount(lowers, ovl_work, mnt) as m:
         times["mount"] = time.monotonic() - t0
         report["server_log"] = str(ovl_work / "server.log")
         initial = fstest.snapshot_dir(mnt)
@@ -1210,6 +1308,83 @@ def run_scenario(sc: Scenario, work: Path) -> dict[str, Any]:
     return report
 
 
+def _lower_state(lowers: list[LowerLayer]) -> dict[str, Any]:
+    """Each lower tree as fstest describes it, times included, and its meta.json's digest."""
+    state: dict[str, Any] = {}
+    for i, lo in enumerate(lowers):
+        snap = fstest.snapshot_dir(lo.tree)
+        state[f"tree{i}"] = {p: n.to_json() for p, n in snap.items()}
+        state[f"meta{i}"] = hashlib.sha256(lo.meta_path.read_bytes()).hexdigest()
+        state[f"meta{i}-mtime"] = lo.meta_path.stat().st_mtime_ns
+    return state
+
+
+def run_view(sc: Scenario, work: Path, snapshotter: Snapshotter, setup: Setup, token: str,
+             report: dict[str, Any]) -> dict[str, Any]:
+    """A read-only view: the merged lowers, reads as on the plain copy, every change EROFS,
+    lowers untouched, nothing left mounted."""
+    diffs: list[str] = report["diffs"]
+    times: dict[str, float] = report["times"]
+    plain_log: list[list[Any]] = []
+    if sc.view == "reads":
+        plain_out = _in_child(sc.ops, str(setup.plain), "plain", token, sc.chroot)
+        if "error" in plain_out:
+            raise RuntimeError(f"reads failed on the PLAIN directory:\n{plain_out['error']}")
+        plain_log = plain_out["log"]
+    lowers_before = _lower_state(setup.lowers)
+    mnt = work / "mnt"
+    mnt.mkdir()
+    t0 = time.monotonic()
+    with snapshotter.view(setup.lowers, work / "ovl", mnt) as where:
+        times["mount"] = time.monotonic() - t0
+        if where != mnt:
+            diffs.append(f"view() yielded {where}, not the mountpoint {mnt}")
+        report["server_log"] = str(work / "ovl" / "server.log")
+        initial = fstest.snapshot_dir(mnt)
+        diffs += [f"view: {d}" for d in fstest.compare(setup.before, initial,
+                                                       names=("lowers", "view"))]
+        t0 = time.monotonic()
+        out = _in_child(sc.ops, str(mnt), "view", token, sc.chroot)
+        times["view_ops"] = time.monotonic() - t0
+        after = fstest.snapshot_dir(mnt)
+        diffs += [f"view after the operations: {d}" for d in fstest.compare(
+            initial, after, names=("before", "after"),
+            fields=(*fstest.DEFAULT_FIELDS, "mtime_ns"))]
+        t0 = time.monotonic()
+    times["unmount"] = time.monotonic() - t0
+    if "error" in out:
+        diffs.append(f"operations failed on the VIEW:\n{out['error']}")
+    report["log"] = out["log"][:60]
+    if sc.view == "reads":
+        log_diffs, notes = _log_diffs(plain_log, out["log"])
+        diffs += log_diffs
+        report["notes"] += notes
+    else:
+        for key, outcome in out["log"]:
+            want = VIEW_WRITE_EXCEPTIONS.get(key, "EROFS")
+            if outcome != want:
+                diffs.append(f"view: {key}: {outcome} (want {want})")
+        if len(out["log"]) < 20:
+            diffs.append(f"view: only {len(out['log'])} write attempts were logged")
+    lowers_after = _lower_state(setup.lowers)
+    for key, was in lowers_before.items():
+        now = lowers_after[key]
+        if was == now:
+            continue
+        if isinstance(was, dict):
+            changed = sorted(p for p in set(was) | set(now) if was.get(p) != now.get(p))
+            diffs.append(f"view: lower {key} changed at {changed[:10]}: "
+                         f"{[(was.get(p), now.get(p)) for p in changed[:3]]}")
+        else:
+            diffs.append(f"view: lower {key} changed: {was} -> {now}")
+    left = _mounts_under(work)
+    if left:
+        diffs.append(f"mount left behind after the view: {left}")
+    elif os.listdir(mnt):
+        diffs.append(f"the view's mountpoint is not empty after unmounting: {os.listdir(mnt)}")
+    return report
+
+
 def _timeout(signum: int, frame: Any) -> None:
     raise TimeoutError(f"scenario did not finish in {SCENARIO_TIMEOUT}s")
 
@@ -1223,10 +1398,10 @@ def main(argv: list[str]) -> int:
     if sc is None:
         print(json.dumps({"scenario": name, "error": "unknown scenario"}))
         return 2
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
-    except OSError as exc:
-        print(json.dumps({"scenario": name, "error": f"cannot open /dev/fuse: {exc}"}))
+    snapshotter = snapshotter_named(argv[3] if len(argv) > 3 else "fuse")
+    reason = snapshotter.probe()
+    if reason is not None:
+        print(json.dumps({"scenario": name, "error": f"{snapshotter.name}: {reason}"}))
         return 3
     os.umask(0o022)
     work.mkdir(mode=0o755)
@@ -1234,7 +1409,7 @@ def main(argv: list[str]) -> int:
     signal.alarm(SCENARIO_TIMEOUT)
     t0 = time.monotonic()
     try:
-        report = run_scenario(sc, work)
+        report = run_scenario(sc, work, snapshotter)
     except BaseException:
         report = {"scenario": name, "error": traceback.format_exc(), "diffs": []}
         log = work / "ovl" / "server.log"

@@ -2,9 +2,12 @@
 
 Used by test_sandbox.py as the unprivileged build user (the harness copies it into the test's
 directory). Request keys: argv, root (a directory) or lowers ([[tree, meta]...]) + work,
-scratch, and optionally env, user, workdir, network, proc, untrusted, timeout.
+scratch, and optionally env, user, workdir, network, proc, untrusted, timeout, binds
+([{source, target, readonly, kind, required?}...]) and idmap (an ``IdMapPlan.to_json()``;
+default: the host's plan for this user). The step runs on a ``SandboxExecutor`` made for it.
 Output (stdout): one JSON object: lines, exit_code, timed_out, warnings, layer (paths of the
-layer's tree and its entries) or error/error_type.
+layer's tree and its entries) or error/error_type (the type's name of whatever was raised,
+``ExceptionGroup`` included: a RootbuildError must come out bare).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from pathlib import Path
 
 import trio
 
-from rootbuild.errors import RootbuildError
 from rootbuild.image.layer_extract import extract_layer
-from rootbuild.sandbox.run import run_step
-from rootbuild.sandbox.spec import DirRoot, OverlayRoot, StepSpec
+from rootbuild.sandbox.executor import SandboxExecutor
+from rootbuild.sandbox.idmap import IdMapPlan, read_host_plan
+from rootbuild.sandbox.spec import Bind, DirRoot, OverlayRoot, StepSpec
+from rootbuild.snapshot import LowerLayer
 
 APPLETS = ("sh", "ls", "cat", "id", "ps", "sleep", "echo", "head", "mkdir", "chown", "touch",
            "stat", "ip", "hostname", "env", "pwd", "true", "false", "rm", "wc", "tr", "grep",
@@ -68,24 +72,29 @@ async def main(request: dict[str, object]) -> dict[str, object]:
         lowers = request["lowers"]
         assert isinstance(lowers, list)
         rootfs = OverlayRoot(
-            tuple((Path(t), Path(m)) for t, m in lowers), Path(str(request["work"]))
+            tuple(LowerLayer(Path(t), Path(m)) for t, m in lowers), Path(str(request["work"]))
         )
     env = request.get("env", {})
     assert isinstance(env, dict)
     argv = request["argv"]
     assert isinstance(argv, list)
     timeout = request.get("timeout")
+    binds = request.get("binds", [])
+    assert isinstance(binds, list)
     spec = StepSpec(
         argv=tuple(str(a) for a in argv), rootfs=rootfs, scratch=Path(str(request["scratch"])),
         env={str(k): str(v) for k, v in env.items()}, user=str(request.get("user", "")),
         workdir=str(request.get("workdir", "/")), network=str(request.get("network", "host")),
         proc=str(request.get("proc", "fresh")), untrusted=bool(request.get("untrusted")),
         timeout=float(str(timeout)) if timeout is not None else None,
+        binds=tuple(Bind.from_json({"required": True} | b) for b in binds),
     )
+    idmap = request.get("idmap")
+    plan = IdMapPlan.from_json(idmap) if isinstance(idmap, dict) else read_host_plan()
     lines: list[str] = []
     try:
-        result = await run_step(spec, lines.append)
-    except RootbuildError as exc:
+        result = await SandboxExecutor(plan).run(spec, lines.append)
+    except Exception as exc:
         return {"lines": lines, "error": str(exc), "error_type": type(exc).__name__}
     layer = None
     if result.layer is not None:

@@ -1,15 +1,23 @@
-"""Conformance of rootbuild's FUSE overlay on real mounts (containerd's fstest model).
+"""Conformance of every registered snapshotter on real mounts (containerd's fstest model).
 
-Each case runs ``overlay_driver.py SCENARIO`` as the unprivileged build user inside a new
-user namespace (its subuid range mapped, so chown to other ids reaches the overlay) and a
-new mount namespace. The driver applies the scenario's operations to a plain directory and
-to the mounted overlay of the same lower layers, compares the trees, round-trips the step's
-layer, checks the layer's whiteouts/opaque markers and minimality, and that no mount
-remains. It prints a JSON report, shown here on failure.
+The suite runs once per entry of ``rootbuild.snapshot.SNAPSHOTTERS`` (test ids name it), so a
+second implementation meets the same scenarios from its first day; the driver mounts only
+through the ``Snapshotter`` Protocol (``mount`` and the read-only ``view``).
 
-Rules: nothing is skipped; a missing /dev/fuse, user namespace or subuid range fails the
-test with the cause. The driver and its helpers are copied into the test's directory first
-(the checkout may be unreadable to the build user); they import rootbuild from the venv.
+Each case runs ``overlay_driver.py SCENARIO WORKDIR SNAPSHOTTER`` as the unprivileged build
+user inside a new user namespace (its subuid range mapped, so chown to other ids reaches the
+overlay) and a new mount namespace. The driver applies the scenario's operations to a plain
+directory and to the mounted overlay of the same lower layers, compares the trees,
+round-trips the step's layer, checks the layer's whiteouts/opaque markers and minimality,
+and that no mount remains. It prints a JSON report, shown here on failure.
+
+The ``view_*`` scenarios check ``view()``: reads equal the merged tree, every change fails
+with EROFS, the lowers are unchanged after.
+
+Rules: nothing is skipped; a snapshotter whose probe fails (for FUSE: /dev/fuse), a missing
+user namespace or subuid range fails the test with the cause. The driver and its helpers are
+copied into the test's directory first (the checkout may be unreadable to the build user);
+they import rootbuild from the venv.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from rootbuild.snapshot import SNAPSHOTTERS
 
 if TYPE_CHECKING:
     from conftest import Harness
@@ -35,6 +45,7 @@ SCENARIOS = [
     "link_counts", "chown_chmod", "mknod_fifo", "xattrs", "utimens", "untar", "cp_a", "rm_rf",
     "readdir", "statfs", "symlinks", "abs_symlink", "odd_names", "whiteout_names",
     "permissions", "copyup_big", "one_file_change_10k",
+    "view_reads", "view_reads_chroot", "view_writes",
 ]
 
 
@@ -78,16 +89,17 @@ def test_driver_lists_every_scenario(rb: Harness) -> None:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_overlay_conformance(rb: Harness, scenario: str) -> None:
+@pytest.mark.parametrize("snapshotter", list(SNAPSHOTTERS))
+def test_overlay_conformance(rb: Harness, snapshotter: str, scenario: str) -> None:
     driver = _install_driver(rb)
     proc = rb.as_user(
         ["unshare", "--map-auto", "--map-root-user", "--mount", "--fork",
-         sys.executable, str(driver), scenario, str(rb.workdir / "run")],
+         sys.executable, str(driver), scenario, str(rb.workdir / "run"), snapshotter],
         check=False,
     )
     report = _report(proc)
     times = report.get("times")
-    print(f"{scenario}: times {times}")  # finish() time is what -s / -rA shows
+    print(f"{snapshotter}/{scenario}: times {times}")  # finish() time is what -s / -rA shows
     if report.get("notes"):
-        print(f"{scenario}: notes {report['notes']}")
+        print(f"{snapshotter}/{scenario}: notes {report['notes']}")
     assert proc.returncode == 0 and report.get("ok") is True, _explain(proc, report)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -233,3 +234,67 @@ def test_masked_proc_fails_with_explanation_and_host_bind_works(sbx: Sandbox) ->
     req = sbx.request(["true"], root=root, proc="host-bind", untrusted=True)
     res = json.loads(_masked_proc(sbx.rb, [sys.executable, str(sbx.driver), str(req)]).stdout)
     assert res["error_type"] == "SandboxError" and "refused for untrusted" in res["error"]
+
+
+def test_dir_binds_appear_at_their_targets_and_not_in_the_layer(sbx: Sandbox) -> None:
+    ro = sbx.rb.make_context("bind-ro", {"hello": "from the host\n", "sub/deep": "deep\n"})
+    rw = sbx.rb.make_context("bind-rw", {"keep": "kept\n"})
+    conf = sbx.rb.make_context("bind-file", {"app.conf": "setting=1\n"}) / "app.conf"
+    binds = [
+        {"source": str(ro), "target": "/mnt/ro", "readonly": True, "kind": "dir"},
+        {"source": str(rw), "target": "/root/cache", "readonly": False, "kind": "dir"},
+        {"source": str(conf), "target": "/etc/app/app.conf", "readonly": True, "kind": "file"},
+    ]
+    script = (
+        "cat /mnt/ro/hello /mnt/ro/sub/deep; "
+        "(echo x > /mnt/ro/new) 2>/dev/null || echo ro-refused; "
+        "(rm /mnt/ro/hello) 2>/dev/null || echo ro-unlink-refused; "
+        "cat /root/cache/keep; echo written > /root/cache/out; mkdir /root/cache/d; "
+        "cat /etc/app/app.conf; (echo y >> /etc/app/app.conf) 2>/dev/null || echo conf-ro; "
+        "echo layer > /layer-file"
+    )
+    res = sbx.run(["sh", "-c", script], binds=binds)
+    assert res["exit_code"] == 0, res
+    assert res["lines"] == ["from the host", "deep", "ro-refused", "ro-unlink-refused", "kept",
+                            "setting=1", "conf-ro"], res
+    entries = set(res["layer"]["entries"])
+    assert "layer-file" in entries, res
+    assert not {e for e in entries if e.split("/")[0] in ("mnt", "root", "etc")}, res
+    assert res["layer"]["whiteouts"] == [], res
+    # writes through the read-write bind reached the host directory, nothing else did
+    assert (rw / "out").read_text() == "written\n" and (rw / "d").is_dir()
+    assert sorted(p.name for p in ro.iterdir()) == ["hello", "sub"]
+    assert (ro / "hello").read_text() == "from the host\n"
+    assert conf.read_text() == "setting=1\n"
+    assert str(sbx.rb.workdir) not in Path("/proc/mounts").read_text()
+
+
+def test_bind_target_through_an_image_symlink_is_refused(sbx: Sandbox) -> None:
+    src = sbx.rb.make_context("bind-src", {"f": "x"})
+    canary = sbx.rb.make_context("outside", {"canary": "untouched\n"})
+    lowers = [sbx.layer([["srv", "symlink", str(canary)]])]
+    binds = [{"source": str(src), "target": "/srv/data", "readonly": False, "kind": "dir"}]
+    res = sbx.run(["true"], lowers=lowers, binds=binds)
+    assert res.get("error_type") == "StepError", res
+    assert re.match(r"^mount /srv/data for RUN: in the image it is a symlink, lies under one, "
+                    r"or is not a directory; refusing to mount over it", res["error"]), res
+    assert sorted(p.name for p in canary.iterdir()) == ["canary"]
+
+
+def test_refused_id_mapping_raises_a_bare_sandbox_error(sbx: Sandbox) -> None:
+    """newuidmap refuses a subordinate range the user does not own: the executor raises
+    the SandboxError itself (not an exception group), and tears everything down."""
+    user = sbx.rb.user
+    foreign = 3_000_000_000  # nobody's range in /etc/subuid
+    plan = {
+        "mode": "subid", "warning": "",
+        "uids": [[0, user.uid, 1], [1, foreign, 65535]],
+        "gids": [[0, user.gid, 1], [1, foreign, 65535]],
+    }
+    res = sbx.run(["sh", "-c", "echo never"], idmap=plan)
+    assert res.get("error_type") == "SandboxError", res
+    assert re.match(r"^map ids with newuidmap: newuidmap: uid range \[1-65536\) -> "
+                    r"\[3000000000-3000065535\) not allowed$", res["error"]), res
+    assert res["lines"] == []
+    assert _user_processes(str(sbx.rb.workdir)) == []
+    assert str(sbx.rb.workdir) not in Path("/proc/mounts").read_text()

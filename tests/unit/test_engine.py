@@ -61,7 +61,7 @@ class Rig:
         options.setdefault("jobs", 2)
         opts = BuildOptions(context_dir=self.context, target_platform=AMD64,
                             **options)  # type: ignore[arg-type]
-        seams = Seams(self.executor, self.images, self.exporter)
+        seams = Seams(self.executor, self.images, self.exporter, lambda: "fake")
         result = trio.run(lambda: build(opts, self.store, self.progress, seams=seams))
         return self.context, result
 
@@ -337,7 +337,7 @@ def test_two_builds_at_once_in_one_process(tmp_path: Path) -> None:
             r = rigs[i]
             opts = BuildOptions(context_dir=r.context, target_platform=AMD64)
             out[i] = await build(opts, r.store, r.progress,
-                                 seams=Seams(r.executor, r.images, r.exporter))
+                                 seams=Seams(r.executor, r.images, r.exporter, lambda: "fake"))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(one, 0)
