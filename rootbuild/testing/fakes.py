@@ -94,13 +94,17 @@ class FakeBaseImages:
 @dataclass
 class FakeRun:
     """What one faked RUN step does: print ``output``, write ``files`` (its layer), exit
-    with ``exit_code``; ``block`` waits until cancelled; ``error`` is raised instead."""
+    with ``exit_code``; ``block`` waits until cancelled; ``error`` is raised instead.
+    ``started`` is set when the step starts; the step waits for ``after`` before it ends
+    (to order steps of concurrent stages in a test)."""
 
     exit_code: int = 0
     output: tuple[str, ...] = ()
     files: Mapping[str, bytes] = field(default_factory=dict)
     block: bool = False
     error: RootbuildError | None = None
+    started: trio.Event | None = None
+    after: trio.Event | None = None
 
 
 class FakeExecutor:
@@ -115,6 +119,10 @@ class FakeExecutor:
     async def run(self, spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
         self.specs.append(spec)
         plan = self.script(spec)
+        if plan.started is not None:
+            plan.started.set()
+        if plan.after is not None:
+            await plan.after.wait()
         await trio.lowlevel.checkpoint()
         if plan.error is not None:
             raise plan.error

@@ -242,7 +242,9 @@ def test_run_output_reaches_progress(rig: Rig) -> None:
 
 
 def test_one_failing_stage_cancels_the_others_and_keeps_nothing(rig: Rig) -> None:
-    rig.executor = _script({"hang": FakeRun(block=True), "fail": FakeRun(exit_code=1)})
+    hanging = trio.Event()  # "fail" ends only once "hang" runs, whichever stage starts first
+    rig.executor = _script({"hang": FakeRun(block=True, started=hanging),
+                            "fail": FakeRun(exit_code=1, after=hanging)})
     rig.fails(
         "FROM scratch AS slow\nRUN hang\n"
         "FROM scratch AS bad\nRUN fail\n"
