@@ -125,7 +125,7 @@ async def build(
                 disabled_stages=frozenset(options.no_cache_filter), warn=warn_once,
             ),
             context=context, work_dir=store.staging_dir(), staging=staging,
-            idmap=read_host_plan(), snapshotter=seams.snapshotter, warn_once=warn_once,
+            idmap=read_host_plan(), warn_once=warn_once,
         )
 
         async def run_stage(stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:

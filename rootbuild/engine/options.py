@@ -19,9 +19,7 @@ from rootbuild.image.oci import StoredImage
 from rootbuild.image.refs import OutputRef
 from rootbuild.platform import Platform, host_platform
 from rootbuild.registry.client import TransportOptions
-
-NETWORK_MODES = ("host", "none")
-PROC_MODES = ("fresh", "host-bind")
+from rootbuild.sandbox.spec import NETWORK_MODES, PROC_MODES
 
 
 @dataclass(frozen=True)

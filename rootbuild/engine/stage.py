@@ -73,8 +73,7 @@ from rootbuild.stages.steps import CopyStep, MetadataStep, RunStep, StageState, 
 class Workspace:
     """The per-build places and records every stage shares: progress, the layer trees,
     the step cache, the build context, the build's scratch directory and staging area,
-    the id mapping RUN gets, the snapshotter (chosen at the first RUN) and the
-    once-per-build warnings."""
+    the id mapping RUN gets and the once-per-build warnings."""
 
     progress: Progress
     trees: LayerTrees
@@ -83,7 +82,6 @@ class Workspace:
     work_dir: Path
     staging: Staging
     idmap: IdMapPlan
-    snapshotter: Callable[[], str]
     warn_once: Callable[[str], None]
 
 
@@ -222,7 +220,7 @@ class Stage:
 
     async def cache_key(self, action: Step, where: Location) -> str | None:
         """The step's cache key; None for a step the cache leaves alone (one that is
-        refused anyway: remote sources, ``--parents``)."""
+        refused anyway: a remote source whose URL came from a variable)."""
         options = self.env.options
         assert not isinstance(action, MetadataStep)
         inputs: dict[str, Scalar] = {
@@ -232,7 +230,7 @@ class Stage:
         if isinstance(action, RunStep):
             inputs |= {"network": self.network(action), "idmap": self.work.idmap.mode}
         elif isinstance(action, CopyStep):
-            if action.parents or any(src.startswith(REMOTE_PREFIXES) for src in action.sources):
+            if any(src.startswith(REMOTE_PREFIXES) for src in action.sources):
                 return None
             if action.from_ is not None:
                 inputs["from"] = await self.source_key(action.from_, where)
@@ -290,15 +288,9 @@ class Stage:
     ) -> Layer | None:
         """Run a RUN step in the sandbox over the overlay of this stage's layers."""
         options, work = self.env.options, self.work
-        if action.mounts:
-            kinds = ", ".join(sorted({m.mount.type for m in action.mounts}))
-            raise StepError(f"RUN --mount=type={kinds}: not supported yet", where)
-        if action.heredoc_files:
-            raise StepError("RUN with a #! heredoc: not supported yet", where)
-        if action.security == "insecure":
-            raise StepError("RUN --security=insecure: refused (rootbuild has no such mode)",
-                            where)
-        snapshotter = work.snapshotter()
+        # RUN --mount, #! heredocs and --security=insecure never get here: the plan refused
+        # them (engine/planning.py SUPPORTED)
+        snapshotter = self.seams.snapshotter()
         lowers = await trio.to_thread.run_sync(
             lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
         )
@@ -361,13 +353,11 @@ class Stage:
 
     async def copy_entries(self, action: CopyStep, where: Location) -> list[TarEntry]:
         keyword = "ADD" if action.is_add else "COPY"
-        for src in action.sources:
+        for src in action.sources:  # written literally, the plan refused it already
             if src.startswith(REMOTE_PREFIXES):
                 raise ContextError(
                     f'{keyword}: source "{src}": remote sources are not supported yet', where
                 )
-        if action.parents:
-            raise ContextError(f"{keyword} --parents: not supported yet", where)
         source_view: RootfsView | None = None
         what = ""
         if action.from_ is not None:

@@ -342,7 +342,8 @@ def _maintainer(state: StageState, instr: Instruction, now: str) -> tuple[StageS
 
 # -- RUN ------------------------------------------------------------------------------------
 
-_SINGLE_HEREDOC = re.compile(r"^\d*<<-?\s*(?P<name>[^<\s]+)$")
+#: a RUN command that is one heredoc alone (BuildKit runs its body itself)
+SINGLE_HEREDOC = re.compile(r"^\d*<<-?\s*(?P<name>[^<\s]+)$")
 
 
 @_handles(Run)
@@ -389,7 +390,7 @@ def _run_heredoc_text(
     """BuildKit ``dispatchRun``: a command that is one heredoc alone runs its body (a body
     starting with ``#!`` as a script mounted under /dev/pipes/); otherwise the heredocs
     are appended to the command text for the shell to read. Bodies are not expanded."""
-    if len(heredocs) == 1 and _SINGLE_HEREDOC.match(text.strip()):
+    if len(heredocs) == 1 and SINGLE_HEREDOC.match(text.strip()):
         doc = heredocs[0]
         if doc.content.startswith("#!"):
             path = PIPES_DIR + doc.name

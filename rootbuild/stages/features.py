@@ -15,17 +15,16 @@ Rules:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rootbuild.dockerfile.instructions import Add, Copy, Instruction, Run, ShellCommand
 from rootbuild.errors import ContextError, DockerfileError, Location, RootbuildError, StepError
+from rootbuild.stages.evaluate import SINGLE_HEREDOC
 from rootbuild.stages.plan import BuildPlan
 
 #: URL and git source prefixes of ADD (COPY refuses them in the evaluator)
 REMOTE_PREFIXES = ("http://", "https://", "git@", "git://", "ssh://")
-_SINGLE_HEREDOC = re.compile(r"^\d*<<-?\s*(?P<name>[^<\s]+)$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ def _of_instruction(instr: Instruction) -> Iterator[Feature]:
                           loc, StepError)
         if (
             isinstance(instr.command, ShellCommand) and len(instr.heredocs) == 1
-            and _SINGLE_HEREDOC.match(instr.command.text.strip())
+            and SINGLE_HEREDOC.match(instr.command.text.strip())
             and instr.heredocs[0].content.startswith("#!")
         ):
             yield Feature("run.heredoc.shebang", "RUN with a #! heredoc: not supported yet",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import tarfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -221,12 +220,7 @@ class RecordingProgress:
         return [e for e in self.events if e[0] == kind]
 
 
-def json_config(image: StoredImage) -> dict[str, object]:
-    """The image's config as JSON (a copy)."""
-    return json.loads(json.dumps(image.config_json))  # type: ignore[no-any-return]
-
-
 __all__ = [
     "Exported", "FakeBaseImages", "FakeExecutor", "FakeExporter", "FakeRun",
-    "RecordingProgress", "json_config", "layer_tar", "put_image",
+    "RecordingProgress", "layer_tar", "put_image",
 ]
