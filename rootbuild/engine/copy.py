@@ -130,25 +130,26 @@ def _context_item(
 
 
 def _parents_items(
-    walk: Iterator[tuple[str, SourceItem]], pattern: str, excludes: Sequence[str],
-    where: Location,
+    walk: Iterator[tuple[str, bool, Callable[[], SourceItem | None]]], pattern: str,
+    excludes: Sequence[str], where: Location,
 ) -> list[SourceItem]:
     """The items a ``--parents`` pattern selects below its pivot, pre-order, each one
     preceded by the directories on its way (``parents`` module rules); ``walk`` yields
-    (path relative to the pivot, item) for the pivot ("") and everything below it."""
+    (path relative to the pivot, is a directory, its item) for the pivot ("") and
+    everything below it. Only selected entries and their directories are looked at."""
     out: list[SourceItem] = []
     dirs: dict[str, SourceItem] = {}
     emitted: set[str] = set()
     try:
-        for rel, item in walk:
-            if not rel:
-                dirs[""] = item
+        for rel, is_dir, make in walk:
+            if rel and _excluded(rel, excludes, where):
                 continue
-            if _excluded(rel, excludes, where):
+            if not rel or not selected(pattern, rel):
+                if is_dir and (found := make()) is not None:
+                    dirs[rel] = found
                 continue
-            if not selected(pattern, rel):
-                if item.kind == "dir":
-                    dirs[rel] = item
+            item = make()
+            if item is None:
                 continue
             parts = rel.split("/")
             for i in range(len(parts)):
@@ -183,10 +184,11 @@ def context_parents_sources(
             prefix = top.real
 
             def walk(top: ContextEntry = top, prefix: str = prefix
-                     ) -> Iterator[tuple[str, SourceItem]]:
+                     ) -> Iterator[tuple[str, bool, Callable[[], SourceItem | None]]]:
                 for entry in ctx.walk(top):
                     rel = _below(prefix, entry.real)
-                    yield rel, _context_item(ctx, entry, rel, where)
+                    yield rel, entry.kind == "dir", functools.partial(
+                        _context_item, ctx, entry, rel, where)
 
             items = _parents_items(walk(), pattern, excludes, where)
             found = found or len(items) > 1
@@ -209,12 +211,11 @@ def image_parents_sources(
         if outside(pattern) or top is None or not top.is_dir:
             raise ContextError(f'COPY --from={what}: source "{src}" not found', where)
 
-        def walk(top: ViewEntry = top) -> Iterator[tuple[str, SourceItem]]:
+        def walk(top: ViewEntry = top
+                 ) -> Iterator[tuple[str, bool, Callable[[], SourceItem | None]]]:
             for entry in view.walk(top.path):
                 rel = entry.path[len(top.path):].lstrip("/")
-                item = _image_item(view, entry, rel)
-                if item is not None:
-                    yield rel, item
+                yield rel, entry.is_dir, functools.partial(_image_item, view, entry, rel)
 
         items = _parents_items(walk(), pattern, excludes, where)
         if len(items) <= 1:
