@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import BinaryIO
 from rootbuild.context import BuildContext, ContextEntry
 from rootbuild.dockerfile.dockerignore import BadPatternError, glob_match, has_wildcards
 from rootbuild.engine.chmod import Chmod
-from rootbuild.engine.parents import outside, selected, split_pivot
+from rootbuild.engine.parents import literal_prefix, outside, selected, split_pivot
 from rootbuild.errors import ContextError, DockerfileError, ImageError, Location
 from rootbuild.image.layer_write import TarEntry
 from rootbuild.image.rootfs import RootfsView, ViewEntry
@@ -182,10 +183,18 @@ def context_parents_sources(
             if top.kind != "dir":
                 raise ContextError(f'source "{src}": "{pivot}" is not a directory', where)
             prefix = top.real
+            chain = _literal_chain(ctx, top, pattern)
 
-            def walk(top: ContextEntry = top, prefix: str = prefix
+            def walk(top: ContextEntry = top, prefix: str = prefix,
+                     chain: list[ContextEntry] | None = chain,
                      ) -> Iterator[tuple[str, bool, Callable[[], SourceItem | None]]]:
-                for entry in ctx.walk(top):
+                if chain is None:  # walk the whole pivot
+                    entries: Iterator[ContextEntry] = ctx.walk(top)
+                elif not chain:  # the pattern's fixed part is not there: no match
+                    entries = iter([top])
+                else:  # only below the fixed part, its directories first
+                    entries = itertools.chain([top], chain[:-1], ctx.walk(chain[-1]))
+                for entry in entries:
                     rel = _below(prefix, entry.real)
                     yield rel, entry.kind == "dir", functools.partial(
                         _context_item, ctx, entry, rel, where)
@@ -196,6 +205,29 @@ def context_parents_sources(
         if not found:
             raise ContextError(f'source "{src}" not found in build context', where)
     return sources
+
+
+def _literal_chain(
+    ctx: BuildContext, top: ContextEntry, pattern: str
+) -> list[ContextEntry] | None:
+    """The context entries of the pattern's leading components without wildcards
+    (``packages/app`` of ``packages/app/*/package.json``), so a walk can start there
+    instead of at the pivot; [] when they do not exist, None when there are none or a
+    symlink lies on the way (the whole walk then decides, never following it)."""
+    fixed = literal_prefix(pattern)
+    if not fixed or top.realpath:
+        return None
+    chain: list[ContextEntry] = []
+    parts = fixed.split("/")
+    for i in range(1, len(parts) + 1):
+        try:
+            found = ctx.resolve_sources(posixpath.join(top.relpath, *parts[:i]))
+        except ContextError:
+            return []
+        if len(found) != 1 or found[0].realpath:
+            return None
+        chain.append(found[0])
+    return chain
 
 
 def image_parents_sources(

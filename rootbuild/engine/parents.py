@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import posixpath
 
-from rootbuild.dockerfile.dockerignore import glob_match
+from rootbuild.dockerfile.dockerignore import glob_match, has_wildcards
 
 
 def split_pivot(source: str) -> tuple[str, str]:
@@ -56,6 +56,17 @@ def _match(pats: list[str], parts: list[str]) -> bool:
     if not parts:
         return False
     return glob_match(head, parts[0]) and _match(pats[1:], parts[1:])
+
+
+def literal_prefix(pattern: str) -> str:
+    """The leading components of ``pattern`` that hold no wildcard (where every match
+    must lie): ``src/app/*.txt`` -> ``src/app``, ``**/x`` -> "", ``a/b`` -> ``a/b``."""
+    fixed: list[str] = []
+    for comp in pattern.split("/"):
+        if comp in (".", "**") or has_wildcards(comp):
+            break
+        fixed.append(comp)
+    return "/".join(fixed)
 
 
 def selected(pattern: str, rel: str) -> bool:

@@ -45,6 +45,7 @@ PARENTS_CONTEXT: dict[str, str | bytes] = {
     "x/y/b.txt": "xyb\n",
     "x/y/c.md": "xyc\n",
     "x/y/z": "xyz\n",
+    "x/y/l": "symlink:a.txt",
     "src/a.txt": "sa\n",
     "src/x/b.txt": "sxb\n",
     "src/x/y/c.txt": "sxyc\n",
@@ -70,6 +71,7 @@ def test_copy_parents_keeps_the_parent_directories(rb: Harness) -> None:
         "COPY --parents ./x/./y/z /dst/\n"
         "COPY --parents ./src/**/*.txt /star/\n"
         "COPY --parents x/y /dir/\n"
+        "COPY --parents */a.txt /any/\n"
         "COPY --from=base --parents /opt/./x/y/*.txt /fromstage/\n"
     )})
     os.chmod(ctx / "x/y", 0o750)
@@ -80,7 +82,7 @@ def test_copy_parents_keeps_the_parent_directories(rb: Harness) -> None:
     build(rb, ctx)
     tree = tree_of(rb, "img")
     got = {p for p in tree if p.split("/")[0] in (
-        "no_parents", "parents", "pivot", "dst", "star", "dir", "fromstage")}
+        "no_parents", "parents", "pivot", "dst", "star", "dir", "any", "fromstage")}
     assert got == {
         "no_parents", "no_parents/a.txt",
         "parents", "parents/x", "parents/x/a.txt", "parents/y", "parents/y/a.txt",
@@ -89,7 +91,8 @@ def test_copy_parents_keeps_the_parent_directories(rb: Harness) -> None:
         "star", "star/src", "star/src/a.txt", "star/src/x", "star/src/x/b.txt",
         "star/src/x/y", "star/src/x/y/c.txt",
         "dir", "dir/x", "dir/x/y", "dir/x/y/a.txt", "dir/x/y/b.txt", "dir/x/y/c.md",
-        "dir/x/y/z",
+        "dir/x/y/z", "dir/x/y/l",
+        "any", "any/x", "any/x/a.txt", "any/y", "any/y/a.txt", "any/src", "any/src/a.txt",
         "fromstage", "fromstage/x", "fromstage/x/y", "fromstage/x/y/a.txt",
         "fromstage/x/y/b.txt",
     }
@@ -102,6 +105,8 @@ def test_copy_parents_keeps_the_parent_directories(rb: Harness) -> None:
     # the kept parents are the source's own directories (their mode), not fresh 0755 ones
     assert tree["pivot/y"].kind == "dir" and tree["pivot/y"].mode == 0o750
     assert tree["dir/x/y"].mode == 0o750
+    # a symlink inside what is copied stays a symlink
+    assert tree["dir/x/y/l"].kind == "symlink" and tree["dir/x/y/l"].linkname == "a.txt"
 
 
 # -- --exclude ---------------------------------------------------------------------------------

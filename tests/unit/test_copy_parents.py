@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from rootbuild.engine.parents import match_path, outside, selected, split_pivot
+from rootbuild.engine.parents import literal_prefix, match_path, outside, selected, split_pivot
 
 
 @pytest.mark.parametrize(
@@ -48,3 +48,19 @@ def test_selected_includes_everything_below_a_matched_directory() -> None:
     assert selected("*/conf", "app/conf/a.ini")
     assert not selected("x/a.txt", "x")  # a parent on the way is not itself selected
     assert not selected("x/a.txt", "x/b.txt")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [
+        ("packages/app/*/package.json", "packages/app"),
+        ("src/**/*.txt", "src"),
+        ("**/x", ""),
+        ("x/a.txt", "x/a.txt"),
+        ("*.txt", ""),
+        ("a/[bc]/d", "a"),
+        (".", ""),
+    ],
+)
+def test_literal_prefix_is_where_every_match_lies(pattern: str, prefix: str) -> None:
+    assert literal_prefix(pattern) == prefix
