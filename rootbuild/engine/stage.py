@@ -7,6 +7,9 @@ Rules:
 - A step that can make a layer has a cache key (``cache.keys``) chained from the stage's
   base; a hit reuses the stored layer (or the recorded "no layer") without running
   anything, and progress says ``CACHED`` as BuildKit does.
+- A ``COPY/ADD --link`` step's key starts from ``scratch`` instead (its layer is computed
+  without the image below), so it hits when only the base changed; the key it hands on
+  still chains the state below.
 - Blocking work runs in worker threads so independent stages really overlap.
 - A stage sees only what it is handed: the build's frozen ``BuildEnv``, its ``Seams``
   (executor, base images) and the per-build ``Workspace``; it never reaches into the
