@@ -15,8 +15,16 @@ Rules (Docker's Dockerfile reference for COPY/ADD; BuildKit's file-op copy):
   are recorded with their image attributes, as an overlay diff shows them.
 - The destination is resolved inside the image: in-image symlinks on the way are followed
   with chroot semantics (``RootfsView.realpath``), never against the host.
+- A named (or matched) source that is a symlink is followed inside its own root (the
+  context's or the ``--from`` image's) and keeps the name it was asked for
+  (``COPY --from=busybox /bin/paste /t/`` gives ``/t/paste``, as BuildKit).
 - Symlinks inside a copied directory stay symlinks. Context access goes through
   ``BuildContext`` (dir fds, no-follow); nothing here opens a host path by name.
+- ``--exclude`` patterns ("the same format as <src>") drop a matched source by its own
+  path and an entry below a copied directory by its path relative to it; an excluded
+  directory takes everything below it along. ``--chmod`` (``chmod.py``) is applied to
+  each entry's own mode. ``--parents`` (``parents.py``) copies the pivot directory with
+  only what its pattern selects. ``--link`` resolves the destination in an empty tree.
 """
 
 from __future__ import annotations
