@@ -15,6 +15,9 @@ inputs, and a file input's key is the content checksum of what it reads):
   context files a COPY/ADD takes (``sources.py``), the key of the stage or the manifest of
   the image a ``COPY --from`` reads, and the build options that shape the layer bytes
   (compression, SOURCE_DATE_EPOCH) or a RUN's behaviour (network, id mapping).
+- ``COPY/ADD --link`` is the exception: the engine keys it on the ``scratch`` key of the
+  platform (BuildKit: the layer "don't get invalidated when commands on previous layers
+  are changed") and chains the state below into the key it hands on.
 - The key a step hands on to the next one also hashes the diffID of the layer it produced
   (or that it produced none): a step that ran again and made different bytes (a time
   stamp, ``--no-cache-filter``, a pruned entry) invalidates every step after it, and

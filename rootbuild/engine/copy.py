@@ -15,21 +15,32 @@ Rules (Docker's Dockerfile reference for COPY/ADD; BuildKit's file-op copy):
   are recorded with their image attributes, as an overlay diff shows them.
 - The destination is resolved inside the image: in-image symlinks on the way are followed
   with chroot semantics (``RootfsView.realpath``), never against the host.
+- A named (or matched) source that is a symlink is followed inside its own root (the
+  context's or the ``--from`` image's) and keeps the name it was asked for
+  (``COPY --from=busybox /bin/paste /t/`` gives ``/t/paste``, as BuildKit).
 - Symlinks inside a copied directory stay symlinks. Context access goes through
   ``BuildContext`` (dir fds, no-follow); nothing here opens a host path by name.
+- ``--exclude`` patterns ("the same format as <src>") drop a matched source by its own
+  path and an entry below a copied directory by its path relative to it; an excluded
+  directory takes everything below it along. ``--chmod`` (``chmod.py``) is applied to
+  each entry's own mode. ``--parents`` (``parents.py``) copies the pivot directory with
+  only what its pattern selects. ``--link`` resolves the destination in an empty tree.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import itertools
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from rootbuild.context import BuildContext, ContextEntry
-from rootbuild.dockerfile.dockerignore import glob_match, has_wildcards
+from rootbuild.dockerfile.dockerignore import BadPatternError, glob_match, has_wildcards
+from rootbuild.engine.chmod import Chmod
+from rootbuild.engine.parents import literal_prefix, outside, selected, split_pivot
 from rootbuild.errors import ContextError, DockerfileError, ImageError, Location
 from rootbuild.image.layer_write import TarEntry
 from rootbuild.image.rootfs import RootfsView, ViewEntry
@@ -79,6 +90,8 @@ def context_sources(
     sources: list[Source] = []
     for pattern in patterns:
         for entry in ctx.resolve_sources(pattern, location=where):
+            if _excluded(entry.relpath, excludes, where):
+                continue  # a matched source itself can be excluded ("--exclude=*.txt hom*")
             sources.append(_context_source(ctx, entry, excludes, where))
     return sources
 
@@ -91,30 +104,164 @@ def _context_source(
     def items() -> Iterator[SourceItem]:
         for entry in ctx.walk(top):
             rel = _below(prefix, entry.real)
-            if rel and _excluded(rel, excludes):
+            if rel and _excluded(rel, excludes, where):
                 continue
-            kind = _kind(entry.kind)
-            if kind == "other":
-                raise ContextError(
-                    f'COPY: source "{entry.relpath}" is not a file, directory or symlink',
-                    where,
-                )
-            yield SourceItem(
-                rel=rel,
-                kind=kind,
-                mode=entry.mode & 0o7777,
-                mtime=entry.mtime_ns // 1_000_000_000,
-                size=entry.size if kind == "file" else 0,
-                linkname=entry.linkname,
-                opener=functools.partial(ctx.open_file, entry) if kind == "file" else None,
-                identity=(
-                    f"{ctx.host_root}/{entry.real}", entry.dev, entry.ino, entry.size,
-                    entry.mtime_ns,
-                ) if kind == "file" else None,
-            )
+            yield _context_item(ctx, entry, rel, where)
 
     name = posixpath.basename(top.relpath.rstrip("/")) or "."
     return Source(name=name, is_dir=top.kind == "dir", items=items)
+
+
+def _context_item(
+    ctx: BuildContext, entry: ContextEntry, rel: str, where: Location
+) -> SourceItem:
+    kind = _kind(entry.kind)
+    if kind == "other":
+        raise ContextError(
+            f'COPY: source "{entry.relpath}" is not a file, directory or symlink', where,
+        )
+    return SourceItem(
+        rel=rel,
+        kind=kind,
+        mode=entry.mode & 0o7777,
+        mtime=entry.mtime_ns // 1_000_000_000,
+        size=entry.size if kind == "file" else 0,
+        linkname=entry.linkname,
+        opener=functools.partial(ctx.open_file, entry) if kind == "file" else None,
+        identity=(
+            f"{ctx.host_root}/{entry.real}", entry.dev, entry.ino, entry.size,
+            entry.mtime_ns,
+        ) if kind == "file" else None,
+    )
+
+
+# -- COPY --parents ---------------------------------------------------------------------
+
+
+def _parents_items(
+    walk: Iterator[tuple[str, bool, Callable[[], SourceItem | None]]], pattern: str,
+    excludes: Sequence[str], where: Location,
+) -> list[SourceItem]:
+    """The items a ``--parents`` pattern selects below its pivot, pre-order, each one
+    preceded by the directories on its way (``parents`` module rules); ``walk`` yields
+    (path relative to the pivot, is a directory, its item) for the pivot ("") and
+    everything below it. Only selected entries and their directories are looked at."""
+    out: list[SourceItem] = []
+    dirs: dict[str, SourceItem] = {}
+    emitted: set[str] = set()
+    try:
+        for rel, is_dir, make in walk:
+            if rel and _excluded(rel, excludes, where):
+                continue
+            if not rel or not selected(pattern, rel):
+                if is_dir and (found := make()) is not None:
+                    dirs[rel] = found
+                continue
+            item = make()
+            if item is None:
+                continue
+            parts = rel.split("/")
+            for i in range(len(parts)):
+                parent = "/".join(parts[:i])
+                if parent not in emitted and parent in dirs:
+                    emitted.add(parent)
+                    out.append(dirs[parent])
+            emitted.add(rel)
+            out.append(item)
+    except BadPatternError as exc:
+        raise DockerfileError(f"COPY --parents: {exc}", where) from exc
+    return out
+
+
+def _parents_source(items: list[SourceItem]) -> Source:
+    return Source(name=".", is_dir=True, items=lambda: iter(items))
+
+
+def context_parents_sources(
+    ctx: BuildContext, patterns: Sequence[str], excludes: Sequence[str], where: Location
+) -> list[Source]:
+    """``COPY --parents`` from the context: each source's matches below its pivot."""
+    sources: list[Source] = []
+    for src in patterns:
+        pivot, pattern = split_pivot(src)
+        if outside(pivot) or outside(pattern):
+            raise ContextError(f'source "{src}" is outside the build context', where)
+        found = False
+        for top in ctx.resolve_sources(pivot, location=where):
+            if top.kind != "dir":
+                raise ContextError(f'source "{src}": "{pivot}" is not a directory', where)
+            prefix = top.real
+            chain = _literal_chain(ctx, top, pattern)
+
+            def walk(top: ContextEntry = top, prefix: str = prefix,
+                     chain: list[ContextEntry] | None = chain,
+                     ) -> Iterator[tuple[str, bool, Callable[[], SourceItem | None]]]:
+                if chain is None:  # walk the whole pivot
+                    entries: Iterator[ContextEntry] = ctx.walk(top)
+                elif not chain:  # the pattern's fixed part is not there: no match
+                    entries = iter([top])
+                else:  # only below the fixed part, its directories first
+                    entries = itertools.chain([top], chain[:-1], ctx.walk(chain[-1]))
+                for entry in entries:
+                    rel = _below(prefix, entry.real)
+                    yield rel, entry.kind == "dir", functools.partial(
+                        _context_item, ctx, entry, rel, where)
+
+            items = _parents_items(walk(), pattern, excludes, where)
+            found = found or len(items) > 1
+            sources.append(_parents_source(items))
+        if not found:
+            raise ContextError(f'source "{src}" not found in build context', where)
+    return sources
+
+
+def _literal_chain(
+    ctx: BuildContext, top: ContextEntry, pattern: str
+) -> list[ContextEntry] | None:
+    """The context entries of the pattern's leading components without wildcards
+    (``packages/app`` of ``packages/app/*/package.json``), so a walk can start there
+    instead of at the pivot; [] when they do not exist, None when there are none or a
+    symlink lies on the way (the whole walk then decides, never following it)."""
+    fixed = literal_prefix(pattern)
+    if not fixed or top.realpath:
+        return None
+    chain: list[ContextEntry] = []
+    parts = fixed.split("/")
+    for i in range(1, len(parts) + 1):
+        try:
+            found = ctx.resolve_sources(posixpath.join(top.relpath, *parts[:i]))
+        except ContextError:
+            return []
+        if len(found) != 1 or found[0].realpath:
+            return None
+        chain.append(found[0])
+    return chain
+
+
+def image_parents_sources(
+    view: RootfsView, patterns: Sequence[str], excludes: Sequence[str], where: Location,
+    what: str,
+) -> list[Source]:
+    """``COPY --from=... --parents``: the same, inside the image's own root."""
+    sources: list[Source] = []
+    for src in patterns:
+        pivot, pattern = split_pivot(src)
+        pivot = posixpath.normpath("/" + pivot).lstrip("/")  # ".." stops at the root
+        top = view.lookup(pivot, follow=True)
+        if outside(pattern) or top is None or not top.is_dir:
+            raise ContextError(f'COPY --from={what}: source "{src}" not found', where)
+
+        def walk(top: ViewEntry = top
+                 ) -> Iterator[tuple[str, bool, Callable[[], SourceItem | None]]]:
+            for entry in view.walk(top.path):
+                rel = entry.path[len(top.path):].lstrip("/")
+                yield rel, entry.is_dir, functools.partial(_image_item, view, entry, rel)
+
+        items = _parents_items(walk(), pattern, excludes, where)
+        if len(items) <= 1:
+            raise ContextError(f'COPY --from={what}: source "{src}" not found', where)
+        sources.append(_parents_source(items))
+    return sources
 
 
 def _below(prefix: str, real: str) -> str:
@@ -127,8 +274,16 @@ def _below(prefix: str, real: str) -> str:
     return real.removeprefix(prefix + "/")
 
 
-def _excluded(rel: str, excludes: Sequence[str]) -> bool:
-    return any(glob_match(p.strip("/"), rel) for p in excludes)
+def _excluded(rel: str, excludes: Sequence[str], where: Location) -> bool:
+    """Whether ``--exclude`` patterns leave ``rel`` out: it, or a directory above it,
+    matches one (``filepath.Match`` per component, ``**`` any number of them)."""
+    rel = posixpath.normpath(rel).lstrip("/")
+    if rel in ("", "."):
+        return False
+    try:
+        return any(selected(posixpath.normpath(p.strip("/")), rel) for p in excludes)
+    except BadPatternError as exc:
+        raise DockerfileError(f"--exclude: {exc}", where) from exc
 
 
 def image_sources(
@@ -141,51 +296,65 @@ def image_sources(
         matches = _image_glob(view, pattern)
         if not matches:
             raise ContextError(f'COPY --from={what}: source "{pattern}" not found', where)
-        for entry in matches:
-            sources.append(_image_source(view, entry, excludes))
+        for shown, entry in matches:
+            if _excluded(shown, excludes, where):
+                continue
+            sources.append(_image_source(view, entry, excludes, where, shown))
     return sources
 
 
-def _image_glob(view: RootfsView, pattern: str) -> list[ViewEntry]:
+def _image_glob(view: RootfsView, pattern: str) -> list[tuple[str, ViewEntry]]:
+    """(path as named, entry with a final symlink followed) of each match: a named link
+    is followed inside the image's own root, and the copy keeps the name it was asked
+    for (``COPY --from=busybox /bin/paste /t/`` gives ``/t/paste``, as BuildKit)."""
     clean = posixpath.normpath("/" + pattern).lstrip("/")
     if not has_wildcards(clean):
         entry = view.lookup(clean, follow=True)
-        return [entry] if entry is not None else []
+        return [(clean, entry)] if entry is not None else []
     parent, _, leaf = clean.rpartition("/")
     candidates = _image_glob(view, parent) if has_wildcards(parent) else (
-        [e] if (e := view.lookup(parent, follow=True)) is not None else []
+        [(parent, e)] if (e := view.lookup(parent, follow=True)) is not None else []
     )
-    out: list[ViewEntry] = []
-    for dir_entry in candidates:
+    out: list[tuple[str, ViewEntry]] = []
+    for shown, dir_entry in candidates:
         if not dir_entry.is_dir:
             continue
         for name in view.listdir(dir_entry.path):
             if glob_match(leaf, name):
                 child = view.lookup(posixpath.join(dir_entry.path, name), follow=True)
                 if child is not None:
-                    out.append(child)
+                    out.append((posixpath.join(shown, name), child))
     return out
 
 
-def _image_source(view: RootfsView, top: ViewEntry, excludes: Sequence[str]) -> Source:
+def _image_source(
+    view: RootfsView, top: ViewEntry, excludes: Sequence[str], where: Location,
+    shown: str = "",
+) -> Source:
     def items() -> Iterator[SourceItem]:
         for entry in view.walk(top.path) if top.is_dir else iter([top]):
             rel = entry.path[len(top.path):].lstrip("/") if top.is_dir else ""
-            if rel and _excluded(rel, excludes):
+            if rel and _excluded(rel, excludes, where):
                 continue
-            kind = "file" if entry.kind == "hardlink" else entry.kind
-            if kind not in ("file", "dir", "symlink", "char", "block"):
-                continue  # FIFOs are refused by BuildKit's copy ("unsupported mode")
-            yield SourceItem(
-                rel=rel, kind=kind, mode=entry.mode & 0o7777, mtime=entry.mtime,
-                size=entry.size if kind == "file" else 0, linkname=entry.linkname,
-                uid=entry.uid, gid=entry.gid, devmajor=entry.devmajor,
-                devminor=entry.devminor, xattrs=entry.xattrs,
-                opener=functools.partial(_open_view, view, entry) if kind == "file" else None,
-            )
+            item = _image_item(view, entry, rel)
+            if item is not None:
+                yield item
 
-    name = posixpath.basename(top.path) or "."
+    name = posixpath.basename(shown or top.path) or "."
     return Source(name=name, is_dir=top.is_dir, items=items)
+
+
+def _image_item(view: RootfsView, entry: ViewEntry, rel: str) -> SourceItem | None:
+    kind = "file" if entry.kind == "hardlink" else entry.kind
+    if kind not in ("file", "dir", "symlink", "char", "block"):
+        return None  # FIFOs are refused by BuildKit's copy ("unsupported mode")
+    return SourceItem(
+        rel=rel, kind=kind, mode=entry.mode & 0o7777, mtime=entry.mtime,
+        size=entry.size if kind == "file" else 0, linkname=entry.linkname,
+        uid=entry.uid, gid=entry.gid, devmajor=entry.devmajor,
+        devminor=entry.devminor, xattrs=entry.xattrs,
+        opener=functools.partial(_open_view, view, entry) if kind == "file" else None,
+    )
 
 
 def _open_view(view: RootfsView, entry: ViewEntry) -> BinaryIO:
@@ -259,9 +428,10 @@ class CopyPlan:
     sources: Sequence[Source]
     dest: str  # absolute, trailing "/" when written so
     owner: tuple[int, int] | None
-    chmod: int | None
+    chmod: Chmod | None
     now: int  # mtime for directories this copy creates
     keep_owner: bool = False  # ADD of an archive keeps the archive's owners
+    link: bool = False  # --link: computed on an empty tree, not the image below
 
 
 def _entry_from_view(entry: ViewEntry) -> TarEntry:
@@ -272,7 +442,13 @@ def _entry_from_view(entry: ViewEntry) -> TarEntry:
 
 
 def copy_entries(plan: CopyPlan, view: RootfsView, where: Location) -> list[TarEntry]:
-    """The layer entries for one COPY/ADD: copied items, created and existing parents."""
+    """The layer entries for one COPY/ADD: copied items, created and existing parents.
+
+    With ``--link`` the destination is resolved in an empty tree (BuildKit copies onto
+    ``scratch`` and links the result on top): nothing of ``view`` is read, so a symlink
+    in the image is not followed and every directory on the way is created afresh."""
+    if plan.link:
+        view = RootfsView([])
     owner = plan.owner or (0, 0)
     dir_syntax = plan.dest.endswith("/")
     dest = view.realpath(plan.dest.rstrip("/") or "/").strip("/")
@@ -317,17 +493,20 @@ def copy_entries(plan: CopyPlan, view: RootfsView, where: Location) -> list[TarE
             if item.rel == "" and item.kind == "dir":
                 if path not in out:
                     found = view.lookup(path, follow=True)
-                    out[path] = (
-                        _entry_from_view(found) if found is not None and found.is_dir
-                        else TarEntry(
-                            path, "dir", 0o755 if plan.chmod is None else plan.chmod, *owner,
-                            plan.now,
-                        )
-                    )
+                    if found is not None and found.is_dir:
+                        out[path] = _entry_from_view(found)
+                    elif plan.link:  # "the existing mode is overridden with the new mode"
+                        mode = item.mode if plan.chmod is None else plan.chmod.apply(
+                            item.mode, True)
+                        out[path] = TarEntry(path, "dir", mode, *owner, item.mtime)
+                    else:
+                        mode = 0o755 if plan.chmod is None else plan.chmod.apply(0o755, True)
+                        out[path] = TarEntry(path, "dir", mode, *owner, plan.now)
                 add_parents(path)
                 continue
             uid, gid = (item.uid, item.gid) if plan.keep_owner and plan.owner is None else owner
-            mode = item.mode if plan.chmod is None or item.kind == "symlink" else plan.chmod
+            mode = item.mode if plan.chmod is None or item.kind == "symlink" else \
+                plan.chmod.apply(item.mode, item.kind == "dir")
             out[path] = TarEntry(
                 path=path, kind=item.kind, mode=mode, uid=uid, gid=gid, mtime=item.mtime,
                 size=item.size, linkname=item.linkname, devmajor=item.devmajor,
@@ -336,11 +515,3 @@ def copy_entries(plan: CopyPlan, view: RootfsView, where: Location) -> list[TarE
             add_parents(path)
     return list(out.values())
 
-
-def parse_chmod(text: str | None, where: Location) -> int | None:
-    if text is None:
-        return None
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise DockerfileError(f"--chmod={text}: only octal modes are supported", where) from None

@@ -7,6 +7,9 @@ Rules:
 - A step that can make a layer has a cache key (``cache.keys``) chained from the stage's
   base; a hit reuses the stored layer (or the recorded "no layer") without running
   anything, and progress says ``CACHED`` as BuildKit does.
+- A ``COPY/ADD --link`` step's key starts from ``scratch`` instead (its layer is computed
+  without the image below), so it hits when only the base changed; the key it hands on
+  still chains the state below.
 - Blocking work runs in worker threads so independent stages really overlap.
 - A stage sees only what it is handed: the build's frozen ``BuildEnv``, its ``Seams``
   (executor, base images) and the per-build ``Workspace``; it never reaches into the
@@ -31,15 +34,17 @@ from rootbuild.cache.keys import Scalar, base_key, chain_key, step_key
 from rootbuild.context import BuildContext
 from rootbuild.dockerfile.instructions import Instruction, StageSpec
 from rootbuild.engine.archive_source import add_archive_or_file
+from rootbuild.engine.chmod import parse_chmod
 from rootbuild.engine.copy import (
     CopyPlan,
     Source,
     SourceItem,
+    context_parents_sources,
     context_sources,
     copy_entries,
     heredoc_source,
+    image_parents_sources,
     image_sources,
-    parse_chmod,
     resolve_chown,
 )
 from rootbuild.engine.env import BuildEnv
@@ -177,11 +182,12 @@ class Stage:
             return state, False
         cache = self.work.cache
         key = await self.cache_key(action, instr.location)
+        state_key = self.after_link(action, key)
         if key is not None and self.use_cache:
             entry = await cache.lookup(key, self.work.staging)
             if entry is not None:
                 cache.hit(self.stage.index, entry)
-                self.key = chain_key(key, entry.diff_id)
+                self.key = chain_key(state_key or key, entry.diff_id)
                 layer = Layer(entry.layer, entry.diff_id) if entry.layer and entry.diff_id \
                     else None
                 state = _stamped(state, entry.created, self.env.options.source_date_epoch)
@@ -193,7 +199,7 @@ class Stage:
                 diff_id=layer.diff_id if layer else None, description=text,
                 created=self.env.clock.started,
             ))
-            self.key = chain_key(key, layer.diff_id if layer else None)
+            self.key = chain_key(state_key or key, layer.diff_id if layer else None)
         return self.with_layer(state, layer), False
 
     def with_layer(self, state: StageState, layer: Layer | None) -> StageState:
@@ -232,13 +238,31 @@ class Stage:
         elif isinstance(action, CopyStep):
             if any(src.startswith(REMOTE_PREFIXES) for src in action.sources):
                 return None
+            if action.link and action.chown and not action.chown.replace(":", "").isdigit():
+                # the one thing a --link layer takes from the image below: --chown names
+                uid, gid = await trio.to_thread.run_sync(
+                    lambda: resolve_chown(action.chown or "", self.view(), where)
+                )
+                inputs["owner"] = f"{uid}:{gid}"
             if action.from_ is not None:
                 inputs["from"] = await self.source_key(action.from_, where)
             elif action.sources:
                 inputs["context"] = await trio.to_thread.run_sync(
                     self.context_digest, action, where
                 )
-        return step_key(self.key, action, inputs)
+        parent = self.key
+        if isinstance(action, CopyStep) and action.link:
+            # BuildKit: "your files remain independent on their own layer and don't get
+            # invalidated when commands on previous layers are changed"
+            parent = base_key(None, str(self.stage.platform))
+        return step_key(parent, action, inputs)
+
+    def after_link(self, action: Step, key: str | None) -> str | None:
+        """The key a ``--link`` step hands on: its own key does not depend on the state
+        below (see ``cache_key``), but the state after it does."""
+        if key is None or not (isinstance(action, CopyStep) and action.link):
+            return None
+        return step_key(self.key, action, {"linked": key})
 
     async def source_key(self, ref: StageBase, where: Location) -> str:
         """The key of what ``COPY --from`` reads: a stage's final key, or an image's."""
@@ -256,9 +280,8 @@ class Stage:
         themselves, before unpacking), through the same walk COPY makes."""
         keyword = "ADD" if action.is_add else "COPY"
         try:
-            sources = context_sources(
-                self.work.context, action.sources, action.excludes, where
-            )
+            take = context_parents_sources if action.parents else context_sources
+            sources = take(self.work.context, action.sources, action.excludes, where)
             return self.work.cache.hasher.digest(sources)
         except ContextError as exc:
             if exc.message.startswith(keyword):
@@ -370,7 +393,8 @@ class Stage:
             sources: list[Source]
             keep_owner = False
             if source_view is not None:
-                sources = image_sources(source_view, action.sources, action.excludes, where, what)
+                from_image = image_parents_sources if action.parents else image_sources
+                sources = from_image(source_view, action.sources, action.excludes, where, what)
                 keep_owner = True
             else:
                 try:
@@ -380,9 +404,8 @@ class Stage:
                             ws.work_dir,
                         )
                     else:
-                        sources = context_sources(
-                            ws.context, action.sources, action.excludes, where
-                        )
+                        take = context_parents_sources if action.parents else context_sources
+                        sources = take(ws.context, action.sources, action.excludes, where)
                 except ContextError as exc:
                     if exc.message.startswith(keyword):
                         raise
@@ -393,7 +416,7 @@ class Stage:
                 sources=sources, dest=action.dest,
                 owner=resolve_chown(action.chown, view, where) if action.chown else None,
                 chmod=parse_chmod(action.chmod, where), now=epoch_now,
-                keep_owner=keep_owner,
+                keep_owner=keep_owner, link=action.link,
             )
             return copy_entries(plan, view, where)
 

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from rootbuild.engine.copy import CopyPlan, Source, SourceItem, copy_entries, parse_chmod
+from rootbuild.engine.chmod import parse_chmod
+from rootbuild.engine.copy import CopyPlan, Source, SourceItem, copy_entries
 from rootbuild.errors import DockerfileError, Location
 from rootbuild.image.rootfs import RootfsView
 
@@ -53,7 +54,7 @@ def test_file_into_directory_keeps_its_name() -> None:
 
 
 def test_directory_copies_its_contents_with_chown_and_chmod() -> None:
-    got = paths(CopyPlan([dir_source("src")], "/dst", (33, 44), 0o640, now=5))
+    got = paths(CopyPlan([dir_source("src")], "/dst", (33, 44), parse_chmod("0640", WHERE), now=5))
     assert got["dst/a"] == ("file", 0o640, 33, 44)
     assert got["dst/sub"] == ("dir", 0o640, 33, 44)
     assert got["dst/sub/link"] == ("symlink", 0o777, 33, 44)
@@ -67,9 +68,3 @@ def test_several_sources_need_a_directory_destination() -> None:
     ok = paths(CopyPlan([file_source("a"), file_source("b")], "/dst/", None, None, now=5))
     assert {"dst/a", "dst/b"} <= set(ok)
 
-
-def test_chmod_is_octal_only() -> None:
-    assert parse_chmod("0755", WHERE) == 0o755
-    assert parse_chmod(None, WHERE) is None
-    with pytest.raises(DockerfileError, match=r"^Dockerfile:3: --chmod=u\+x: only octal"):
-        parse_chmod("u+x", WHERE)
