@@ -268,8 +268,6 @@ def test_one_failing_stage_cancels_the_others_and_keeps_nothing(rig: Rig) -> Non
         ("COPY --parents a.txt /d/", ContextError, r"COPY --parents: not supported yet"),
         ("COPY --chmod=u+x a.txt /d", DockerfileError,
          r"--chmod=u\+x: only octal modes are supported"),
-        ("ADD https://example.invalid/f /f", ContextError,
-         r'ADD: source "https://example.invalid/f": remote sources are not supported yet'),
         ("RUN --security=insecure true", StepError,
          r"RUN --security=insecure: refused \(rootbuild has no such mode\)"),
         ("RUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF", StepError,

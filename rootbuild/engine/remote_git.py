@@ -1,0 +1,151 @@
+"""``ADD <git source>``'s fetcher: the host's ``git`` binary, never one from an image.
+
+Rules (SECURITY.md rules 3 and 6; BuildKit's Git source):
+- git runs with a clean environment: ``HOME`` a private directory, no system or global
+  config (``GIT_CONFIG_NOSYSTEM``, ``GIT_CONFIG_GLOBAL=/dev/null``), no prompts
+  (``GIT_TERMINAL_PROMPT=0``, ssh in batch mode), only the proxy variables passed on; hooks
+  are off (``core.hooksPath=/dev/null``, an empty template), only the ``https``, ``http``,
+  ``git`` and ``ssh`` transports are allowed (never ``ext::`` or ``file://``).
+- The ref is fetched shallowly (``--depth=1``) into a fresh repository; a commit id the
+  server will not hand out shallowly is fetched with the whole history and looked up.
+  The URL is given on the command line, never stored in ``.git/config``; with
+  ``--keep-git-dir`` the kept ``.git`` names ``origin`` without credentials and holds no
+  ``FETCH_HEAD`` or reflog.
+- A missing ref or an unreachable remote is one line with git's own reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import trio
+
+from rootbuild.engine.remote_ref import GitSource, redact, strip_credentials
+from rootbuild.engine.remote_source import Checkout
+from rootbuild.errors import StepError
+from rootbuild.registry.client import TransportOptions
+
+GIT_TIMEOUT = 600.0
+_USERINFO = re.compile(r"://[^/@\s]+@")
+_PASSED_ENV = ("PATH", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+               "NO_PROXY", "ALL_PROXY", "all_proxy", "SSH_AUTH_SOCK")
+_SAFE_CONFIG = (
+    "core.hooksPath=/dev/null", "protocol.allow=never", "protocol.https.allow=always",
+    "protocol.http.allow=always", "protocol.git.allow=always", "protocol.ssh.allow=always",
+    "advice.detachedHead=false", "core.symlinks=true", "init.defaultBranch=main",
+    "submodule.recurse=false", "core.fsmonitor=false",
+)
+
+
+def git_env(home: Path, transport: TransportOptions) -> dict[str, str]:
+    """The whole environment git runs with."""
+    env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env |= {
+        "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+        "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "",
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes", "LC_ALL": "C",
+    }
+    if not transport.tls_verify:
+        env["GIT_SSL_NO_VERIFY"] = "1"
+    return env
+
+
+class GitBinaryFetcher:
+    """``GitFetcher`` through ``git`` (found on the builder's PATH)."""
+
+    def __init__(self, transport: TransportOptions, timeout: float = GIT_TIMEOUT) -> None:
+        self.transport = transport
+        self.timeout = timeout
+
+    async def fetch(self, source: GitSource, dest: Path, *, keep_git_dir: bool) -> Checkout:
+        git = shutil.which("git")
+        if git is None:
+            raise StepError("ADD: Git sources need the git command on the builder's PATH")
+        home, repo = dest / "home", dest / "repo"
+        home.mkdir()
+        env = git_env(home, self.transport)
+        shown = source.shown
+
+        async def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+            argv = [git, *(a for kv in _SAFE_CONFIG for a in ("-c", kv)), *args]
+            with trio.move_on_after(self.timeout) as scope:
+                done = await trio.run_process(
+                    argv, env=env, cwd=str(repo) if repo.exists() else str(dest),
+                    stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
+                    check=False,
+                )
+            if scope.cancelled_caught:
+                raise StepError(f"ADD: fetch {shown}: git timed out after {self.timeout:g}s")
+            if check and done.returncode != 0:
+                raise StepError(f"ADD: fetch {shown}: {_reason(done.stderr, source)}")
+            return done
+
+        await run("init", "-q", "--template=", str(repo))
+        ref = source.ref or "HEAD"
+        fetched = await run("fetch", "-q", "--depth=1", "--no-tags", source.remote, ref,
+                            check=False)
+        if fetched.returncode == 0:
+            commit = (await run("rev-parse", "--verify", "FETCH_HEAD^{commit}")).stdout
+        elif _looks_like_commit(ref):
+            await run("fetch", "-q", "--no-tags", source.remote,
+                      "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
+            found = await run("rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
+            if found.returncode != 0:
+                raise StepError(f'ADD: fetch {shown}: no commit "{ref}" in the repository')
+            commit = found.stdout
+        else:
+            raise StepError(f"ADD: fetch {shown}: {_reason(fetched.stderr, source)}")
+        sha = commit.decode().strip()
+        await run("checkout", "-q", "--detach", sha)
+        when = int((await run("log", "-1", "--format=%ct", sha)).stdout.decode().strip() or 0)
+        for name in ("FETCH_HEAD", "logs", "ORIG_HEAD"):
+            _remove(repo / ".git" / name)
+        if keep_git_dir and not source.subdir:
+            await run("remote", "add", "origin", strip_credentials(source.remote))
+            if source.ref and not _looks_like_commit(source.ref):
+                await run("update-ref", f"refs/remotes/origin/{source.ref}", sha, check=False)
+        else:
+            shutil.rmtree(repo / ".git")
+        tree: Path | None = repo
+        if source.subdir:
+            tree = _subdir(repo, source.subdir)
+        if tree is None:
+            raise StepError(f'ADD: fetch {shown}: no directory "{source.subdir}" at {sha[:12]}')
+        return Checkout(tree=tree, commit=sha, time=when)
+
+
+def _subdir(repo: Path, subdir: str) -> Path | None:
+    """``repo/subdir`` when it is a real directory (no symlink on the way)."""
+    path = repo
+    for part in subdir.split("/"):
+        path = path / part
+        if path.is_symlink() or not path.is_dir():
+            return None
+    return path
+
+
+def _looks_like_commit(ref: str) -> bool:
+    return 7 <= len(ref) <= 64 and all(c in "0123456789abcdef" for c in ref.lower())
+
+
+def _reason(stderr: bytes, source: GitSource) -> str:
+    """git's last meaningful line, without credentials."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    line = lines[-1] if lines else "git failed"
+    line = line.removeprefix("fatal: ").removeprefix("error: ")
+    if source.remote in line:
+        line = line.replace(source.remote, redact(source.remote))
+    return _USERINFO.sub("://xxxxx@", line)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
