@@ -45,6 +45,8 @@ class HttpxFetcher:
             verify = ssl_context(self.transport, host)
         except RegistryError as exc:
             raise StepError(f"ADD: download {shown}: {exc.message}") from exc
+        except OSError as exc:  # an unreadable --cert-dir
+            raise StepError(f"ADD: download {shown}: read --cert-dir: {exc.strerror}") from exc
         headers = {"User-Agent": "rootbuild"}
         if etag:
             headers["If-None-Match"] = etag

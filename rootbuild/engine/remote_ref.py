@@ -33,6 +33,8 @@ GIT_PREFIXES = ("git@", "git://", "ssh://")
 UNNAMED = "__unnamed__"
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 _COMMIT_PREFIX = re.compile(r"^[0-9a-f]{1,64}$")
+_PASSWORD_IN_TEXT = re.compile(r"((?:https?|git|ssh)://[^/@:\s]*):[^/@\s]*@")
+_TOKEN_IN_TEXT = re.compile(r"(https?://)[^/@:\s]+@")
 _SCP = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[^:/]+):(?P<path>[^/].*)$")
 
 
@@ -159,3 +161,9 @@ def check_checksum(source: RemoteSource, checksum: str, where: Location | None) 
             f"ADD: invalid --checksum {checksum!r} for a Git source: it must be a commit "
             "id or a prefix of one", where)
     return value
+
+
+def redact_text(text: str) -> str:
+    """``text`` (a Dockerfile line) with every URL's credentials replaced, for progress
+    lines and the step cache's descriptions."""
+    return _TOKEN_IN_TEXT.sub(r"\1xxxxx@", _PASSWORD_IN_TEXT.sub(r"\1:xxxxx@", text))

@@ -44,6 +44,7 @@ from rootbuild.engine.copy import (
 )
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
+from rootbuild.engine.remote_ref import redact_text
 from rootbuild.engine.seams import Seams
 from rootbuild.engine.step_cache import StepCache
 from rootbuild.errors import (
@@ -155,6 +156,7 @@ class Stage:
         self, state: StageState, instr: Instruction, text: str, number: int | None
     ) -> StageState:
         progress = self.work.progress
+        text = redact_text(text)  # ADD https://user:token@...: shown and recorded without it
         handle = progress.start(self.label(number, text) if number else f"[{text}]")
         try:
             state, action = apply(state, instr, now=self.env.clock.now)

@@ -479,12 +479,14 @@ def _copy(state: StageState, instr: Instruction, now: str) -> tuple[StageState, 
 
 
 _URL_PASSWORD = re.compile(r"^((?:https?|git|ssh)://[^/@:]*):[^/@]*@")
+_URL_TOKEN = re.compile(r"^(https?://)[^/@:]+@")
 
 
 def _without_password(src: str) -> str:
-    """A source as the image history shows it: a URL's password replaced by ``xxxxx``
-    (BuildKit's ``urlutil.RedactCredentials``), so no credential reaches the config."""
-    return _URL_PASSWORD.sub(r"\1:xxxxx@", src)
+    """A source as the image history shows it: a URL's password (or an HTTP URL's lone
+    token) replaced by ``xxxxx`` (BuildKit's ``urlutil.RedactCredentials``), so no
+    credential reaches the config."""
+    return _URL_TOKEN.sub(r"\1xxxxx@", _URL_PASSWORD.sub(r"\1:xxxxx@", src))
 
 
 def _is_remote(src: str) -> bool:

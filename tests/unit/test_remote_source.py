@@ -318,3 +318,26 @@ def test_git_source_commit_subdir_and_checksum(rig: RemoteRig) -> None:
 def test_copy_still_refuses_urls(rig: RemoteRig) -> None:
     with pytest.raises(DockerfileError, match="COPY: source can't be a URL or git ref"):
         rig.build(f"FROM scratch\nCOPY {URL} /x\n")
+
+
+def test_dockerfile_lines_are_shown_without_credentials() -> None:
+    from rootbuild.engine.remote_ref import redact_text
+
+    assert redact_text("ADD https://u:p4ss@h/r.git#main /src") == \
+        "ADD https://u:xxxxx@h/r.git#main /src"
+    assert redact_text("ADD --keep-git-dir https://ghp_T0k@h/r.git /s") == \
+        "ADD --keep-git-dir https://xxxxx@h/r.git /s"
+    assert redact_text("ADD git@github.com:moby/buildkit.git /b") == \
+        "ADD git@github.com:moby/buildkit.git /b"
+
+
+def test_history_never_holds_url_credentials(rig: RemoteRig) -> None:
+    rig.http.files["https://u:p4ss@files.example/f"] = b"f\n"
+    rig.http.files["https://t0ken@files.example/g"] = b"g\n"
+    result = rig.build("FROM scratch\nADD https://u:p4ss@files.example/f /f\n"
+                       "ADD https://t0ken@files.example/g /g\n")
+    history = repr(result.image.config_json)
+    assert "p4ss" not in history and "t0ken" not in history
+    assert "https://u:xxxxx@files.example/f" in history
+    assert "https://xxxxx@files.example/g" in history
+    assert "p4ss" not in repr(rig.progress.events)
