@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import trio
@@ -62,6 +63,25 @@ class GitBinaryFetcher:
     def __init__(self, transport: TransportOptions, timeout: float = GIT_TIMEOUT) -> None:
         self.transport = transport
         self.timeout = timeout
+
+    async def resolve(self, source: GitSource) -> str | None:
+        git = shutil.which("git")
+        if git is None:
+            raise StepError("ADD: Git sources need the git command on the builder's PATH")
+        with tempfile.TemporaryDirectory(prefix="git-home-") as home:
+            argv = [git, *(a for kv in _SAFE_CONFIG for a in ("-c", kv)), "ls-remote",
+                    source.remote, *_candidates(source.ref)]
+            with trio.move_on_after(self.timeout) as scope:
+                done = await trio.run_process(
+                    argv, env=git_env(Path(home), self.transport), cwd=home,
+                    stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
+                    check=False,
+                )
+        if scope.cancelled_caught:
+            raise StepError(f"ADD: fetch {source.shown}: git timed out after {self.timeout:g}s")
+        if done.returncode != 0:
+            raise StepError(f"ADD: fetch {source.shown}: {_reason(done.stderr, source)}")
+        return pick_ref(done.stdout.decode("utf-8", "replace"), source.ref)
 
     async def fetch(self, source: GitSource, dest: Path, *, keep_git_dir: bool) -> Checkout:
         git = shutil.which("git")
@@ -118,6 +138,31 @@ class GitBinaryFetcher:
         if tree is None:
             raise StepError(f'ADD: fetch {shown}: no directory "{source.subdir}" at {sha[:12]}')
         return Checkout(tree=tree, commit=sha, time=when)
+
+
+def _candidates(ref: str) -> list[str]:
+    """The full names a short ref may stand for, in git's order (gitrevisions(7))."""
+    if not ref:
+        return ["HEAD"]
+    return [ref, f"refs/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}",
+            f"refs/heads/{ref}"]
+
+
+def pick_ref(listing: str, ref: str) -> str | None:
+    """The commit ``ref`` names in ``git ls-remote`` output: the first of its candidates
+    (an annotated tag's peeled ``^{}`` line before the tag object), None when none."""
+    found: dict[str, str] = {}
+    for line in listing.splitlines():
+        sha, _, name = line.strip().partition("\t")
+        if sha and name:
+            found[name] = sha
+    for name in _candidates(ref):
+        if name.startswith("refs/tags/") and not name.endswith("^{}") and \
+                name + "^{}" in found:
+            return found[name + "^{}"]
+        if name in found:
+            return found[name]
+    return None
 
 
 def _subdir(repo: Path, subdir: str) -> Path | None:

@@ -15,9 +15,10 @@ Git sources):
   with ``If-None-Match`` and a 304 reuses the remembered digest without a download.
 - A URL file lands with mode 0600, its mtime from ``Last-Modified`` (else the build's
   time), named after the URL path; it is unpacked only with ``--unpack=true``.
-- A Git source's key is the commit it resolved to; ``--checksum`` must be a prefix of that
-  commit. Its tree is copied with Git's modes normalised (0644, 0755 for executables and
-  directories), owned by 0:0, without ``.git`` unless ``--keep-git-dir``.
+- A Git source's key is the commit its ref names (``git ls-remote``: a cached rebuild
+  fetches nothing); ``--checksum`` must be a prefix of that commit. Its tree is copied
+  with Git's modes normalised (0644, 0755 for executables and directories), owned by
+  0:0, without ``.git`` unless ``--keep-git-dir``.
 - A mismatch, an HTTP error, an unreachable host or a missing ref is one ``StepError``
   line (the stage adds the Dockerfile line); credentials in a URL are never shown.
 """
@@ -80,6 +81,12 @@ class Checkout:
 
 
 class GitFetcher(Protocol):
+    async def resolve(self, source: GitSource) -> str | None:
+        """The commit ``source``'s ref names on the remote now (``git ls-remote``); None
+        when no ref has that name (it may still be a commit id). An unreachable remote
+        raises ``StepError`` without a location."""
+        ...
+
     async def fetch(self, source: GitSource, dest: Path, *, keep_git_dir: bool) -> Checkout:
         """Fetch ``source``'s ref (shallow where the server allows) into the new directory
         ``dest``. Failures raise ``StepError`` without a location."""
@@ -150,6 +157,7 @@ class RemoteSources:
     _downloads: dict[str, Download] = field(init=False, default_factory=dict)
     _checkouts: dict[tuple[str, bool], Checkout] = field(init=False, default_factory=dict)
     _locks: dict[object, trio.Lock] = field(init=False, default_factory=dict)
+    _resolved: dict[object, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._records = Records(self.records_dir)
@@ -177,8 +185,7 @@ class RemoteSources:
         source = parse_remote(src, where)
         expected = check_checksum(source, checksum, where) if checksum else None
         if isinstance(source, GitSource):
-            checkout = await self._checkout(source, keep_git_dir, work_dir, expected)
-            return f"git:{checkout.commit}"
+            return "git:" + await self._commit(source, keep_git_dir, work_dir, expected)
         if expected is not None:
             return expected
         async with self._lock(src):
@@ -239,6 +246,30 @@ class RemoteSources:
                 assert found is not None  # an unconditional GET never answers 304
                 self._remember(source.url, found)
             return found
+
+    async def _commit(
+        self, source: GitSource, keep_git_dir: bool, work_dir: Path, expected: str | None,
+    ) -> str:
+        """The commit a Git source stands for, as BuildKit keys it: a full commit id as
+        written, else the ref resolved on the remote without fetching; a ref no name
+        matches is fetched (it may be an abbreviated commit id)."""
+        ref = source.ref.lower()
+        commit: str | None = None
+        if len(ref) in (40, 64) and all(c in "0123456789abcdef" for c in ref):
+            commit = ref
+        else:
+            key = ("resolve", source.remote, source.ref)
+            async with self._lock(key):
+                commit = self._resolved.get(key)
+                if commit is None:
+                    commit = await self._git().resolve(source)
+                    if commit is not None:
+                        self._resolved[key] = commit
+        if commit is None:
+            return (await self._checkout(source, keep_git_dir, work_dir, expected)).commit
+        if expected is not None and not commit.startswith(expected):
+            raise StepError(f"ADD: expected checksum to match {expected}, got {commit}", None)
+        return commit
 
     async def _checkout(
         self, source: GitSource, keep_git_dir: bool, work_dir: Path, expected: str | None,

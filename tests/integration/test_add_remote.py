@@ -496,6 +496,27 @@ def test_git_keep_git_dir_over_http_without_credentials(rb: Any, web: Server) ->
     assert f"{USER}:xxxxx@" in str(image_config["history"])
 
 
+def test_git_cached_rebuild_only_resolves_the_ref(rb: Any, web: Server) -> None:
+    """A Git source is cached by the commit its ref names (BuildKit resolves the ref and
+    keys the step by the commit): an unchanged ref rebuilds CACHED with one ref listing and
+    no fetch. https://docs.docker.com/reference/dockerfile/#adding-files-from-a-git-repository"""
+    url = web.url("/git/repo.git")
+    ctx = rb.make_context("ctx", {"Dockerfile": f"FROM scratch\nADD {url}#v1 /src/\n"})
+
+    def posts() -> int:
+        return sum(1 for method, path, _ in web.requests
+                   if method == "POST" and path.startswith("/git/repo.git/"))
+
+    start = posts()
+    build(rb, ctx, "one")
+    first = posts() - start
+    second = build(rb, ctx, "two")
+    assert re.search(r"^#\d+ CACHED$", second.stderr, re.M), second.stderr
+    assert posts() - start - first == 1  # ls-refs only; the first build also fetched
+    assert first > 1
+    assert file_at(tree_of(rb, "two"), "src/README.md") == b"v1\n"
+
+
 def test_git_missing_ref_and_wrong_checksum(rb: Any, git_daemon: str) -> None:
     """A ref the repository does not have, or a commit that does not match ``--checksum``
     ("For Git sources, the checksum is the commit SHA"), fails the step in one line.

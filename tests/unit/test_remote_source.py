@@ -158,6 +158,11 @@ class FakeGit:
     def __init__(self) -> None:
         self.refs: dict[str, tuple[str, dict[str, str]]] = {}
         self.calls: list[GitSource] = []
+        self.resolved: list[GitSource] = []
+
+    async def resolve(self, source: GitSource) -> str | None:
+        self.resolved.append(source)
+        return self.refs[source.ref][0] if source.ref in self.refs else None
 
     async def fetch(self, source: GitSource, dest: Path, *, keep_git_dir: bool) -> Checkout:
         self.calls.append(source)
@@ -341,3 +346,29 @@ def test_history_never_holds_url_credentials(rig: RemoteRig) -> None:
     assert "https://u:xxxxx@files.example/f" in history
     assert "https://xxxxx@files.example/g" in history
     assert "p4ss" not in repr(rig.progress.events)
+
+
+def test_git_rebuild_resolves_without_fetching(rig: RemoteRig) -> None:
+    commit = "c0ffee" + "1" * 34
+    rig.git.refs["main"] = (commit, {"a.txt": "a\n"})
+    dockerfile = "FROM scratch\nADD https://git.example/r.git#main /src/\n"
+    rig.build(dockerfile)
+    assert len(rig.git.calls) == 1
+    rig.build(dockerfile)
+    assert len(rig.git.calls) == 1  # the ref resolved to the same commit: cached
+    assert len(rig.git.resolved) == 2
+    rig.git.refs["main"] = ("d" * 40, {"a.txt": "changed\n"})
+    assert rig.view(rig.build(dockerfile)).open("src/a.txt").read() == b"changed\n"
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [("", "h" * 40), ("v1", "c" * 40), ("main", "m" * 40), ("refs/pull/1/head", "p" * 40),
+     ("nope", None)],
+)
+def test_pick_ref_follows_git_precedence(ref: str, expected: str | None) -> None:
+    from rootbuild.engine.remote_git import pick_ref
+
+    listing = (f"{'h' * 40}\tHEAD\n{'m' * 40}\trefs/heads/main\n{'t' * 40}\trefs/tags/v1\n"
+               f"{'c' * 40}\trefs/tags/v1^{{}}\n{'p' * 40}\trefs/pull/1/head\n")
+    assert pick_ref(listing, ref) == expected
