@@ -34,9 +34,13 @@ _CHUNK = 1 << 20
 class HttpxFetcher:
     """``HttpFetcher`` over httpx (one client per request: builds fetch few URLs)."""
 
-    def __init__(self, transport: TransportOptions, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(
+        self, transport: TransportOptions, max_bytes: int = MAX_BYTES,
+        http_transport: httpx.AsyncBaseTransport | None = None,  # tests of the HTTP logic
+    ) -> None:
         self.transport = transport
         self.max_bytes = max_bytes
+        self.http_transport = http_transport
 
     async def fetch(self, url: str, dest: Path, *, etag: str | None = None) -> Download | None:
         shown = redact(url)
@@ -53,7 +57,7 @@ class HttpxFetcher:
         try:
             async with httpx.AsyncClient(
                 verify=verify, follow_redirects=True, max_redirects=MAX_REDIRECTS,
-                timeout=httpx.Timeout(60.0, connect=15.0),
+                timeout=httpx.Timeout(60.0, connect=15.0), transport=self.http_transport,
             ) as client, client.stream("GET", url, headers=headers) as response:
                 if response.status_code == 304 and etag:
                     return None

@@ -372,3 +372,61 @@ def test_pick_ref_follows_git_precedence(ref: str, expected: str | None) -> None
     listing = (f"{'h' * 40}\tHEAD\n{'m' * 40}\trefs/heads/main\n{'t' * 40}\trefs/tags/v1\n"
                f"{'c' * 40}\trefs/tags/v1^{{}}\n{'p' * 40}\trefs/pull/1/head\n")
     assert pick_ref(listing, ref) == expected
+
+
+# -- the httpx fetcher over a mock transport ------------------------------------------------
+
+
+def _fetcher(handler: object, max_bytes: int = 1 << 20) -> object:
+    import httpx
+
+    from rootbuild.engine.remote_http import HttpxFetcher
+    from rootbuild.registry.client import TransportOptions
+
+    return HttpxFetcher(TransportOptions(), max_bytes=max_bytes,
+                        http_transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+
+
+def test_httpx_fetcher_streams_hashes_and_revalidates(tmp_path: Path) -> None:
+    import httpx
+
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("if-none-match"))
+        if request.url.path == "/moved":
+            return httpx.Response(302, headers={"Location": "/f"})
+        if request.headers.get("if-none-match") == '"e1"':
+            return httpx.Response(304)
+        return httpx.Response(200, content=b"body\n", headers={
+            "ETag": '"e1"', "Last-Modified": "Wed, 21 Oct 2015 07:28:00 GMT"})
+
+    fetcher = _fetcher(handler)
+    got = trio.run(lambda: fetcher.fetch("http://h/moved", tmp_path / "a"))  # type: ignore[attr-defined]
+    assert got is not None
+    assert got.digest == "sha256:" + hashlib.sha256(b"body\n").hexdigest()
+    assert (got.size, got.etag, got.last_modified) == (5, '"e1"',
+                                                       "Wed, 21 Oct 2015 07:28:00 GMT")
+    assert (tmp_path / "a").read_bytes() == b"body\n"
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o600
+    again = trio.run(lambda: fetcher.fetch("http://h/f", tmp_path / "b", etag='"e1"'))  # type: ignore[attr-defined]
+    assert again is None and not (tmp_path / "b").exists()
+    assert seen == [None, None, '"e1"']
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        ({"status_code": 404}, r"^ADD: download http://u:xxxxx@h/f: invalid response status 404$"),
+        ({"status_code": 200, "content": b"x" * 2048},
+         r"^ADD: download http://u:xxxxx@h/f: (2048 bytes is )?over the 1024-byte limit$"),
+    ],
+)
+def test_httpx_fetcher_failures(tmp_path: Path, response: dict[str, object],
+                                message: str) -> None:
+    import httpx
+
+    fetcher = _fetcher(lambda request: httpx.Response(**response), max_bytes=1024)  # type: ignore[arg-type]
+    with pytest.raises(StepError, match=message):
+        trio.run(lambda: fetcher.fetch("http://u:pw@h/f", tmp_path / "a"))  # type: ignore[attr-defined]
+    assert not (tmp_path / "a").exists()
