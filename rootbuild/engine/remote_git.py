@@ -3,7 +3,9 @@
 Rules (SECURITY.md rules 3 and 6; BuildKit's Git source):
 - git runs with a clean environment: ``HOME`` a private directory, no system or global
   config (``GIT_CONFIG_NOSYSTEM``, ``GIT_CONFIG_GLOBAL=/dev/null``), no prompts
-  (``GIT_TERMINAL_PROMPT=0``, ssh in batch mode), only the proxy variables passed on; hooks
+  (``GIT_TERMINAL_PROMPT=0``, ssh in batch mode), only the proxy variables passed on, TLS
+  as for registries (``--tls-verify``, ``--cert-dir`` added to the system CAs); ssh uses
+  no key, agent or ssh config of the user, only their known_hosts, strictly; hooks
   are off (``core.hooksPath=/dev/null``, an empty template), only the ``https``, ``http``,
   ``git`` and ``ssh`` transports are allowed (never ``ext::`` or ``file://``).
 - The ref is fetched shallowly (``--depth=1``) into a fresh repository; a commit id the
@@ -17,11 +19,15 @@ Rules (SECURITY.md rules 3 and 6; BuildKit's Git source):
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import shlex
 import shutil
+import ssl
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import trio
 
@@ -33,7 +39,7 @@ from rootbuild.registry.client import TransportOptions
 GIT_TIMEOUT = 600.0
 _USERINFO = re.compile(r"://[^/@\s]+@")
 _PASSED_ENV = ("PATH", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
-               "NO_PROXY", "ALL_PROXY", "all_proxy", "SSH_AUTH_SOCK")
+               "NO_PROXY", "ALL_PROXY", "all_proxy")
 _SAFE_CONFIG = (
     "core.hooksPath=/dev/null", "protocol.allow=never", "protocol.https.allow=always",
     "protocol.http.allow=always", "protocol.git.allow=always", "protocol.ssh.allow=always",
@@ -42,19 +48,62 @@ _SAFE_CONFIG = (
 )
 
 
-def git_env(home: Path, transport: TransportOptions) -> dict[str, str]:
-    """The whole environment git runs with."""
+def git_env(home: Path, transport: TransportOptions, remote: str) -> dict[str, str]:
+    """The whole environment git runs with (``home``: a private directory)."""
     env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env |= {
         "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
         "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
         "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "",
-        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes", "LC_ALL": "C",
+        "GIT_SSH_COMMAND": ssh_command(), "LC_ALL": "C",
     }
     if not transport.tls_verify:
         env["GIT_SSL_NO_VERIFY"] = "1"
+    else:
+        bundle = ca_bundle(home, transport, remote)
+        if bundle is not None:
+            env["GIT_SSL_CAINFO"] = str(bundle)
     return env
+
+
+def ssh_command() -> str:
+    """ssh for ``git@``/``ssh://`` sources: no user ssh config, no key files and no agent
+    (a Dockerfile must not make the builder use the user's keys on a host of its
+    choosing), the user's known_hosts checked strictly, never a prompt."""
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir  # ssh's own notion of ~, not $HOME
+    except KeyError:
+        home = "/nonexistent"
+    known = Path(home) / ".ssh" / "known_hosts"
+    return (f"ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=none "
+            f"-o IdentityAgent=none -o StrictHostKeyChecking=yes "
+            f"-o UserKnownHostsFile={shlex.quote(str(known))}")
+
+
+def ca_bundle(home: Path, transport: TransportOptions, remote: str) -> Path | None:
+    """``--cert-dir``'s ``*.crt`` (``DIR`` and ``DIR/<host:port>``, as for registries) added
+    to the system CAs, as the file ``GIT_SSL_CAINFO`` names; None without a cert dir."""
+    cert_dir = transport.cert_dir or (
+        Path(os.environ["REGISTRY_CERT_DIR"]) if os.environ.get("REGISTRY_CERT_DIR") else None
+    )
+    if cert_dir is None or not remote.startswith("https://"):
+        return None
+    host = urlsplit(remote).netloc.rpartition("@")[2]
+    crts = [c for d in (cert_dir, cert_dir / host) if d.is_dir() for c in sorted(d.glob("*.crt"))]
+    if not crts:
+        return None
+    parts: list[bytes] = []
+    system = ssl.get_default_verify_paths().cafile
+    if system and os.path.isfile(system):
+        parts.append(Path(system).read_bytes())
+    try:
+        parts += [c.read_bytes() for c in crts]
+    except OSError as exc:
+        raise StepError(f"ADD: read --cert-dir: {exc.strerror}: {exc.filename}") from exc
+    bundle = home / "ca-bundle.pem"
+    bundle.write_bytes(b"\n".join(parts))
+    return bundle
 
 
 class GitBinaryFetcher:
@@ -73,7 +122,7 @@ class GitBinaryFetcher:
                     source.remote, *_candidates(source.ref)]
             with trio.move_on_after(self.timeout) as scope:
                 done = await trio.run_process(
-                    argv, env=git_env(Path(home), self.transport), cwd=home,
+                    argv, env=git_env(Path(home), self.transport, source.remote), cwd=home,
                     stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
                     check=False,
                 )
@@ -89,7 +138,7 @@ class GitBinaryFetcher:
             raise StepError("ADD: Git sources need the git command on the builder's PATH")
         home, repo = dest / "home", dest / "repo"
         home.mkdir()
-        env = git_env(home, self.transport)
+        env = git_env(home, self.transport, source.remote)
         shown = source.shown
 
         async def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:

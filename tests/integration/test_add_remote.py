@@ -517,6 +517,19 @@ def test_git_cached_rebuild_only_resolves_the_ref(rb: Any, web: Server) -> None:
     assert file_at(tree_of(rb, "two"), "src/README.md") == b"v1\n"
 
 
+def test_git_over_https_trusts_cert_dir(rb: Any, web: Server) -> None:
+    """Git over HTTPS verifies the server like ``ADD <url>`` and registries: the test CA is
+    trusted through ``--cert-dir`` (added to the system CAs for git).
+    https://docs.docker.com/reference/dockerfile/#adding-files-from-a-git-repository"""
+    url = web.url("/git/repo.git", tls=True)
+    ctx = rb.make_context("ctx", {"Dockerfile": f"FROM scratch\nADD {url}#v1:docs /docs/\n"})
+    build(rb, ctx, "img", "--cert-dir", str(web.cert_dir))
+    assert file_at(tree_of(rb, "img"), "docs/guide.md") == b"guide\n"
+    _fails_in_one_line(
+        rb, ctx, rf"rootbuild: Dockerfile:2: ADD: fetch {re.escape(url)}#v1:docs: .*"
+        r"(certificate|SSL).*")
+
+
 def test_git_missing_ref_and_wrong_checksum(rb: Any, git_daemon: str) -> None:
     """A ref the repository does not have, or a commit that does not match ``--checksum``
     ("For Git sources, the checksum is the commit SHA"), fails the step in one line.

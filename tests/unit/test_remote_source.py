@@ -430,3 +430,28 @@ def test_httpx_fetcher_failures(tmp_path: Path, response: dict[str, object],
     with pytest.raises(StepError, match=message):
         trio.run(lambda: fetcher.fetch("http://u:pw@h/f", tmp_path / "a"))  # type: ignore[attr-defined]
     assert not (tmp_path / "a").exists()
+
+
+def test_git_runs_with_a_clean_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           ) -> None:
+    from rootbuild.engine.remote_git import git_env
+    from rootbuild.registry.client import TransportOptions
+
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/tmp/agent.sock")
+    monkeypatch.setenv("GIT_DIR", "/elsewhere")
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    env = git_env(tmp_path, TransportOptions(), "git://h/r.git")
+    assert env["HOME"] == str(tmp_path)
+    assert (env["GIT_CONFIG_NOSYSTEM"], env["GIT_CONFIG_GLOBAL"]) == ("1", "/dev/null")
+    assert env["GIT_TERMINAL_PROMPT"] == "0"
+    assert env["https_proxy"] == "http://proxy.example:3128"
+    assert "SSH_AUTH_SOCK" not in env and "GIT_DIR" not in env
+    assert "IdentityAgent=none" in env["GIT_SSH_COMMAND"]
+    assert "StrictHostKeyChecking=yes" in env["GIT_SSH_COMMAND"]
+    insecure = git_env(tmp_path, TransportOptions(tls_verify=False), "https://h/r.git")
+    assert insecure["GIT_SSL_NO_VERIFY"] == "1"
+    certs = tmp_path / "certs"
+    (certs / "h:8443").mkdir(parents=True)
+    (certs / "h:8443" / "ca.crt").write_text("TEST CA\n")
+    env = git_env(tmp_path, TransportOptions(cert_dir=certs), "https://u:p@h:8443/r.git")
+    assert Path(env["GIT_SSL_CAINFO"]).read_text().endswith("TEST CA\n")
