@@ -236,15 +236,14 @@ class Stage:
                 inputs[f"remote{number}"] = await self.seams.remote.key(
                     src, action.checksum, action.keep_git_dir, self.work.work_dir, where
                 )
-            if remote:
-                action = dataclasses.replace(
-                    action, sources=tuple(s for s in action.sources if s not in remote)
-                )
+            local = dataclasses.replace(  # the key still hashes the whole step below
+                action, sources=tuple(s for s in action.sources if s not in remote)
+            )
             if action.from_ is not None:
                 inputs["from"] = await self.source_key(action.from_, where)
-            elif action.sources:
+            elif local.sources:
                 inputs["context"] = await trio.to_thread.run_sync(
-                    self.context_digest, action, where
+                    self.context_digest, local, where
                 )
         return step_key(self.key, action, inputs)
 

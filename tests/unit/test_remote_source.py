@@ -455,3 +455,13 @@ def test_git_runs_with_a_clean_environment(tmp_path: Path, monkeypatch: pytest.M
     (certs / "h:8443" / "ca.crt").write_text("TEST CA\n")
     env = git_env(tmp_path, TransportOptions(cert_dir=certs), "https://u:p@h:8443/r.git")
     assert Path(env["GIT_SSL_CAINFO"]).read_text().endswith("TEST CA\n")
+
+
+def test_git_subdirs_of_one_commit_are_different_steps(rig: RemoteRig) -> None:
+    rig.git.refs["v1"] = ("a" * 40, {"one/f.txt": "one\n", "two/f.txt": "two\n"})
+    repo = "https://git.example/r.git"
+    rig.build(f"FROM scratch\nADD {repo}#v1:one /x/\n")
+    view = rig.view(rig.build(f"FROM scratch\nADD {repo}#v1:two /x/\n"))
+    assert view.open("x/f.txt").read() == b"two\n"  # not the cached layer of :one
+    keep = rig.view(rig.build(f"FROM scratch\nADD --keep-git-dir=true {repo}#v1 /x/\n"))
+    assert keep.lookup("x/.git/HEAD") is not None
