@@ -239,6 +239,14 @@ def test_url_file_name_mode_mtime(rig: RemoteRig) -> None:
     assert len(rig.http.calls) == 1  # one fetch per URL and build
 
 
+def test_url_file_takes_chmod_and_chown(rig: RemoteRig) -> None:
+    rig.http.files[URL] = b"tool\n"
+    view = rig.view(rig.build(f"FROM scratch\nADD --chmod=755 --chown=7:8 {URL} /bin/tool\n"))
+    entry = view.lookup("bin/tool")
+    assert entry is not None
+    assert (entry.mode & 0o7777, entry.uid, entry.gid) == (0o755, 7, 8)
+
+
 def test_url_without_last_modified_gets_the_build_time(rig: RemoteRig) -> None:
     rig.http.files[URL] = b"tool\n"
     rig.http.last_modified = None
