@@ -37,6 +37,7 @@ from rootbuild.engine.exporter import StoreExporter
 from rootbuild.engine.layers import LayerTrees
 from rootbuild.engine.options import BuildOptions, BuildResult
 from rootbuild.engine.planning import plan_build
+from rootbuild.engine.remote_source import RemoteSources
 from rootbuild.engine.seams import Exporter, Seams
 from rootbuild.engine.stage import Stage, StageResult, Workspace
 from rootbuild.engine.step_cache import MergedCache, RemoteCache, StepCache
@@ -63,6 +64,8 @@ def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Se
         base_images=StoreBaseImages(store, options.transport, progress),
         exporter=StoreExporter(store, options.transport, docker_format=options.docker_format,
                                warn=progress.warn),
+        remote=RemoteSources(records_dir=store.root / "remote-sources",
+                             transport=options.transport),
     )
 
 
@@ -137,6 +140,7 @@ async def build(
                 results = await run_plan(the_plan, run_stage, jobs=options.jobs)
             final = results[the_plan.target]
             image = await trio.to_thread.run_sync(_commit_image, store, work, env, final)
+            seams.remote.commit()  # the ETags of this build's URLs, now that it succeeded
         except BaseException:
             work.trees.discard()
             raise

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from rootbuild.engine.remote_source import RemoteSources
 from rootbuild.image.oci import StoredImage
 from rootbuild.image.refs import OutputRef
 from rootbuild.image.rootfs import RootfsView
@@ -72,3 +73,5 @@ class Seams:
     base_images: BaseImages
     exporter: Exporter
     snapshotter: Callable[[], str] = field(default_factory=ChosenSnapshotter)
+    # ADD's URLs and Git repositories (``engine.remote_source``); tests pass fake fetchers
+    remote: RemoteSources = field(default_factory=RemoteSources)

@@ -49,6 +49,7 @@ from rootbuild.engine.copy import (
 )
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
+from rootbuild.engine.remote_ref import redact_text
 from rootbuild.engine.seams import Seams
 from rootbuild.engine.step_cache import StepCache
 from rootbuild.errors import (
@@ -160,6 +161,7 @@ class Stage:
         self, state: StageState, instr: Instruction, text: str, number: int | None
     ) -> StageState:
         progress = self.work.progress
+        text = redact_text(text)  # ADD https://user:token@...: shown and recorded without it
         handle = progress.start(self.label(number, text) if number else f"[{text}]")
         try:
             state, action = apply(state, instr, now=self.env.clock.now)
@@ -225,8 +227,7 @@ class Stage:
         )
 
     async def cache_key(self, action: Step, where: Location) -> str | None:
-        """The step's cache key; None for a step the cache leaves alone (one that is
-        refused anyway: a remote source whose URL came from a variable)."""
+        """The step's cache key (remote sources: ``RemoteSources.key``, which may fetch)."""
         options = self.env.options
         assert not isinstance(action, MetadataStep)
         inputs: dict[str, Scalar] = {
@@ -236,8 +237,14 @@ class Stage:
         if isinstance(action, RunStep):
             inputs |= {"network": self.network(action), "idmap": self.work.idmap.mode}
         elif isinstance(action, CopyStep):
-            if any(src.startswith(REMOTE_PREFIXES) for src in action.sources):
-                return None
+            remote = [src for src in action.sources if src.startswith(REMOTE_PREFIXES)]
+            for number, src in enumerate(remote):  # ADD <url|git>: its content or commit
+                inputs[f"remote{number}"] = await self.seams.remote.key(
+                    src, action.checksum, action.keep_git_dir, self.work.work_dir, where
+                )
+            local = dataclasses.replace(  # the key still hashes the whole step below
+                action, sources=tuple(s for s in action.sources if s not in remote)
+            )
             if action.link and action.chown and not action.chown.replace(":", "").isdigit():
                 # the one thing a --link layer takes from the image below: --chown names
                 uid, gid = await trio.to_thread.run_sync(
@@ -246,9 +253,9 @@ class Stage:
                 inputs["owner"] = f"{uid}:{gid}"
             if action.from_ is not None:
                 inputs["from"] = await self.source_key(action.from_, where)
-            elif action.sources:
+            elif local.sources:
                 inputs["context"] = await trio.to_thread.run_sync(
-                    self.context_digest, action, where
+                    self.context_digest, local, where
                 )
         parent = self.key
         if isinstance(action, CopyStep) and action.link:
@@ -376,11 +383,21 @@ class Stage:
 
     async def copy_entries(self, action: CopyStep, where: Location) -> list[TarEntry]:
         keyword = "ADD" if action.is_add else "COPY"
-        for src in action.sources:  # written literally, the plan refused it already
-            if src.startswith(REMOTE_PREFIXES):
-                raise ContextError(
-                    f'{keyword}: source "{src}": remote sources are not supported yet', where
-                )
+        remote_sources: list[Source] = []
+        remote_owned = False
+        remote = [src for src in action.sources if src.startswith(REMOTE_PREFIXES)]
+        for src in remote:  # only ADD gets here with one: the evaluator refuses COPY's
+            found, owned = await self.seams.remote.sources(
+                src, checksum=action.checksum, keep_git_dir=action.keep_git_dir,
+                unpack=action.unpack, excludes=action.excludes, work_dir=self.work.work_dir,
+                where=where, now=self.env.clock.epoch_now,
+            )
+            remote_sources += found
+            remote_owned = remote_owned or owned
+        if remote:
+            action = dataclasses.replace(
+                action, sources=tuple(s for s in action.sources if s not in remote)
+            )
         source_view: RootfsView | None = None
         what = ""
         if action.from_ is not None:
@@ -401,7 +418,7 @@ class Stage:
                     if action.is_add:
                         sources, keep_owner = add_archive_or_file(
                             ws.context, action.sources, action.excludes, where,
-                            ws.work_dir,
+                            ws.work_dir, unpack=action.unpack,
                         )
                     else:
                         take = context_parents_sources if action.parents else context_sources
@@ -412,6 +429,8 @@ class Stage:
                     raise ContextError(f"{keyword}: {exc.message}", where) from exc
             sources += [heredoc_source(h.name, h.content, epoch_now)
                         for h in action.heredocs]
+            sources = remote_sources + sources
+            keep_owner = keep_owner or remote_owned
             plan = CopyPlan(
                 sources=sources, dest=action.dest,
                 owner=resolve_chown(action.chown, view, where) if action.chown else None,

@@ -456,7 +456,8 @@ def _copy(state: StageState, instr: Instruction, now: str) -> tuple[StageState, 
         parts.append(f"--chown={chown}")
     if chmod:
         parts.append(f"--chmod={chmod}")
-    parts += [*sources, *("<<" + doc.name for doc in heredocs), dest_word]
+    parts += [*map(_without_password, sources), *("<<" + doc.name for doc in heredocs),
+              dest_word]
     entry = _history(" ".join(parts), now, layer=True)
     step = CopyStep(
         is_add=is_add,
@@ -475,6 +476,17 @@ def _copy(state: StageState, instr: Instruction, now: str) -> tuple[StageState, 
         history=entry,
     )
     return dataclasses.replace(state, config=state.config.with_history(entry)), step
+
+
+_URL_PASSWORD = re.compile(r"^((?:https?|git|ssh)://[^/@:]*):[^/@]*@")
+_URL_TOKEN = re.compile(r"^(https?://)[^/@:]+@")
+
+
+def _without_password(src: str) -> str:
+    """A source as the image history shows it: a URL's password (or an HTTP URL's lone
+    token) replaced by ``xxxxx`` (BuildKit's ``urlutil.RedactCredentials``), so no
+    credential reaches the config."""
+    return _URL_TOKEN.sub(r"\1xxxxx@", _URL_PASSWORD.sub(r"\1:xxxxx@", src))
 
 
 def _is_remote(src: str) -> bool:

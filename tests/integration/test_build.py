@@ -409,28 +409,6 @@ def test_add_unpacks_local_archives_and_copies_other_files(rb: Any) -> None:
     assert (tree["owned/pkg/one.txt"].uid, tree["owned/pkg/one.txt"].gid) == (7, 8)
 
 
-def test_add_url_fails_clearly(rb: Any) -> None:
-    ctx = rb.make_context(
-        "ctx",
-        {
-            "Dockerfile": "FROM scratch\nADD http://example.invalid/file.txt /file.txt\n",
-        },
-    )
-    rb.run("images")  # the store exists before the failing build
-    before = rb.store_snapshot()
-    proc = build(rb, ctx, check=False)
-    assert proc.returncode != 0
-    line = proc.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(
-        r'rootbuild: Dockerfile:2: ADD: source "http://example\.invalid/file\.txt": '
-        r"remote sources are not supported yet",
-        line,
-    ), proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not (rb.workdir / "img.oci").exists()
-    assert rb.store_snapshot() == before
-
-
 # -- context selection -----------------------------------------------------------------------
 
 IGNORE_CONTEXT: dict[str, str | bytes] = {

@@ -265,8 +265,6 @@ def test_one_failing_stage_cancels_the_others_and_keeps_nothing(rig: Rig) -> Non
          r"RUN --mount=type=cache: not supported yet"),
         ("RUN --mount=type=secret,id=x true", StepError,
          r"RUN --mount=type=secret: not supported yet"),
-        ("ADD https://example.invalid/f /f", ContextError,
-         r'ADD: source "https://example.invalid/f": remote sources are not supported yet'),
         ("RUN --security=insecure true", StepError,
          r"RUN --security=insecure: refused \(rootbuild has no such mode\)"),
         ("RUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF", StepError,
