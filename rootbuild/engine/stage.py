@@ -44,6 +44,7 @@ from rootbuild.engine.copy import (
 )
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
+from rootbuild.engine.run_files import heredoc_binds
 from rootbuild.engine.seams import Seams
 from rootbuild.engine.step_cache import StepCache
 from rootbuild.errors import (
@@ -288,8 +289,8 @@ class Stage:
     ) -> Layer | None:
         """Run a RUN step in the sandbox over the overlay of this stage's layers."""
         options, work = self.env.options, self.work
-        # RUN --mount, #! heredocs and --security=insecure never get here: the plan refused
-        # them (engine/planning.py SUPPORTED)
+        # RUN --mount and --security=insecure never get here: the plan refused them
+        # (engine/planning.py SUPPORTED)
         snapshotter = self.seams.snapshotter()
         lowers = await trio.to_thread.run_sync(
             lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
@@ -303,6 +304,7 @@ class Stage:
             env=env, user=action.user, workdir=action.workdir or "/",
             network=self.network(action), proc=options.proc, untrusted=options.untrusted,
             timeout=options.step_timeout,
+            binds=heredoc_binds(action.heredoc_files, scratch / "heredocs"),
         )
         try:
             result = await self.seams.executor.run(
