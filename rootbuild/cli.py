@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--build-arg", dest="build_args", action="append", default=[],
                    metavar="K[=V]")
     b.add_argument("--target", help="build only up to this stage")
+    b.add_argument("--build-context", dest="build_contexts", action="append", default=[],
+                   metavar="NAME=VALUE",
+                   help="named context for FROM/COPY --from/RUN --mount from=NAME: a "
+                        "directory, docker-image://REF or oci-layout://PATH[:TAG]")
     b.add_argument("--label", dest="labels", action="append", default=[], metavar="K=V")
     b.add_argument("--no-cache", action="store_true", help="do not use the step cache")
     b.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
@@ -174,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_build(args: argparse.Namespace) -> int:
     from rootbuild.cache.spec import parse_cache_from, parse_cache_to
     from rootbuild.engine.build import BuildOptions, build
+    from rootbuild.engine.named_contexts import parse_build_context
     from rootbuild.image.refs import parse_output
     from rootbuild.image.store import Store
 
@@ -222,6 +227,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         transport=_transport(args),
         push=args.push,
         docker_format=args.format == "docker",
+        build_contexts=tuple(parse_build_context(text) for text in args.build_contexts),
     )
     options.validate()  # before the store is opened; build() checks again
     progress = make_progress(args.progress, quiet=args.quiet)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.engine.layers import Compression
+from rootbuild.engine.named_contexts import NamedContext, check_contexts
 from rootbuild.errors import UsageError
 from rootbuild.image.oci import StoredImage
 from rootbuild.image.refs import OutputRef
@@ -47,6 +48,7 @@ class BuildOptions:
     transport: TransportOptions = field(default_factory=TransportOptions)  # registries
     push: bool = False  # push every -t name after the build
     docker_format: bool = False  # push with Docker schema 2 media types
+    build_contexts: tuple[NamedContext, ...] = ()  # --build-context NAME=VALUE
 
     def validate(self) -> None:
         """Refuse what no build may run with (``UsageError``, exit code 2)."""
@@ -65,6 +67,7 @@ class BuildOptions:
             )
         if self.step_timeout is not None and self.step_timeout <= 0:
             raise UsageError(f"build: --timeout must be positive, not {self.step_timeout:g}")
+        check_contexts(self.build_contexts)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from rootbuild.platform import Platform
 from rootbuild.stages.config import ImageConfig
 from rootbuild.stages.evaluate import onbuild_triggers
 from rootbuild.stages.features import check_supported
+from rootbuild.stages.graph import StageBase
 from rootbuild.stages.onbuild import stage_triggers, with_triggers
 from rootbuild.stages.plan import BuildPlan, StagePlan, plan
 from rootbuild.stages.scheduler import unwrap_group
@@ -36,7 +37,7 @@ SUPPORTED: frozenset[str] = frozenset({"run.heredoc.shebang"})
 async def plan_build(
     dockerfile: Dockerfile, base_images: BaseImages, *, target: str | None,
     build_args: Mapping[str, str], target_platform: Platform, build_platform: Platform,
-    supported: frozenset[str] = SUPPORTED,
+    supported: frozenset[str] = SUPPORTED, contexts: Mapping[str, StageBase] | None = None,
 ) -> BuildPlan:
     """The plan of ``dockerfile`` with its triggers (see the module rules)."""
     triggers: dict[int, tuple[str, ...]] = {}
@@ -44,6 +45,7 @@ async def plan_build(
         the_plan = plan(
             with_triggers(dockerfile, triggers), target=target, build_args=build_args,
             target_platform=target_platform, build_platform=build_platform,
+            contexts=contexts,
         )
         new = [stage for stage in the_plan.stages if stage.index not in triggers]
         if not new:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -62,7 +62,7 @@ from rootbuild.progress import Progress
 from rootbuild.sandbox.idmap import IdMapPlan
 from rootbuild.sandbox.spec import OverlayRoot, StepSpec
 from rootbuild.snapshot import LowerLayer
-from rootbuild.stages.config import ImageConfig, format_timestamp
+from rootbuild.stages.config import HistoryEntry, ImageConfig, format_timestamp
 from rootbuild.stages.evaluate import apply, begin_stage
 from rootbuild.stages.features import REMOTE_PREFIXES
 from rootbuild.stages.graph import StageBase
@@ -84,6 +84,7 @@ class Workspace:
     staging: Staging
     idmap: IdMapPlan
     warn_once: Callable[[str], None]
+    named: Mapping[str, BuildContext] = field(default_factory=dict)  # directory contexts
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,21 @@ class Stage:
             parent = self.deps[base.stage]
             self.layers, self.key = parent.layers, parent.key
             return parent.config, parent
-        assert base.image is not None
         platform = str(self.stage.platform)
+        if base.context is not None:  # a directory named context: its files, no config
+            where = self.stage.from_.location
+            digest = await trio.to_thread.run_sync(self.named_digest, base.context, ".", where)
+            self.key = base_key(f"context:{digest}", platform)
+            layer = await trio.to_thread.run_sync(self.named_layer, base.context, where)
+            config = ImageConfig.scratch(self.stage.platform)
+            if layer is not None:
+                self.layers = (layer,)
+                # as BuildKit's exporter does for a layer no history entry describes
+                config = config.with_layer(layer.diff_id).with_history(HistoryEntry(
+                    created=self.env.clock.now, created_by=f"context {base.context}",
+                    comment="buildkit.exporter.image.v0"))
+            return config, None
+        assert base.image is not None
         if base.is_scratch:
             self.key = base_key(None, platform)
             return ImageConfig.scratch(self.stage.platform), None
@@ -233,7 +247,11 @@ class Stage:
         elif isinstance(action, CopyStep):
             if any(src.startswith(REMOTE_PREFIXES) for src in action.sources):
                 return None
-            if action.from_ is not None:
+            if action.from_ is not None and action.from_.context is not None:
+                inputs["from"] = await trio.to_thread.run_sync(
+                    self.context_digest, action, where, self.work.named[action.from_.context]
+                )
+            elif action.from_ is not None:
                 inputs["from"] = await self.source_key(action.from_, where)
             elif action.sources:
                 inputs["context"] = await trio.to_thread.run_sync(
@@ -246,19 +264,24 @@ class Stage:
         if ref.stage is not None:
             return self.deps[ref.stage].key
         platform = str(self.stage.platform)
+        if ref.context is not None:
+            digest = await trio.to_thread.run_sync(self.named_digest, ref.context, ".", where)
+            return base_key(f"context:{digest}", platform)
         if ref.is_scratch:
             return base_key(None, platform)
         assert ref.image is not None
         image = await self.image(ref.image, where)
         return base_key(image.manifest.digest, platform)
 
-    def context_digest(self, action: CopyStep, where: Location) -> str:
+    def context_digest(self, action: CopyStep, where: Location,
+                       context: BuildContext | None = None) -> str:
         """The digest of the context files the step takes (ADD: the archive files
-        themselves, before unpacking), through the same walk COPY makes."""
+        themselves, before unpacking), through the same walk COPY makes; ``context``: a
+        named directory context instead of the build's."""
         keyword = "ADD" if action.is_add else "COPY"
         try:
             sources = context_sources(
-                self.work.context, action.sources, action.excludes, where
+                context or self.work.context, action.sources, action.excludes, where
             )
             return self.work.cache.hasher.digest(sources)
         except ContextError as exc:
@@ -362,7 +385,10 @@ class Stage:
                 )
         source_view: RootfsView | None = None
         what = ""
-        if action.from_ is not None:
+        named = None
+        if action.from_ is not None and action.from_.context is not None:
+            named = self.work.named[action.from_.context]
+        elif action.from_ is not None:
             source_view = await self.from_view(action.from_, where)
             what = self.describe(action.from_)
         ws, epoch_now = self.work, self.env.clock.epoch_now
@@ -383,7 +409,7 @@ class Stage:
                         )
                     else:
                         sources = context_sources(
-                            ws.context, action.sources, action.excludes, where
+                            named or ws.context, action.sources, action.excludes, where
                         )
                 except ContextError as exc:
                     if exc.message.startswith(keyword):
@@ -411,6 +437,22 @@ class Stage:
             image = await self.image(ref.image, where)
             layers = tuple(Layer(d, i) for d, i in zip(image.layers, image.diff_ids, strict=True))
         return await trio.to_thread.run_sync(self.work.trees.view, layers)
+
+    def named_digest(self, name: str, pattern: str, where: Location) -> str:
+        """The digest of ``pattern`` in the directory context ``name``."""
+        sources = context_sources(self.work.named[name], [pattern], (), where)
+        return self.work.cache.hasher.digest(sources)
+
+    def named_layer(self, name: str, where: Location) -> Layer | None:
+        """A directory context as a base: one layer of its files (None when empty)."""
+        sources = context_sources(self.work.named[name], ["."], (), where)
+        plan = CopyPlan(sources=sources, dest="/", owner=None, chmod=None,
+                        now=self.env.clock.epoch_now)
+        entries = copy_entries(plan, self.work.trees.view(()), where)
+        if not entries:
+            return None
+        options = self.env.options
+        return self.work.trees.commit(entries, options.compression, options.source_date_epoch)
 
     def describe(self, ref: StageBase) -> str:
         """How errors name a ``--from`` source: the word the Dockerfile wrote for it."""

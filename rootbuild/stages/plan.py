@@ -94,8 +94,10 @@ def plan(
     build_args: Mapping[str, str],
     target_platform: Platform,
     build_platform: Platform,
+    contexts: Mapping[str, StageBase] | None = None,
 ) -> BuildPlan:
-    """Plan the build of ``target`` (default: the last stage)."""
+    """Plan the build of ``target`` (default: the last stage); ``contexts`` are the named
+    build contexts by ``stages.contexts.context_key``."""
     if not dockerfile.stages:
         raise DockerfileError(f"plan build: {dockerfile.name} contains no stages to build")
     # TARGETSTAGE is the --target as given, else the last stage's name (BuildKit defaultArgs).
@@ -108,7 +110,7 @@ def plan(
     def expand_global(word: str, location: Location, used: set[str]) -> str:
         return expand(word, scope, escape=escape, location=location, used=used)
 
-    graph = build_graph(dockerfile, expand_global)
+    graph = build_graph(dockerfile, expand_global, contexts)
     check_acyclic(graph)
     target_index = _target_index(graph, target)
     needed = needed_stages(graph, target_index)

@@ -91,3 +91,93 @@ def test_shebang_heredoc_failure_is_the_steps_exit_code(rb: Harness) -> None:
     assert "Traceback" not in proc.stderr
     assert rb.store_snapshot() == before
     assert_nothing_left(rb, [])
+
+
+# -- named build contexts ------------------------------------------------------------------------
+
+BUILD_CONTEXT_DOCS = (
+    "docker buildx build --build-context "
+    "(https://docs.docker.com/reference/cli/docker/buildx/build/#build-context)"
+)
+
+
+def test_directory_context_for_copy_from_and_from_replacing_a_stage(rb: Harness) -> None:
+    """docker buildx build reference, --build-context: "Define additional build context
+    with specified contents. In Dockerfile the context can be accessed when FROM name or
+    --from=name is used. When Dockerfile defines a stage with the same name it is
+    overwritten." A local directory is read as the main context is, with its own
+    .dockerignore."""
+    ctx = busybox_context(rb, "named-dir", (
+        "FROM scratch AS src\n"
+        "COPY does-not-exist /\n"  # the stage is replaced: this never runs
+        "FROM rootfs\n"
+        "COPY --from=src a.txt /from-src/\n"
+        "COPY --from=src . /all/\n"
+        "RUN ls /all > /listing && cat /from-src/a.txt > /seen\n"
+    ))
+    src = rb.make_context("src-dir", {"a.txt": "from the named context\n", "ignored.txt": "x",
+                                      "sub/b.txt": "b\n", ".dockerignore": "ignored.txt\n"})
+    layout, _ = build_to_layout(rb, ctx, "--build-context", f"src={src}",
+                                "--build-context", f"rootfs={ctx / 'rootfs'}",
+                                "--build-context", f"unused={src}")
+    image = Image(rb, layout)
+    assert image.text("seen") == "from the named context\n"
+    assert image.text("listing").split() == ["a.txt", "sub"]  # ignored.txt is not there
+    assert image.text("all/.dockerignore") == "ignored.txt\n"
+    assert image.text("all/sub/b.txt") == "b\n"
+    # FROM a directory: its files are the first layer, the config is empty (no Env)
+    assert "bin/busybox" in image.layers[0] and "Dockerfile" not in image.layers[0]
+    assert image.config["config"].get("Env") in (None, ["PATH=/usr/local/sbin:/usr/local/bin:"
+                                                        "/usr/sbin:/usr/bin:/sbin:/bin"])
+    # a change in the named context is a cache miss; none is a hit
+    again = build(rb, ctx, "--build-context", f"src={src}",
+                  "--build-context", f"rootfs={ctx / 'rootfs'}")
+    assert "CACHED" in again.stderr
+    (src / "a.txt").write_text("changed\n")
+    layout2 = rb.workdir / "named-dir2.oci"
+    build(rb, ctx, "--output", f"oci:{layout2}:v1", "--build-context", f"src={src}",
+          "--build-context", f"rootfs={ctx / 'rootfs'}")
+    assert Image(rb, layout2).text("seen") == "changed\n"
+    assert_nothing_left(rb, [])
+
+
+def test_image_contexts_docker_image_and_oci_layout(rb: Harness) -> None:
+    """docker buildx build reference, --build-context: "The value can be a local source
+    directory, local OCI layout compliant directory, container image (with docker-image://
+    prefix) [...]" and "Replace alpine:latest with a pinned one" (FROM alpine gets the
+    context's image)."""
+    base = busybox_context(rb, "named-base", "FROM scratch\nCOPY rootfs/ /\n"
+                                            "RUN echo from-base > /marker\n")
+    rb.run("build", "-q", "-t", "mybase:1", str(base))
+    tools_layout = rb.workdir / "tools.oci"
+    tools = rb.make_context("named-tools", {"Dockerfile": "FROM scratch\nCOPY t.txt /t.txt\n",
+                                            "t.txt": "from the layout\n"})
+    build(rb, tools, "--output", f"oci:{tools_layout}:v2")
+    ctx = rb.make_context("named-images", {"Dockerfile": (
+        "FROM alpine:latest\n"
+        "COPY --from=tools /t.txt /t.txt\n"
+        "RUN cat /marker /t.txt > /both\n"
+    )})
+    layout, _ = build_to_layout(rb, ctx, "--build-context", "alpine=docker-image://mybase:1",
+                                "--build-context", f"tools=oci-layout://{tools_layout}:v2")
+    assert Image(rb, layout).text("both") == "from-base\nfrom the layout\n"
+    assert_nothing_left(rb, [])
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("src", "--build-context 'src': expected NAME=VALUE"),
+    ("src=/nonexistent/dir", "--build-context 'src=/nonexistent/dir': /nonexistent/dir is "
+                             "not a directory"),
+    ("src=oci-layout:///nonexistent", "is not an OCI layout directory (no index.json)"),
+    ("src=https://example.invalid/ctx.tar", "remote contexts (URL, git) are not supported"),
+])
+def test_bad_build_context_is_a_usage_error(rb: Harness, value: str, message: str) -> None:
+    """A value buildx would not accept fails before anything is built (exit 2, one line)."""
+    ctx = rb.make_context("named-bad", {"Dockerfile": "FROM scratch\nCOPY --from=src / /\n"})
+    before = rb.store_snapshot()
+    proc = build(rb, ctx, "--build-context", value, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert rb.store_snapshot() == before

@@ -1,0 +1,103 @@
+"""Named build contexts: parsing ``--build-context`` and how the plan resolves names
+(``stages/contexts.py``, ``stages/graph.py``, ``engine/named_contexts.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rootbuild.dockerfile.parser import parse_dockerfile
+from rootbuild.engine.named_contexts import NamedContext, parse_build_context, plan_contexts
+from rootbuild.errors import UsageError
+from rootbuild.platform import Platform
+from rootbuild.stages.contexts import context_key
+from rootbuild.stages.graph import StageBase
+from rootbuild.stages.plan import BuildPlan, plan
+
+AMD64 = Platform("linux", "amd64")
+
+
+@pytest.mark.parametrize(("word", "key"), [
+    ("alpine", "alpine"),
+    ("alpine:latest", "alpine"),
+    ("docker.io/library/alpine:latest", "alpine"),
+    ("docker.io/foo/bar", "foo/bar"),
+    ("alpine:3.20", "alpine:3.20"),
+    ("localhost:5000/x:latest", "localhost:5000/x"),
+    ("a@sha256:" + "0" * 64, "a@sha256:" + "0" * 64),
+    ("Build", None),
+    ("", None),
+])
+def test_context_key_is_buildkits_familiar_name(word: str, key: str | None) -> None:
+    assert context_key(word) == key
+
+
+def _plan(text: str, **contexts: StageBase) -> BuildPlan:
+    return plan(parse_dockerfile(text), target=None, build_args={}, target_platform=AMD64,
+                build_platform=AMD64, contexts=contexts)
+
+
+def test_from_and_copy_from_resolve_a_named_context_before_an_image() -> None:
+    built = _plan(
+        "FROM alpine:latest AS a\nCOPY --from=tools /bin/x /x\nCOPY --from=other / /o\n",
+        alpine=StageBase(context="alpine"), tools=StageBase(image="oci:/l:v1"),
+    )
+    stage = built.target_stage
+    assert stage.base == StageBase(context="alpine")
+    assert dict(stage.refs) == {"tools": StageBase(image="oci:/l:v1"),
+                                "other": StageBase(image="other")}
+    assert stage.images == ("oci:/l:v1", "other")
+
+
+def test_a_named_context_replaces_a_stage_of_the_same_name() -> None:
+    """docker buildx build --build-context: "When Dockerfile defines a stage with the same
+    name it is overwritten." The stage's own instructions never run."""
+    built = _plan(
+        "FROM busybox AS base\nRUN make\n"
+        "FROM base\nCOPY --from=base /x /x\n",
+        base=StageBase(image="alpine"),
+    )
+    assert built.order == (0, 1)
+    replaced = built.stage(0)
+    assert replaced.base == StageBase(image="alpine")
+    assert replaced.instructions == ()
+    assert built.stage(1).base == StageBase(stage=0)
+    assert dict(built.stage(1).refs) == {"base": StageBase(stage=0)}
+
+
+def test_unknown_context_names_are_unused() -> None:
+    built = _plan("FROM scratch\nCOPY --from=stage0 / /\n", nothing=StageBase(context="nothing"))
+    assert dict(built.target_stage.refs) == {"stage0": StageBase(image="stage0")}
+
+
+def test_parse_build_context_values(tmp_path: Path) -> None:
+    assert parse_build_context(f"src={tmp_path}") == NamedContext("src", directory=tmp_path)
+    assert parse_build_context("alpine=docker-image://busybox:1") == NamedContext(
+        "alpine", image="busybox:1")
+    (tmp_path / "index.json").write_text("{}")
+    assert parse_build_context(f"base=oci-layout://{tmp_path}:v1") == NamedContext(
+        "base", image=f"oci:{tmp_path}:v1")
+    assert parse_build_context(f"base=oci-layout://{tmp_path}").image == f"oci:{tmp_path}"
+    contexts = plan_contexts([parse_build_context(f"docker.io/library/alpine={tmp_path}")])
+    assert contexts == {"alpine": StageBase(context="alpine")}
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("nothing", "expected NAME=VALUE"),
+    ("=dir", "expected NAME=VALUE"),
+    ("name=", "expected NAME=VALUE"),
+    ("Upper={tmp}", "invalid context name 'Upper'"),
+    ("a={tmp}/missing", "is not a directory"),
+    ("a=https://example.invalid/x.tar", "remote contexts (URL, git) are not supported"),
+    ("a=docker-image://", "docker-image:// needs an image name"),
+    ("a=docker-image://oci:/x", "docker-image:// needs an image name"),
+    ("a=oci-layout://{tmp}/missing", "is not an OCI layout directory"),
+    ("a=oci-layout://{tmp}@sha256:00", "@DIGEST is not supported yet"),
+])
+def test_bad_build_context_values_are_usage_errors(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    with pytest.raises(UsageError, match=r"^build: --build-context '.*': ") as info:
+        parse_build_context(value.format(tmp=tmp_path))
+    assert message in info.value.message
