@@ -35,6 +35,7 @@ from rootbuild.engine.bases import StoreBaseImages
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.exporter import StoreExporter
 from rootbuild.engine.layers import LayerTrees
+from rootbuild.engine.lint import lint, violation
 from rootbuild.engine.named_contexts import open_contexts, plan_contexts
 from rootbuild.engine.options import BuildOptions, BuildResult
 from rootbuild.engine.planning import plan_build
@@ -118,6 +119,12 @@ async def build(
         )
         for warning in the_plan.warnings:
             progress.warn(warning)
+        checks = await lint(dockerfile, text, the_plan, options, seams.base_images)
+        failure = violation(checks)
+        if failure is not None:  # error=true: refuse before any step, as BuildKit does
+            for check in checks.warnings:
+                progress.warn(str(check))
+            raise failure
         env = BuildEnv.for_plan(options, the_plan, dockerfile.directives.escape)
         warn_once = _Warnings(progress)
         work = Workspace(
@@ -150,7 +157,7 @@ async def build(
             await _export_cache(store, work, the_plan, spec, options, progress)
         _warn_unused_args(the_plan, results, options, progress)
         pushed = await _export(seams.exporter, image, final, work, options, progress)
-    return BuildResult(image.config.digest, image, pushed)
+    return BuildResult(image.config.digest, image, pushed, checks=checks.warnings)
 
 
 async def _export(

@@ -21,6 +21,7 @@ from rootbuild.image.refs import OutputRef
 from rootbuild.platform import Platform, host_platform
 from rootbuild.registry.client import TransportOptions
 from rootbuild.sandbox.spec import NETWORK_MODES, PROC_MODES
+from rootbuild.stages.checks import CheckWarning
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,4 @@ class BuildResult:
     image_id: str  # the config digest, as `docker build` reports it
     image: StoredImage
     pushed: tuple[tuple[str, str], ...] = ()  # (reference, manifest digest) per push
+    checks: tuple[CheckWarning, ...] = ()  # build checks that fired (engine/lint.py)

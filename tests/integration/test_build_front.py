@@ -181,3 +181,81 @@ def test_bad_build_context_is_a_usage_error(rb: Harness, value: str, message: st
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert rb.store_snapshot() == before
+
+
+# -- build checks --------------------------------------------------------------------------------
+
+LINTED = (
+    "FROM scratch as base\n"
+    "COPY rootfs/ /\n"
+    "RUN exit 3\n"  # --check builds nothing: this never runs
+    "CMD echo hi\n"
+)
+
+
+def test_check_prints_warnings_with_lines_and_builds_nothing(rb: Harness) -> None:
+    """Docker's "Checking your build configuration": "With build checks, rather than
+    executing the build steps, Docker checks the Dockerfile and options you provide and
+    reports any issues it detects." (https://docs.docker.com/build/checks/), with the
+    rules' own messages (https://docs.docker.com/reference/build-checks/)."""
+    ctx = busybox_context(rb, "check", LINTED)
+    proc = build(rb, ctx, "--check")
+    assert proc.stdout.splitlines() == [
+        "Dockerfile:1: FromAsCasing: 'as' and 'FROM' keywords' casing do not match",
+        "  https://docs.docker.com/go/dockerfile/rule/from-as-casing/",
+        "     1 | FROM scratch as base",
+        "Dockerfile:4: JSONArgsRecommended: JSON arguments recommended for CMD to prevent "
+        "unintended behavior related to OS signals",
+        "  https://docs.docker.com/go/dockerfile/rule/json-args-recommended/",
+        "     4 | CMD echo hi",
+        "Check complete, 2 warnings have been found!",
+    ], proc.stdout
+    assert "RUN exit 3" not in proc.stderr and "#1" not in proc.stderr  # no step ran
+    assert rb.run("images", "-q").stdout == ""
+    skipped = busybox_context(rb, "check-skip", "# check=skip=all\n" + LINTED)
+    assert build(rb, skipped, "--check").stdout == "Check complete, no warnings found.\n"
+    assert_nothing_left(rb, [])
+
+
+def test_check_error_true_fails_check_and_build_before_any_step(rb: Harness) -> None:
+    """"To make the build fail when a check fires, use the `error=true` option in the
+    check directive" (https://docs.docker.com/build/checks/#fail-build-on-check-violations).
+    The build stops before any step and leaves the store as it was."""
+    ctx = busybox_context(rb, "check-error", "# check=error=true\n" + LINTED.replace(
+        "RUN exit 3", "RUN touch /ran"))
+    build(rb, busybox_context(rb, "warm", "FROM scratch\nCOPY rootfs/ /\n"))
+    before = rb.store_snapshot()
+    for args in (("--check",), ()):
+        proc = build(rb, ctx, *args, check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert error_lines(proc.stderr) == [
+            "rootbuild: Dockerfile:2: lint violation found for rules: FromAsCasing, "
+            "JSONArgsRecommended"], proc.stderr
+        assert "Traceback" not in proc.stderr and "RUN touch" not in proc.stderr
+        assert rb.store_snapshot() == before
+    assert_nothing_left(rb, [])
+
+
+def test_build_lists_check_warnings_at_the_end(rb: Harness) -> None:
+    """"Invoking a build runs the checks by default, and displays any violations in the
+    build output." (https://docs.docker.com/build/checks/#build-with-checks)."""
+    ctx = busybox_context(rb, "check-build", LINTED.replace("RUN exit 3", "RUN true"))
+    proc = build(rb, ctx)
+    tail = proc.stderr.splitlines()[-4:]
+    assert tail[:3] == [
+        "2 warnings found:",
+        " - FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)",
+        " - JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended "
+        "behavior related to OS signals (line 4)",
+    ], proc.stderr
+    assert_nothing_left(rb, [])
+
+
+def test_bad_check_directive_is_one_located_error(rb: Harness) -> None:
+    ctx = busybox_context(rb, "check-bad", "# check=colour=red\nFROM scratch\n")
+    for args in (("--check",), ()):
+        proc = build(rb, ctx, *args, check=False)
+        assert proc.returncode == 1
+        assert error_lines(proc.stderr) == [
+            'rootbuild: Dockerfile:1: invalid check option "colour"'], proc.stderr
+        assert "Traceback" not in proc.stderr
