@@ -54,7 +54,10 @@ async def plan_build(
         images = await fetch_bases(new, base_images)
         for stage in new:
             if stage.base.stage is not None:
-                triggers[stage.index] = stage_triggers(dockerfile.stages[stage.base.stage])
+                parent = the_plan.stage(stage.base.stage)
+                # a stage a named context replaced has no Dockerfile triggers to pass on
+                triggers[stage.index] = () if parent.replaced else stage_triggers(
+                    dockerfile.stages[stage.base.stage])
             elif stage.index in images:
                 config = ImageConfig.from_oci(images[stage.index].config_json)
                 triggers[stage.index] = onbuild_triggers(config)

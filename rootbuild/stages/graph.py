@@ -85,6 +85,7 @@ class StageNode:
     from_args: frozenset[str]  # meta ARGs the FROM line and the references referenced
     instructions: tuple[Instruction, ...]
     onbuild: tuple[Instruction, ...] = ()  # the base's ONBUILD triggers, run first
+    replaced: bool = False  # a named build context replaced the stage (``stages.contexts``)
 
     @property
     def display_name(self) -> str:
@@ -184,6 +185,7 @@ def build_graph(
                 from_args=frozenset(used),
                 instructions=() if replaced is not None else spec.instructions,
                 onbuild=() if replaced is not None else spec.onbuild,
+                replaced=replaced is not None,
             )
         )
         if name is not None:

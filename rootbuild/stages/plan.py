@@ -54,6 +54,7 @@ class StagePlan:
     instructions: tuple[Instruction, ...]
     refs: tuple[tuple[str, StageBase], ...]  # raw --from / from= word -> what it names
     onbuild: tuple[Instruction, ...] = ()  # the base's ONBUILD triggers, run first
+    replaced: bool = False  # a named build context replaced the stage: nothing of it runs
 
     @property
     def display_name(self) -> str:
@@ -129,6 +130,7 @@ def plan(
             instructions=node.instructions,
             refs=node.refs,
             onbuild=node.onbuild,
+            replaced=node.replaced,
         )
         for node in graph.nodes
         if node.index in needed

@@ -101,3 +101,36 @@ def test_bad_build_context_values_are_usage_errors(
     with pytest.raises(UsageError, match=r"^build: --build-context '.*': ") as info:
         parse_build_context(value.format(tmp=tmp_path))
     assert message in info.value.message
+
+
+def test_a_replaced_stage_passes_on_none_of_its_triggers(tmp_path: Path) -> None:
+    """The stage a named context replaces runs nothing, its ONBUILD triggers included."""
+    import trio
+
+    from rootbuild.engine.build import build
+    from rootbuild.engine.options import BuildOptions
+    from rootbuild.engine.seams import Seams
+    from rootbuild.image.store import Store
+    from rootbuild.testing.fakes import (
+        FakeBaseImages,
+        FakeExecutor,
+        FakeExporter,
+        RecordingProgress,
+    )
+
+    context, named = tmp_path / "ctx", tmp_path / "named"
+    context.mkdir()
+    named.mkdir()
+    (named / "f.txt").write_text("f\n")
+    (context / "Dockerfile").write_text(
+        "FROM scratch AS base\nONBUILD RUN trigger\nRUN never\nFROM base\nRUN child\n")
+    store = Store.open(tmp_path / "store")
+    executor = FakeExecutor()
+    options = BuildOptions(context_dir=context, target_platform=AMD64,
+                           build_contexts=(parse_build_context(f"base={named}"),))
+    seams = Seams(executor, FakeBaseImages(store), FakeExporter(), lambda: "fake")
+    result = trio.run(lambda: build(options, store, RecordingProgress(), seams=seams))
+    assert [spec.argv[-1] for spec in executor.specs] == ["child"]
+    assert len(result.image.layers) == 1  # the directory's files; "child" changed nothing
+    assert _plan("FROM scratch AS base\nFROM base\n",
+                 base=StageBase(context="base")).stage(0).replaced
