@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--build-context", dest="build_contexts", action="append", default=[],
                    metavar="NAME=VALUE",
                    help="named context for FROM/COPY --from/RUN --mount from=NAME: a "
-                        "directory, docker-image://REF or oci-layout://PATH[:TAG]")
+                        "directory, docker-image://REF or oci-layout://PATH[:TAG][@DIGEST]")
     b.add_argument("--label", dest="labels", action="append", default=[], metavar="K=V")
     b.add_argument("--no-cache", action="store_true", help="do not use the step cache")
     b.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",

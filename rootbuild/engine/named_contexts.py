@@ -6,8 +6,8 @@ directory into what ``FROM``, ``COPY --from`` and ``RUN --mount from=`` read.
 
 Rules (``docker buildx build --build-context`` reference):
 - ``NAME=DIR`` (a local directory), ``NAME=docker-image://REF`` (an image reference, in
-  place of the one the Dockerfile wrote), ``NAME=oci-layout://PATH[:TAG]`` (an image in a
-  local OCI layout). Anything else (no ``=``, an empty or invalid name, a missing
+  place of the one the Dockerfile wrote), ``NAME=oci-layout://PATH[:TAG][@DIGEST]`` (an
+  image in a local OCI layout). Anything else (no ``=``, an empty or invalid name, a missing
   directory, a URL or git source) is a usage error naming the value.
 - An image context resolves to that image (``StageBase(image=...)``): fetched and cached
   like any base (``engine.bases``), so ``FROM``, ``COPY --from`` and mounts get it alike.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ def parse_build_context(text: str) -> NamedContext:
     if value.startswith(REMOTE_SCHEMES) or "://" in value:
         raise UsageError(
             f"build: {where}: remote contexts (URL, git) are not supported: give a local "
-            "directory, docker-image://REF or oci-layout://PATH[:TAG]"
+            "directory, docker-image://REF or oci-layout://PATH[:TAG][@DIGEST]"
         )
     directory = Path(value)
     if not directory.is_dir():
@@ -92,17 +93,19 @@ def parse_build_context(text: str) -> NamedContext:
 
 
 def _oci_layout(rest: str, where: str) -> str:
-    """``PATH[:TAG]`` of an OCI layout as the ``oci:`` base reference the store imports."""
-    if "@" in rest:
-        raise UsageError(f"build: {where}: oci-layout:// with @DIGEST is not supported yet; "
-                         "name the image with :TAG")
+    """``PATH[:TAG][@DIGEST]`` of an OCI layout as the ``oci:`` base reference the store
+    imports (a digest names the index entry of that digest, and wins over a tag)."""
+    rest, at, digest = rest.partition("@")
+    if at and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise UsageError(f"build: {where}: {digest!r} is not a sha256:<64 hex> digest")
     path, colon, tag = rest.rpartition(":")
     if not colon or "/" in tag:
         path, tag = rest, ""
     if not path or not os.path.isfile(os.path.join(path, "index.json")):
         raise UsageError(f"build: {where}: {path or rest!r} is not an OCI layout directory "
                          "(no index.json)")
-    reference = f"oci:{os.path.abspath(path)}" + (f":{tag}" if tag else "")
+    name = digest if at else tag
+    reference = f"oci:{os.path.abspath(path)}" + (f":{name}" if name else "")
     try:
         parse_base_ref(reference)
     except UsageError as exc:

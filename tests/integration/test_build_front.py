@@ -7,6 +7,8 @@ Expectations come from Docker's documentation, cited per test.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import Harness
 from test_build_run import (
@@ -161,6 +163,20 @@ def test_image_contexts_docker_image_and_oci_layout(rb: Harness) -> None:
     layout, _ = build_to_layout(rb, ctx, "--build-context", "alpine=docker-image://mybase:1",
                                 "--build-context", f"tools=oci-layout://{tools_layout}:v2")
     assert Image(rb, layout).text("both") == "from-base\nfrom the layout\n"
+    # "oci-layout:///path/to/layout@sha256:..." (the buildx example): pinned by digest
+    digest = json.loads((tools_layout / "index.json").read_text())["manifests"][0]["digest"]
+    pinned = rb.workdir / "pinned.oci"
+    build(rb, ctx, "--output", f"oci:{pinned}:v1",
+          "--build-context", "alpine=docker-image://mybase:1",
+          "--build-context", f"tools=oci-layout://{tools_layout}@{digest}")
+    assert Image(rb, pinned).text("both") == "from-base\nfrom the layout\n"
+    missing = "sha256:" + "0" * 64
+    proc = build(rb, ctx, "--build-context", "alpine=docker-image://mybase:1",
+                 "--build-context", f"tools=oci-layout://{tools_layout}@{missing}", check=False)
+    assert proc.returncode == 1
+    assert error_lines(proc.stderr) == [
+        f"rootbuild: Dockerfile:2: read OCI layout {tools_layout}: no image with digest "
+        f"{missing}"], proc.stderr
     assert_nothing_left(rb, [])
 
 

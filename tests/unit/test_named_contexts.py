@@ -79,6 +79,9 @@ def test_parse_build_context_values(tmp_path: Path) -> None:
     assert parse_build_context(f"base=oci-layout://{tmp_path}:v1") == NamedContext(
         "base", image=f"oci:{tmp_path}:v1")
     assert parse_build_context(f"base=oci-layout://{tmp_path}").image == f"oci:{tmp_path}"
+    digest = "sha256:" + "ab" * 32
+    assert parse_build_context(f"base=oci-layout://{tmp_path}:v1@{digest}").image == \
+        f"oci:{tmp_path}:{digest}"
     contexts = plan_contexts([parse_build_context(f"docker.io/library/alpine={tmp_path}")])
     assert contexts == {"alpine": StageBase(context="alpine")}
 
@@ -93,7 +96,7 @@ def test_parse_build_context_values(tmp_path: Path) -> None:
     ("a=docker-image://", "docker-image:// needs an image name"),
     ("a=docker-image://oci:/x", "docker-image:// needs an image name"),
     ("a=oci-layout://{tmp}/missing", "is not an OCI layout directory"),
-    ("a=oci-layout://{tmp}@sha256:00", "@DIGEST is not supported yet"),
+    ("a=oci-layout://{tmp}@sha256:00", "'sha256:00' is not a sha256:<64 hex> digest"),
 ])
 def test_bad_build_context_values_are_usage_errors(
     tmp_path: Path, value: str, message: str
