@@ -119,7 +119,7 @@ async def build(
         )
         for warning in the_plan.warnings:
             progress.warn(warning)
-        checks = await lint(dockerfile, text, the_plan, options, seams.base_images)
+        checks = await lint(dockerfile, text, the_plan, options, seams.base_images, ignore)
         failure = violation(checks)
         if failure is not None:  # error=true: refuse before any step, as BuildKit does
             for check in checks.warnings:

@@ -7,6 +7,7 @@ to lint too); the result is ``engine.lint``'s report, and the command exits 0 un
 
 from __future__ import annotations
 
+from rootbuild.context import load_ignore
 from rootbuild.dockerfile.parser import parse_dockerfile
 from rootbuild.engine.build import _read_dockerfile, default_seams
 from rootbuild.engine.lint import CheckReport, lint
@@ -24,7 +25,7 @@ async def check_build(options: BuildOptions, store: Store, progress: Progress, *
                       seams: Seams | None = None) -> CheckReport:
     """``rootbuild build --check``: plan, lint, build nothing."""
     options.validate()
-    text, name, _ = _read_dockerfile(options)
+    text, name, path = _read_dockerfile(options)
     dockerfile = parse_dockerfile(text, name)
     check_config(text, name, options.build_args)  # a bad directive fails first
     with store.shared_lock():
@@ -34,4 +35,5 @@ async def check_build(options: BuildOptions, store: Store, progress: Progress, *
             build_args=options.build_args, target_platform=options.target_platform,
             build_platform=host_platform(), contexts=plan_contexts(options.build_contexts),
         )
-        return await lint(dockerfile, text, the_plan, options, seams.base_images)
+        ignore = load_ignore(options.context_dir, path or options.context_dir / "Dockerfile")
+        return await lint(dockerfile, text, the_plan, options, seams.base_images, ignore)

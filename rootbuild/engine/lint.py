@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rootbuild.dockerfile.dockerignore import IgnoreMatcher
 from rootbuild.dockerfile.instructions import Dockerfile
 from rootbuild.engine.options import BuildOptions
 from rootbuild.engine.seams import BaseImages
@@ -52,11 +53,11 @@ async def stage_bases(the_plan: BuildPlan, base_images: BaseImages) -> dict[int,
 
 
 async def lint(dockerfile: Dockerfile, text: str, the_plan: BuildPlan, options: BuildOptions,
-               base_images: BaseImages) -> CheckReport:
-    """Run the enabled checks over a planned build."""
+               base_images: BaseImages, ignore: IgnoreMatcher | None = None) -> CheckReport:
+    """Run the enabled checks over a planned build (``ignore``: the context's rules)."""
     config = check_config(text, dockerfile.name, options.build_args)
     bases = await stage_bases(the_plan, base_images)
-    warnings = run_checks(dockerfile, text, config=config, bases=bases)
+    warnings = run_checks(dockerfile, text, config=config, bases=bases, ignore=ignore)
     return CheckReport(warnings, config, text)
 
 

@@ -9,10 +9,11 @@ experimental ones and turns warnings into an error.
 Rules (moby/buildkit ``frontend/dockerfile/linter/ruleset.go`` for names and formats,
 ``dockerfile2llb/convert.go`` and ``instructions/parse.go`` for when each fires; the
 reference is https://docs.docker.com/reference/build-checks/):
-- Every rule BuildKit enables by default is implemented; of the experimental ones (off
-  unless ``experimental=`` names them) ``InvalidDefinitionDescription`` is.
-  ``CopyIgnoredFile`` needs the context's .dockerignore and ``InvalidBaseImagePlatform``
-  the pulled image's platform: neither is implemented here.
+- Every rule BuildKit enables by default is implemented, and the experimental ones (off
+  unless ``experimental=`` names them) ``InvalidDefinitionDescription`` and
+  ``CopyIgnoredFile`` (given the context's ignore rules; a source holding a variable is
+  not judged). ``InvalidBaseImagePlatform`` is not: a base of the wrong platform is
+  refused when it is fetched.
 - ``# check=skip=A,B;error=true;experimental=C`` (``skip=all``, ``experimental=all``);
   an unknown option or a bad boolean is a ``DockerfileError`` at the directive's line,
   as BuildKit refuses it.
@@ -32,6 +33,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from rootbuild.dockerfile.dockerignore import IgnoreMatcher
 from rootbuild.dockerfile.instructions import (
     Add,
     Arg,
@@ -108,6 +110,8 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule("FromPlatformFlagConstDisallowed", "FROM --platform flag should not use a constant "
          "value"),
     Rule("ExposeProtoCasing", "Protocol in EXPOSE instruction should be lowercase"),
+    Rule("CopyIgnoredFile", "Attempting to Copy file that is excluded by .dockerignore",
+         experimental=True),
     Rule("InvalidDefinitionDescription", "Comment for build stage or argument should follow "
          "the format: `# <arg/stage name> <description>`. If this is not intended to be a "
          "description comment, add an empty line or comment between the instruction and "
@@ -296,10 +300,12 @@ def run_checks(
     *,
     config: CheckConfig,
     bases: Mapping[int, ImageConfig] | None = None,
+    ignore: IgnoreMatcher | None = None,
 ) -> tuple[CheckWarning, ...]:
     """Every enabled rule's warnings for ``dockerfile`` (parsed from ``text``). ``bases``:
     the config of each stage's base image when it is an image (``scratch`` included), by
-    stage index; stages built on an earlier stage inherit that stage's scope."""
+    stage index; stages built on an earlier stage inherit that stage's scope. ``ignore``:
+    the build context's ignore rules (for ``CopyIgnoredFile``)."""
     bases = bases or {}
     found: list[CheckWarning] = []
 
@@ -343,6 +349,8 @@ def run_checks(
         else:
             scope = None
         scope = _stage_rules(stage.instructions, scope, escape, warn)
+        if ignore is not None:
+            _ignored_sources(stage.instructions, ignore, warn)
         if scope is not None:
             scopes[stage.index] = scope
         if stage.name:
@@ -465,6 +473,23 @@ def _from_rules(from_: From, escape: str, meta_names: set[str], meta_defaults: d
             if not name or not any(p and p in name for p in parts[:2]):
                 warn("FromPlatformFlagConstDisallowed",
                      f'FROM --platform flag should not use constant value "{platform}"', loc)
+
+
+def _ignored_sources(instructions: tuple[Instruction, ...], ignore: IgnoreMatcher,
+                     warn: _WarnFn) -> None:
+    """CopyIgnoredFile: a COPY/ADD source of the build context its ignore file excludes."""
+    for instr in instructions:
+        if not isinstance(instr, Copy | Add) or (isinstance(instr, Copy) and instr.from_):
+            continue
+        names = {"<<" + doc.name for doc in instr.heredocs}
+        for src in instr.sources:
+            if src in names or "$" in src or "://" in src or src.startswith("git@"):
+                continue
+            if ignore.ignored(src.lstrip("/") or "."):
+                cmd = "Add" if isinstance(instr, Add) else "Copy"
+                warn("CopyIgnoredFile",
+                     f'Attempting to {cmd} file "{src}" that is excluded by .dockerignore',
+                     instr.location)
 
 
 def _expanded_words(instr: Instruction) -> list[str]:

@@ -175,3 +175,20 @@ def test_every_rule_has_its_docs_url() -> None:
     assert RULES["JSONArgsRecommended"].url == \
         "https://docs.docker.com/go/dockerfile/rule/json-args-recommended/"
     assert RULES["FromAsCasing"].url == "https://docs.docker.com/go/dockerfile/rule/from-as-casing/"
+
+
+def test_copy_ignored_file_is_experimental_and_needs_the_ignore_rules() -> None:
+    """The CopyIgnoredFile page: with ``*/tmp/*`` ignored, ``COPY ./tmp/helloworld.txt``."""
+    from rootbuild.dockerfile.dockerignore import IgnoreMatcher
+
+    text = "FROM scratch\nCOPY ./tmp/helloworld.txt /\nADD a.txt /\nCOPY --from=x tmp/y /\n"
+    dockerfile = parse_dockerfile(text)
+    ignore = IgnoreMatcher.parse("tmp/\na.txt\n")
+    enabled = parse_check_config("experimental=CopyIgnoredFile")
+    found = run_checks(dockerfile, text, config=enabled, ignore=ignore)
+    assert [(w.rule, w.location.line, w.message) for w in found] == [
+        ("CopyIgnoredFile", 2,
+         'Attempting to Copy file "./tmp/helloworld.txt" that is excluded by .dockerignore'),
+        ("CopyIgnoredFile", 3, 'Attempting to Add file "a.txt" that is excluded by .dockerignore'),
+    ]
+    assert run_checks(dockerfile, text, config=CheckConfig(), ignore=ignore) == ()
