@@ -12,8 +12,7 @@ reference is https://docs.docker.com/reference/build-checks/):
 - Every rule BuildKit enables by default is implemented, and the experimental ones (off
   unless ``experimental=`` names them) ``InvalidDefinitionDescription`` and
   ``CopyIgnoredFile`` (given the context's ignore rules; a source holding a variable is
-  not judged). ``InvalidBaseImagePlatform`` is not: a base of the wrong platform is
-  refused when it is fetched.
+  not judged). ``InvalidBaseImagePlatform`` is not implemented yet.
 - ``# check=skip=A,B;error=true;experimental=C`` (``skip=all``, ``experimental=all``);
   an unknown option or a bad boolean is a ``DockerfileError`` at the directive's line,
   as BuildKit refuses it.
