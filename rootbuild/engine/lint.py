@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from rootbuild.dockerfile.dockerignore import IgnoreMatcher
 from rootbuild.dockerfile.instructions import Dockerfile
+from rootbuild.engine.bases import platform_of
 from rootbuild.engine.options import BuildOptions
 from rootbuild.engine.seams import BaseImages
 from rootbuild.errors import DockerfileError
@@ -39,9 +40,14 @@ class CheckReport:
         return self.config.error and bool(self.warnings)
 
 
-async def stage_bases(the_plan: BuildPlan, base_images: BaseImages) -> dict[int, ImageConfig]:
-    """The base image config of every planned stage built FROM an image (or scratch)."""
+async def stage_bases(
+    the_plan: BuildPlan, base_images: BaseImages
+) -> tuple[dict[int, ImageConfig], list[CheckWarning]]:
+    """The base image config of every planned stage built FROM an image (or scratch), and
+    an ``InvalidBaseImagePlatform`` warning for each base whose config declares another
+    OS or architecture than the stage's platform."""
     found: dict[int, ImageConfig] = {}
+    mismatched: list[CheckWarning] = []
     for stage in the_plan.stages:
         base = stage.base
         if base.is_scratch or base.context is not None:
@@ -49,15 +55,24 @@ async def stage_bases(the_plan: BuildPlan, base_images: BaseImages) -> dict[int,
         elif base.image is not None:  # fetched by planning already: the store has it
             image = await base_images.get(base.image, stage.platform)
             found[stage.index] = ImageConfig.from_oci(image.config_json)
-    return found
+            actual, expected = platform_of(image), stage.platform
+            if actual is not None and (actual.os, actual.architecture) != (
+                    expected.os, expected.architecture):
+                mismatched.append(CheckWarning(
+                    "InvalidBaseImagePlatform",
+                    f'Base image {base.image} was pulled with platform "{actual}", expected '
+                    f'"{expected}" for current build', stage.from_.location))
+    return found, mismatched
 
 
 async def lint(dockerfile: Dockerfile, text: str, the_plan: BuildPlan, options: BuildOptions,
                base_images: BaseImages, ignore: IgnoreMatcher | None = None) -> CheckReport:
     """Run the enabled checks over a planned build (``ignore``: the context's rules)."""
     config = check_config(text, dockerfile.name, options.build_args)
-    bases = await stage_bases(the_plan, base_images)
+    bases, mismatched = await stage_bases(the_plan, base_images)
     warnings = run_checks(dockerfile, text, config=config, bases=bases, ignore=ignore)
+    extra = [w for w in mismatched if config.enabled(w.rule)]
+    warnings = tuple(sorted((*warnings, *extra), key=lambda w: w.location.line))
     return CheckReport(warnings, config, text)
 
 

@@ -12,15 +12,16 @@ reference is https://docs.docker.com/reference/build-checks/):
 - Every rule BuildKit enables by default is implemented, and the experimental ones (off
   unless ``experimental=`` names them) ``InvalidDefinitionDescription`` and
   ``CopyIgnoredFile`` (given the context's ignore rules; a source holding a variable is
-  not judged). ``InvalidBaseImagePlatform`` is not implemented yet.
+  not judged). ``InvalidBaseImagePlatform`` needs the fetched base image: the engine
+  reports it (``engine/lint.py``), under the same ``# check=`` rules.
 - ``# check=skip=A,B;error=true;experimental=C`` (``skip=all``, ``experimental=all``);
   an unknown option or a bad boolean is a ``DockerfileError`` at the directive's line,
   as BuildKit refuses it.
 - ``UndefinedVar`` looks at the words BuildKit expands (never RUN's command): a variable
   is defined when it is in the stage's environment (the base image's Env, ENV, ARG with
   a value) or declared by an ARG; every reference counts, ``${x:-default}`` too, as
-  BuildKit's lexer records it. A stage whose base image is unknown (``bases`` lacks it)
-  is not checked for it.
+  BuildKit's lexer records it. A stage whose base image is unknown (``bases`` lacks it:
+  the engine fetches the bases of the stages the target needs) is not checked for it.
 - Warnings come in Dockerfile order, each at its instruction's first line.
 - Pure: no I/O.
 """
@@ -109,6 +110,8 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule("FromPlatformFlagConstDisallowed", "FROM --platform flag should not use a constant "
          "value"),
     Rule("ExposeProtoCasing", "Protocol in EXPOSE instruction should be lowercase"),
+    Rule("InvalidBaseImagePlatform", "Base image platform does not match expected target "
+         "platform"),
     Rule("CopyIgnoredFile", "Attempting to Copy file that is excluded by .dockerignore",
          experimental=True),
     Rule("InvalidDefinitionDescription", "Comment for build stage or argument should follow "
