@@ -42,6 +42,8 @@ def test_shebang_heredoc_runs_its_interpreter_and_leaves_no_file(rb: Harness) ->
         'echo "$0" > /out/argv0\n'
         "stat -c %a \"$0\" > /out/mode\n"
         'if echo x >> "$0"; then echo writable; else echo read-only; fi > /out/write\n'
+        "if touch /dev/pipes/new; then echo writable; else echo read-only; fi > /out/dir\n"
+        "ls /dev/pipes > /out/pipes\n"
         "EOF\n"
         "RUN <<-SCRIPT\n"
         "\t#!/bin/sh -e\n"
@@ -57,6 +59,8 @@ def test_shebang_heredoc_runs_its_interpreter_and_leaves_no_file(rb: Harness) ->
     assert image.text("out/argv0") == "/dev/pipes/EOF\n"
     assert image.text("out/mode") == "755\n"
     assert image.text("out/write") == "read-only\n"
+    assert image.text("out/dir") == "read-only\n"  # a read-only mount, as BuildKit's
+    assert image.text("out/pipes") == "EOF\n"  # holding the script alone
     assert "e" in image.text("out/flags").removeprefix("flags=")  # the #! argument applied
     assert image.text("out/busybox") == "busybox BB\n"
     for members in image.layers:
