@@ -101,12 +101,6 @@ def test_shebang_heredoc_failure_is_the_steps_exit_code(rb: Harness) -> None:
 
 # -- named build contexts ------------------------------------------------------------------------
 
-BUILD_CONTEXT_DOCS = (
-    "docker buildx build --build-context "
-    "(https://docs.docker.com/reference/cli/docker/buildx/build/#build-context)"
-)
-
-
 def test_directory_context_for_copy_from_and_from_replacing_a_stage(rb: Harness) -> None:
     """docker buildx build reference, --build-context: "Define additional build context
     with specified contents. In Dockerfile the context can be accessed when FROM name or
@@ -192,7 +186,11 @@ def test_image_contexts_docker_image_and_oci_layout(rb: Harness) -> None:
     ("src=https://example.invalid/ctx.tar", "remote contexts (URL, git) are not supported"),
 ])
 def test_bad_build_context_is_a_usage_error(rb: Harness, value: str, message: str) -> None:
-    """A value buildx would not accept fails before anything is built (exit 2, one line)."""
+    """--build-context takes "a local source directory, local OCI layout compliant
+    directory, container image (with docker-image:// prefix), Git or HTTP URL"
+    (https://docs.docker.com/reference/cli/docker/buildx/build/#build-context); anything
+    else, and the remote forms rootbuild does not fetch, fail before anything is built
+    (a usage error: exit 2, one line, the store untouched)."""
     ctx = rb.make_context("named-bad", {"Dockerfile": "FROM scratch\nCOPY --from=src / /\n"})
     before = rb.store_snapshot()
     proc = build(rb, ctx, "--build-context", value, check=False)
@@ -272,6 +270,9 @@ def test_build_lists_check_warnings_at_the_end(rb: Harness) -> None:
 
 
 def test_bad_check_directive_is_one_located_error(rb: Harness) -> None:
+    """The check directive takes "# check=skip=<checks|all>" and "# check=error=<boolean>"
+    (https://docs.docker.com/reference/dockerfile/#check); BuildKit refuses any other
+    option ("invalid check option") before building, and so does rootbuild, at its line."""
     ctx = busybox_context(rb, "check-bad", "# check=colour=red\nFROM scratch\n")
     for args in (("--check",), ()):
         proc = build(rb, ctx, *args, check=False)
