@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--check", action="store_true",
                    help="run the build checks (BuildKit's Dockerfile lint rules) and build "
                         "nothing; exit 1 only when # check=error=true and a check fired")
+    b.add_argument("--call", default="build", metavar="build|check",
+                   help="buildx's --call: build (default) or check (= --check)")
     b.add_argument("--build-context", dest="build_contexts", action="append", default=[],
                    metavar="NAME=VALUE",
                    help="named context for FROM/COPY --from/RUN --mount from=NAME: a "
@@ -236,9 +238,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
         build_contexts=tuple(parse_build_context(text) for text in args.build_contexts),
     )
     options.validate()  # before the store is opened; build() checks again
+    if args.call not in ("build", "check"):
+        raise UsageError(f"build: --call={args.call}: only build and check are supported "
+                         "(outline and targets are not implemented)")
     progress = make_progress(args.progress, quiet=args.quiet)
     store = Store.open(args.root)
-    if args.check:
+    if args.check or args.call == "check":
         return _check(options, store, progress)
     try:
         result = trio.run(build, options, store, progress)

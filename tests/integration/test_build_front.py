@@ -230,8 +230,14 @@ def test_check_prints_warnings_with_lines_and_builds_nothing(rb: Harness) -> Non
     ], proc.stdout
     assert "RUN exit 3" not in proc.stderr and "#1" not in proc.stderr  # no step ran
     assert rb.run("images", "-q").stdout == ""
+    assert build(rb, ctx, "--call=check").stdout == proc.stdout  # buildx's spelling
     skipped = busybox_context(rb, "check-skip", "# check=skip=all\n" + LINTED)
     assert build(rb, skipped, "--check").stdout == "Check complete, no warnings found.\n"
+    outline = build(rb, ctx, "--call=outline", check=False)
+    assert outline.returncode == 2
+    assert error_lines(outline.stderr) == [
+        "rootbuild: build: --call=outline: only build and check are supported (outline and "
+        "targets are not implemented)"], outline.stderr
     assert_nothing_left(rb, [])
 
 
