@@ -137,3 +137,13 @@ def test_a_replaced_stage_passes_on_none_of_its_triggers(tmp_path: Path) -> None
     assert len(result.image.layers) == 1  # the directory's files; "child" changed nothing
     assert _plan("FROM scratch AS base\nFROM base\n",
                  base=StageBase(context="base")).stage(0).replaced
+
+
+def test_mount_from_resolves_a_named_context_as_copy_from_does() -> None:
+    """``RUN --mount from=NAME`` goes through the same resolution (the mount itself is
+    carried out by the RUN --mount work of issue 12)."""
+    built = _plan("FROM scratch\nRUN --mount=type=bind,from=tools,target=/t true\n"
+                  "RUN --mount=type=cache,from=seed,target=/c true\n",
+                  tools=StageBase(context="tools"), seed=StageBase(image="oci:/s"))
+    assert dict(built.target_stage.refs) == {"tools": StageBase(context="tools"),
+                                             "seed": StageBase(image="oci:/s")}
