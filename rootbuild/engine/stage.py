@@ -428,6 +428,9 @@ class Stage:
         return await trio.to_thread.run_sync(work)
 
     async def from_view(self, ref: StageBase, where: Location) -> RootfsView:
+        if ref.context is not None:  # a directory: read through work.named, not as layers
+            raise ContextError(f"{self.describe(ref)}: a directory build context cannot be "
+                               "read as an image here", where)
         if ref.stage is not None:
             layers = self.deps[ref.stage].layers
         elif ref.is_scratch:
