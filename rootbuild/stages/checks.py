@@ -285,6 +285,12 @@ _REFERENCE = re.compile(
     rf"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$"
 )
 _RESERVED_STAGE_NAMES = ("context", "scratch")
+# the platform ARGs always have a value; any valid one shows whether a FROM word resolves
+_PLATFORM_DEFAULTS = (
+    ("BUILDPLATFORM", "linux/amd64"), ("BUILDOS", "linux"), ("BUILDARCH", "amd64"),
+    ("BUILDVARIANT", ""), ("TARGETPLATFORM", "linux/amd64"), ("TARGETOS", "linux"),
+    ("TARGETARCH", "amd64"), ("TARGETVARIANT", ""),
+)
 _ONCE_PER_STAGE = (Cmd, Entrypoint, Healthcheck)
 
 
@@ -447,7 +453,7 @@ def _from_rules(from_: From, escape: str, meta_names: set[str], meta_defaults: d
             warn("ReservedStageName",
                  f'Stage name should not use the same name as reserved stage "{name}"', loc)
         _description(from_, lines, [name], warn)
-    known = meta_names | set(PREDEFINED_PLATFORM_ARGS)
+    known = meta_names | set(PREDEFINED_PLATFORM_ARGS) | {"TARGETSTAGE"}
     for word in (from_.image, from_.platform or ""):
         for var in referenced(word, escape, loc):
             if var not in known:
@@ -455,7 +461,7 @@ def _from_rules(from_: From, escape: str, meta_names: set[str], meta_defaults: d
                 warn("UndefinedArgInFrom", f"FROM argument '{var}' is not declared"
                      + (f" (did you mean {hint}?)" if hint else ""), loc)
     if "$" in from_.image:
-        defaults = {k: "" for k in PREDEFINED_PLATFORM_ARGS} | meta_defaults
+        defaults = dict(_PLATFORM_DEFAULTS) | meta_defaults
         try:
             base = expand(from_.image, defaults, escape=escape, location=loc)
         except DockerfileError:

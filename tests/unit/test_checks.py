@@ -192,3 +192,10 @@ def test_copy_ignored_file_is_experimental_and_needs_the_ignore_rules() -> None:
         ("CopyIgnoredFile", 3, 'Attempting to Add file "a.txt" that is excluded by .dockerignore'),
     ]
     assert run_checks(dockerfile, text, config=CheckConfig(), ignore=ignore) == ()
+
+
+def test_platform_args_in_from_are_declared_and_resolve() -> None:
+    text = ("FROM --platform=$BUILDPLATFORM golang:1-${TARGETARCH} AS build_amd64\n"
+            "FROM build_${TARGETARCH}\n")
+    assert rules(text) == []
+
