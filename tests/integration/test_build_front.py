@@ -286,3 +286,25 @@ def test_bad_check_directive_is_one_located_error(rb: Harness) -> None:
         assert error_lines(proc.stderr) == [
             'rootbuild: Dockerfile:1: invalid check option "colour"'], proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_missing_file_in_a_directory_context_names_the_line(rb: Harness) -> None:
+    """A directory context is read as the main context is: a source it lacks (or its
+    .dockerignore excludes) fails the COPY at its line, and the store is left as it was."""
+    src = rb.make_context("named-missing-src", {"a.txt": "a\n", "secret.txt": "s\n",
+                                                ".dockerignore": "secret.txt\n"})
+    warm = rb.make_context("named-missing-warm", {
+        "Dockerfile": "FROM scratch\nCOPY --from=src a.txt /a\n"})
+    build(rb, warm, "--build-context", f"src={src}")  # the store exists, COPY a.txt cached
+    for name in ("nothing.txt", "secret.txt"):
+        ctx = rb.make_context(f"named-missing-{name}", {
+            "Dockerfile": f"FROM scratch\nCOPY --from=src a.txt /a\nCOPY --from=src {name} /\n"})
+        before = rb.store_snapshot()
+        proc = build(rb, ctx, "--build-context", f"src={src}", check=False)
+        assert proc.returncode == 1, proc.stderr
+        lines = error_lines(proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith("rootbuild: Dockerfile:3: COPY"), lines
+        assert name in lines[0]
+        assert "Traceback" not in proc.stderr
+        assert rb.store_snapshot() == before
+    assert_nothing_left(rb, [])
