@@ -153,8 +153,9 @@ class Stage:
             if layer is not None:
                 self.layers = (layer,)
                 # as BuildKit's exporter does for a layer no history entry describes
+                # (no time: the same directory gives the same image at every rebuild)
                 config = config.with_layer(layer.diff_id).with_history(HistoryEntry(
-                    created=self.env.clock.now, created_by=f"context {base.context}",
+                    created_by=f"context {base.context}",
                     comment="buildkit.exporter.image.v0"))
             return config, None
         assert base.image is not None

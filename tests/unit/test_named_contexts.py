@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,37 @@ def test_mount_from_resolves_a_named_context_as_copy_from_does() -> None:
                   tools=StageBase(context="tools"), seed=StageBase(image="oci:/s"))
     assert dict(built.target_stage.refs) == {"tools": StageBase(context="tools"),
                                              "seed": StageBase(image="oci:/s")}
+
+
+def test_a_directory_base_is_the_same_layer_every_build(tmp_path: Path) -> None:
+    """FROM a directory context twice gives the same image (the layer is made the same
+    way each time, so a rebuild changes no digest)."""
+    import trio
+
+    from rootbuild.engine.build import build
+    from rootbuild.engine.options import BuildOptions
+    from rootbuild.engine.seams import Seams
+    from rootbuild.image.store import Store
+    from rootbuild.testing.fakes import (
+        FakeBaseImages,
+        FakeExecutor,
+        FakeExporter,
+        RecordingProgress,
+    )
+
+    context, named = tmp_path / "ctx", tmp_path / "named"
+    (named / "sub").mkdir(parents=True)
+    context.mkdir()
+    (named / "sub/f.txt").write_text("f\n")
+    (context / "Dockerfile").write_text("FROM rootfs\nCOPY --from=rootfs sub /copy\n")
+    store = Store.open(tmp_path / "store")
+    options = BuildOptions(context_dir=context, target_platform=AMD64,
+                           build_contexts=(parse_build_context(f"rootfs={named}"),))
+    digests = []
+    for _ in range(2):
+        seams = Seams(FakeExecutor(), FakeBaseImages(store), FakeExporter(), lambda: "fake")
+        run = functools.partial(build, options, store, RecordingProgress(), seams=seams)
+        result = trio.run(run)
+        digests.append(result.image.manifest.digest)
+        time.sleep(1.1)  # another second: no time of the build may reach the image
+    assert digests[0] == digests[1]
