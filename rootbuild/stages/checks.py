@@ -65,7 +65,7 @@ from rootbuild.stages.config import ImageConfig
 DOCS = "https://docs.docker.com/go/dockerfile/rule/"
 CHECK_ARG = "BUILDKIT_DOCKERFILE_CHECK"
 
-_WarnFn = Callable[[str, str, "Location"], None]
+_WarnFn = Callable[[str, str, Location], None]
 
 
 @dataclass(frozen=True)
