@@ -26,7 +26,9 @@ from rootbuild.progress import make_progress
 from rootbuild.registry.client import TransportOptions
 
 if TYPE_CHECKING:
+    from rootbuild.engine.options import BuildOptions
     from rootbuild.image.store import Store
+    from rootbuild.progress import Progress
 
 COMPRESSIONS = ("gzip", "zstd", "none")
 
@@ -84,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--build-arg", dest="build_args", action="append", default=[],
                    metavar="K[=V]")
     b.add_argument("--target", help="build only up to this stage")
+    b.add_argument("--check", action="store_true",
+                   help="run the build checks (BuildKit's Dockerfile lint rules) and build "
+                        "nothing; exit 1 only when # check=error=true and a check fired")
+    b.add_argument("--call", default="build", metavar="build|check",
+                   help="buildx's --call: build (default) or check (= --check)")
+    b.add_argument("--build-context", dest="build_contexts", action="append", default=[],
+                   metavar="NAME=VALUE",
+                   help="named context for FROM/COPY --from/RUN --mount from=NAME: a "
+                        "directory, docker-image://REF or oci-layout://PATH[:TAG][@DIGEST]")
     b.add_argument("--label", dest="labels", action="append", default=[], metavar="K=V")
     b.add_argument("--no-cache", action="store_true", help="do not use the step cache")
     b.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
@@ -174,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_build(args: argparse.Namespace) -> int:
     from rootbuild.cache.spec import parse_cache_from, parse_cache_to
     from rootbuild.engine.build import BuildOptions, build
+    from rootbuild.engine.lint import render_summary
+    from rootbuild.engine.named_contexts import parse_build_context
     from rootbuild.image.refs import parse_output
     from rootbuild.image.store import Store
 
@@ -222,14 +235,21 @@ def _cmd_build(args: argparse.Namespace) -> int:
         transport=_transport(args),
         push=args.push,
         docker_format=args.format == "docker",
+        build_contexts=tuple(parse_build_context(text) for text in args.build_contexts),
     )
     options.validate()  # before the store is opened; build() checks again
+    if args.call not in ("build", "check"):
+        raise UsageError(f"build: --call={args.call}: only build and check are supported "
+                         "(outline and targets are not implemented)")
     progress = make_progress(args.progress, quiet=args.quiet)
     store = Store.open(args.root)
+    if args.check or args.call == "check":
+        return _check(options, store, progress)
     try:
         result = trio.run(build, options, store, progress)
     finally:
         progress.close()
+    sys.stderr.write(render_summary(result.checks))
     if args.iidfile:
         _write_file(args.iidfile, result.image_id, "iidfile")
     if args.digestfile:
@@ -241,6 +261,22 @@ def _cmd_build(args: argparse.Namespace) -> int:
     else:
         names = ", ".join(options.tags) or "(untagged)"
         sys.stderr.write(f"built {result.image_id} {names}\n")
+    return 0
+
+
+def _check(options: BuildOptions, store: Store, progress: Progress) -> int:
+    """``build --check``: the warnings on stdout; the lint error (if asked for) raised."""
+    from rootbuild.engine.checking import check_build
+    from rootbuild.engine.lint import render_check, violation
+
+    try:
+        report = trio.run(check_build, options, store, progress)
+    finally:
+        progress.close()
+    sys.stdout.write(render_check(report))
+    failure = violation(report)
+    if failure is not None:
+        raise failure
     return 0
 
 

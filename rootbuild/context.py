@@ -512,7 +512,18 @@ def ignore_file_for(context_dir: Path, dockerfile_path: Path) -> Path | None:
 def load_ignore(context_dir: Path, dockerfile_path: Path) -> IgnoreMatcher:
     """Read and parse the ignore file ``ignore_file_for`` picks (an empty matcher if none).
     A file inside the context is read through the context's fds, never followed out."""
-    path = ignore_file_for(context_dir, dockerfile_path)
+    return read_ignore_file(context_dir, ignore_file_for(context_dir, dockerfile_path))
+
+
+def load_context_ignore(context_dir: Path) -> IgnoreMatcher:
+    """The rules of ``CONTEXT/.dockerignore`` alone (a named build context: BuildKit reads
+    that one file for it, whatever the Dockerfile is called)."""
+    path = context_dir / ".dockerignore"
+    return read_ignore_file(context_dir, path if os.path.lexists(path) else None)
+
+
+def read_ignore_file(context_dir: Path, path: Path | None) -> IgnoreMatcher:
+    """Read and parse the ignore file ``path`` (an empty matcher for None)."""
     if path is None:
         return IgnoreMatcher()
     display = str(path)

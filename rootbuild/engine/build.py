@@ -35,6 +35,8 @@ from rootbuild.engine.bases import StoreBaseImages
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.exporter import StoreExporter
 from rootbuild.engine.layers import LayerTrees
+from rootbuild.engine.lint import lint, violation
+from rootbuild.engine.named_contexts import open_contexts, plan_contexts
 from rootbuild.engine.options import BuildOptions, BuildResult
 from rootbuild.engine.planning import plan_build
 from rootbuild.engine.remote_source import RemoteSources
@@ -110,15 +112,22 @@ async def build(
         progress.warn(warning)
     ignore = load_ignore(options.context_dir, path or options.context_dir / "Dockerfile")
     with store.shared_lock(), BuildContext.open(options.context_dir, ignore) as context, \
-            store.stage() as staging:
+            store.stage() as staging, contextlib.ExitStack() as named:
         seams = seams or default_seams(store, options, progress)
         the_plan = await plan_build(
             dockerfile, seams.base_images, target=options.target,
             build_args=options.build_args, target_platform=options.target_platform,
             build_platform=host_platform(),
+            contexts=plan_contexts(options.build_contexts),
         )
         for warning in the_plan.warnings:
             progress.warn(warning)
+        checks = await lint(dockerfile, text, the_plan, options, seams.base_images, ignore)
+        failure = violation(checks)
+        if failure is not None:  # error=true: refuse before any step, as BuildKit does
+            for check in checks.warnings:
+                progress.warn(str(check))
+            raise failure
         env = BuildEnv.for_plan(options, the_plan, dockerfile.directives.escape)
         warn_once = _Warnings(progress)
         work = Workspace(
@@ -129,6 +138,7 @@ async def build(
             ),
             context=context, work_dir=store.staging_dir(), staging=staging,
             idmap=read_host_plan(), warn_once=warn_once,
+            named=open_contexts(options.build_contexts, named),
         )
 
         async def run_stage(stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:
@@ -151,7 +161,7 @@ async def build(
             await _export_cache(store, work, the_plan, spec, options, progress)
         _warn_unused_args(the_plan, results, options, progress)
         pushed = await _export(seams.exporter, image, final, work, options, progress)
-    return BuildResult(image.config.digest, image, pushed)
+    return BuildResult(image.config.digest, image, pushed, checks=checks.warnings)
 
 
 async def _export(

@@ -14,12 +14,14 @@ from pathlib import Path
 
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.engine.layers import Compression
+from rootbuild.engine.named_contexts import NamedContext, check_contexts
 from rootbuild.errors import UsageError
 from rootbuild.image.oci import StoredImage
 from rootbuild.image.refs import OutputRef
 from rootbuild.platform import Platform, host_platform
 from rootbuild.registry.client import TransportOptions
 from rootbuild.sandbox.spec import NETWORK_MODES, PROC_MODES
+from rootbuild.stages.checks import CheckWarning
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class BuildOptions:
     transport: TransportOptions = field(default_factory=TransportOptions)  # registries
     push: bool = False  # push every -t name after the build
     docker_format: bool = False  # push with Docker schema 2 media types
+    build_contexts: tuple[NamedContext, ...] = ()  # --build-context NAME=VALUE
 
     def validate(self) -> None:
         """Refuse what no build may run with (``UsageError``, exit code 2)."""
@@ -65,6 +68,7 @@ class BuildOptions:
             )
         if self.step_timeout is not None and self.step_timeout <= 0:
             raise UsageError(f"build: --timeout must be positive, not {self.step_timeout:g}")
+        check_contexts(self.build_contexts)
 
 
 @dataclass(frozen=True)
@@ -72,3 +76,4 @@ class BuildResult:
     image_id: str  # the config digest, as `docker build` reports it
     image: StoredImage
     pushed: tuple[tuple[str, str], ...] = ()  # (reference, manifest digest) per push
+    checks: tuple[CheckWarning, ...] = ()  # build checks that fired (engine/lint.py)

@@ -25,18 +25,21 @@ from rootbuild.platform import Platform
 from rootbuild.stages.config import ImageConfig
 from rootbuild.stages.evaluate import onbuild_triggers
 from rootbuild.stages.features import check_supported
+from rootbuild.stages.graph import StageBase
 from rootbuild.stages.onbuild import stage_triggers, with_triggers
 from rootbuild.stages.plan import BuildPlan, StagePlan, plan
 from rootbuild.stages.scheduler import unwrap_group
 
 #: what this engine carries out beyond plain RUN/COPY/ADD (``stages.features`` names)
-SUPPORTED: frozenset[str] = frozenset({"copy.parents", "chmod.symbolic", "source.remote"})
+SUPPORTED: frozenset[str] = frozenset({
+    "copy.parents", "chmod.symbolic", "source.remote", "run.heredoc.shebang",
+})
 
 
 async def plan_build(
     dockerfile: Dockerfile, base_images: BaseImages, *, target: str | None,
     build_args: Mapping[str, str], target_platform: Platform, build_platform: Platform,
-    supported: frozenset[str] = SUPPORTED,
+    supported: frozenset[str] = SUPPORTED, contexts: Mapping[str, StageBase] | None = None,
 ) -> BuildPlan:
     """The plan of ``dockerfile`` with its triggers (see the module rules)."""
     triggers: dict[int, tuple[str, ...]] = {}
@@ -44,6 +47,7 @@ async def plan_build(
         the_plan = plan(
             with_triggers(dockerfile, triggers), target=target, build_args=build_args,
             target_platform=target_platform, build_platform=build_platform,
+            contexts=contexts,
         )
         new = [stage for stage in the_plan.stages if stage.index not in triggers]
         if not new:
@@ -52,7 +56,10 @@ async def plan_build(
         images = await fetch_bases(new, base_images)
         for stage in new:
             if stage.base.stage is not None:
-                triggers[stage.index] = stage_triggers(dockerfile.stages[stage.base.stage])
+                parent = the_plan.stage(stage.base.stage)
+                # a stage a named context replaced has no Dockerfile triggers to pass on
+                triggers[stage.index] = () if parent.replaced else stage_triggers(
+                    dockerfile.stages[stage.base.stage])
             elif stage.index in images:
                 config = ImageConfig.from_oci(images[stage.index].config_json)
                 triggers[stage.index] = onbuild_triggers(config)

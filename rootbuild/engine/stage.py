@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,6 +50,7 @@ from rootbuild.engine.copy import (
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
 from rootbuild.engine.remote_ref import redact_text
+from rootbuild.engine.run_files import heredoc_binds
 from rootbuild.engine.seams import Seams
 from rootbuild.engine.step_cache import StepCache
 from rootbuild.errors import (
@@ -67,7 +68,7 @@ from rootbuild.progress import Progress
 from rootbuild.sandbox.idmap import IdMapPlan
 from rootbuild.sandbox.spec import OverlayRoot, StepSpec
 from rootbuild.snapshot import LowerLayer
-from rootbuild.stages.config import ImageConfig, format_timestamp
+from rootbuild.stages.config import HistoryEntry, ImageConfig, format_timestamp
 from rootbuild.stages.evaluate import apply, begin_stage
 from rootbuild.stages.features import REMOTE_PREFIXES
 from rootbuild.stages.graph import StageBase
@@ -89,6 +90,7 @@ class Workspace:
     staging: Staging
     idmap: IdMapPlan
     warn_once: Callable[[str], None]
+    named: Mapping[str, BuildContext] = field(default_factory=dict)  # directory contexts
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,22 @@ class Stage:
             parent = self.deps[base.stage]
             self.layers, self.key = parent.layers, parent.key
             return parent.config, parent
-        assert base.image is not None
         platform = str(self.stage.platform)
+        if base.context is not None:  # a directory named context: its files, no config
+            where = self.stage.from_.location
+            digest = await trio.to_thread.run_sync(self.named_digest, base.context, ".", where)
+            self.key = base_key(f"context:{digest}", platform)
+            layer = await trio.to_thread.run_sync(self.named_layer, base.context, where)
+            config = ImageConfig.scratch(self.stage.platform)
+            if layer is not None:
+                self.layers = (layer,)
+                # as BuildKit's exporter does for a layer no history entry describes
+                # (no time: the same directory gives the same image at every rebuild)
+                config = config.with_layer(layer.diff_id).with_history(HistoryEntry(
+                    created_by=f"context {base.context}",
+                    comment="buildkit.exporter.image.v0"))
+            return config, None
+        assert base.image is not None
         if base.is_scratch:
             self.key = base_key(None, platform)
             return ImageConfig.scratch(self.stage.platform), None
@@ -251,7 +267,11 @@ class Stage:
                     lambda: resolve_chown(action.chown or "", self.view(), where)
                 )
                 inputs["owner"] = f"{uid}:{gid}"
-            if action.from_ is not None:
+            if action.from_ is not None and action.from_.context is not None:
+                inputs["from"] = await trio.to_thread.run_sync(
+                    self.context_digest, action, where, self.work.named[action.from_.context]
+                )
+            elif action.from_ is not None:
                 inputs["from"] = await self.source_key(action.from_, where)
             elif local.sources:
                 inputs["context"] = await trio.to_thread.run_sync(
@@ -276,19 +296,25 @@ class Stage:
         if ref.stage is not None:
             return self.deps[ref.stage].key
         platform = str(self.stage.platform)
+        if ref.context is not None:
+            digest = await trio.to_thread.run_sync(self.named_digest, ref.context, ".", where)
+            return base_key(f"context:{digest}", platform)
         if ref.is_scratch:
             return base_key(None, platform)
         assert ref.image is not None
         image = await self.image(ref.image, where)
         return base_key(image.manifest.digest, platform)
 
-    def context_digest(self, action: CopyStep, where: Location) -> str:
+    def context_digest(self, action: CopyStep, where: Location,
+                       context: BuildContext | None = None) -> str:
         """The digest of the context files the step takes (ADD: the archive files
-        themselves, before unpacking), through the same walk COPY makes."""
+        themselves, before unpacking), through the same walk COPY makes; ``context``: a
+        named directory context instead of the build's."""
         keyword = "ADD" if action.is_add else "COPY"
         try:
             take = context_parents_sources if action.parents else context_sources
-            sources = take(self.work.context, action.sources, action.excludes, where)
+            sources = take(context or self.work.context, action.sources, action.excludes,
+                           where)
             return self.work.cache.hasher.digest(sources)
         except ContextError as exc:
             if exc.message.startswith(keyword):
@@ -318,8 +344,8 @@ class Stage:
     ) -> Layer | None:
         """Run a RUN step in the sandbox over the overlay of this stage's layers."""
         options, work = self.env.options, self.work
-        # RUN --mount, #! heredocs and --security=insecure never get here: the plan refused
-        # them (engine/planning.py SUPPORTED)
+        # RUN --mount and --security=insecure never get here: the plan refused them
+        # (engine/planning.py SUPPORTED)
         snapshotter = self.seams.snapshotter()
         lowers = await trio.to_thread.run_sync(
             lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
@@ -333,6 +359,7 @@ class Stage:
             env=env, user=action.user, workdir=action.workdir or "/",
             network=self.network(action), proc=options.proc, untrusted=options.untrusted,
             timeout=options.step_timeout,
+            binds=heredoc_binds(action.heredoc_files, scratch / "heredocs"),
         )
         try:
             result = await self.seams.executor.run(
@@ -400,7 +427,10 @@ class Stage:
             )
         source_view: RootfsView | None = None
         what = ""
-        if action.from_ is not None:
+        named = None
+        if action.from_ is not None and action.from_.context is not None:
+            named = self.work.named[action.from_.context]
+        elif action.from_ is not None:
             source_view = await self.from_view(action.from_, where)
             what = self.describe(action.from_)
         ws, epoch_now = self.work, self.env.clock.epoch_now
@@ -422,7 +452,8 @@ class Stage:
                         )
                     else:
                         take = context_parents_sources if action.parents else context_sources
-                        sources = take(ws.context, action.sources, action.excludes, where)
+                        sources = take(named or ws.context, action.sources, action.excludes,
+                                       where)
                 except ContextError as exc:
                     if exc.message.startswith(keyword):
                         raise
@@ -442,6 +473,9 @@ class Stage:
         return await trio.to_thread.run_sync(work)
 
     async def from_view(self, ref: StageBase, where: Location) -> RootfsView:
+        if ref.context is not None:  # a directory: read through work.named, not as layers
+            raise ContextError(f"{self.describe(ref)}: a directory build context cannot be "
+                               "read as an image here", where)
         if ref.stage is not None:
             layers = self.deps[ref.stage].layers
         elif ref.is_scratch:
@@ -451,6 +485,22 @@ class Stage:
             image = await self.image(ref.image, where)
             layers = tuple(Layer(d, i) for d, i in zip(image.layers, image.diff_ids, strict=True))
         return await trio.to_thread.run_sync(self.work.trees.view, layers)
+
+    def named_digest(self, name: str, pattern: str, where: Location) -> str:
+        """The digest of ``pattern`` in the directory context ``name``."""
+        sources = context_sources(self.work.named[name], [pattern], (), where)
+        return self.work.cache.hasher.digest(sources)
+
+    def named_layer(self, name: str, where: Location) -> Layer | None:
+        """A directory context as a base: one layer of its files (None when empty)."""
+        sources = context_sources(self.work.named[name], ["."], (), where)
+        plan = CopyPlan(sources=sources, dest="/", owner=None, chmod=None,
+                        now=self.env.clock.epoch_now)
+        entries = copy_entries(plan, self.work.trees.view(()), where)
+        if not entries:
+            return None
+        options = self.env.options
+        return self.work.trees.commit(entries, options.compression, options.source_date_epoch)
 
     def describe(self, ref: StageBase) -> str:
         """How errors name a ``--from`` source: the word the Dockerfile wrote for it."""

@@ -3,7 +3,8 @@
 Rules (OCI image-spec image-layout.md, annotations.md):
 - A layout is ``oci-layout`` (``{"imageLayoutVersion": "1.0.0"}``), ``index.json`` and
   ``blobs/<alg>/<hex>``. The image is chosen by ``org.opencontainers.image.ref.name`` (or
-  containerd's ``io.containerd.image.name``); without a tag the layout must hold one image,
+  containerd's ``io.containerd.image.name``), or by its digest (a ``sha256:...`` in place
+  of the tag names the index entry of that digest); without a tag the layout must hold one image,
   or only per-platform manifests. Nested indexes are resolved for the requested platform,
   as containerd's ``platforms.Only`` matcher does.
 - Import reads through a ``BlobSource`` (a directory here, a tar in ``archives.py``) and
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -142,13 +144,21 @@ def check_layout_version(source: BlobSource) -> None:
         )
 
 
+_DIGEST_NAME = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 def _ref_name(desc: Descriptor) -> str | None:
     return desc.annotation(ANNOTATION_REF_NAME) or desc.annotation(ANNOTATION_CONTAINERD_NAME)
 
 
 def select_top(index: Index, tag: str | None, platform: Platform, where: str) -> Descriptor:
-    """Choose the ``index.json`` entry named ``tag`` (or the only one) for ``platform``."""
-    if tag is not None:
+    """Choose the ``index.json`` entry named ``tag`` (or the only one) for ``platform``; a
+    ``tag`` that is a digest (``sha256:...``) names the entry of that digest instead."""
+    if tag is not None and _DIGEST_NAME.fullmatch(tag):
+        candidates = tuple(d for d in index.manifests if d.digest == tag)
+        if not candidates:
+            raise ImageError(f"read OCI layout {where}: no image with digest {tag}")
+    elif tag is not None:
         candidates = tuple(
             d
             for d in index.manifests

@@ -96,6 +96,12 @@ def _bind(rootfd: int, item: Bind) -> None:
         source = os.open(item.source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise RuntimeError(f"bind {item.source} at {item.target}: {exc.strerror}") from exc
+    if mounts.in_step_dev(item.target):  # the target lives in /dev's tmpfs, never the root
+        try:
+            os.close(mounts.ensure_target(rootfd, item.target, item.kind, []))
+        except OSError as exc:
+            os.close(source)
+            raise RuntimeError(f"bind at {item.target}: {exc.strerror}") from exc
     try:
         mode = os.fstat(source).st_mode
         if not (stat.S_ISDIR(mode) if item.kind == "dir" else stat.S_ISREG(mode)):

@@ -146,6 +146,9 @@ def _prepare_targets(rootfd: int, binds: tuple[Bind, ...], created: list[mounts.
     provide: list[Bind] = []
     warnings: list[str] = []
     for bind in binds:
+        if mounts.in_step_dev(bind.target):  # made in the step's /dev tmpfs (child.py)
+            provide.append(bind)
+            continue
         try:
             os.close(mounts.ensure_target(rootfd, bind.target, bind.kind, created))
             provide.append(bind)

@@ -146,6 +146,13 @@ def open_in_root(rootfd: int, path: str, flags: int = os.O_PATH) -> int:
     return openat2(rootfd, path.lstrip("/") or ".", flags | os.O_NOFOLLOW, TARGET_RESOLVE)
 
 
+def in_step_dev(target: str) -> bool:
+    """Whether a bind ``target`` lies inside the step's own /dev (a tmpfs made for the
+    step): its mount point is created there after /dev is mounted, never in the root, so
+    nothing of it can reach the layer (BuildKit's ``#!`` heredoc under /dev/pipes/)."""
+    return target.startswith("/dev/") and target.rstrip("/") != "/dev"
+
+
 @dataclass(frozen=True)
 class Created:
     """A mount target the sandbox had to create in the root (``kind``: "dir" or "file")."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from rootbuild.dockerfile.instructions import Copy, Dockerfile, From, Instruction, Run
 from rootbuild.errors import DockerfileError, Location, StageGraphError
+from rootbuild.stages.contexts import context_key
 
 # Expands one word in the global (meta-ARG) scope; adds the names it referenced to the set.
 Expander = Callable[[str, Location, set[str]], str]
@@ -35,15 +36,18 @@ MOUNT_TYPES_WITH_SOURCE = frozenset({"bind", "cache"})
 @dataclass(frozen=True)
 class StageBase:
     """What a ``FROM`` (or a ``--from``/``from=`` reference) resolves to: exactly one of an
-    earlier stage's index or an external image reference as written after expansion
-    ("scratch", "alpine:3", "oci-archive:base.tar")."""
+    earlier stage's index, an external image reference as written after expansion
+    ("scratch", "alpine:3", "oci-archive:base.tar"), or the name of a named build context
+    that is a local directory (``--build-context name=DIR``; an image context resolves to
+    its image reference)."""
 
     stage: int | None = None
     image: str | None = None
+    context: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.stage is None) == (self.image is None):
-            raise ValueError("StageBase needs exactly one of stage and image")
+        if [self.stage, self.image, self.context].count(None) != 2:
+            raise ValueError("StageBase needs exactly one of stage, image and context")
 
     @property
     def is_scratch(self) -> bool:
@@ -51,6 +55,8 @@ class StageBase:
         return self.image is not None and self.image.lower() == "scratch"
 
     def __str__(self) -> str:
+        if self.context is not None:
+            return f"context {self.context}"
         return f"stage {self.stage}" if self.stage is not None else f"image {self.image}"
 
 
@@ -79,6 +85,7 @@ class StageNode:
     from_args: frozenset[str]  # meta ARGs the FROM line and the references referenced
     instructions: tuple[Instruction, ...]
     onbuild: tuple[Instruction, ...] = ()  # the base's ONBUILD triggers, run first
+    replaced: bool = False  # a named build context replaced the stage (``stages.contexts``)
 
     @property
     def display_name(self) -> str:
@@ -101,9 +108,18 @@ class StageGraph:
         return dict(self.names).get(name.lower())
 
 
-def build_graph(dockerfile: Dockerfile, expand: Expander) -> StageGraph:
+def build_graph(
+    dockerfile: Dockerfile, expand: Expander, contexts: Mapping[str, StageBase] | None = None
+) -> StageGraph:
     """Resolve every stage's base and references. Raises ``DockerfileError`` for a blank
-    base name and ``StageGraphError`` for an index that names no stage."""
+    base name and ``StageGraphError`` for an index that names no stage. ``contexts`` are
+    the named build contexts by ``context_key`` (``stages.contexts`` rules)."""
+    contexts = contexts or {}
+
+    def named(word: str) -> StageBase | None:
+        key = context_key(word)
+        return contexts.get(key) if key is not None else None
+
     final_names: dict[str, int] = {}
     for spec in dockerfile.stages:
         if spec.name:
@@ -119,11 +135,14 @@ def build_graph(dockerfile: Dockerfile, expand: Expander) -> StageGraph:
             raise DockerfileError(f"FROM: base name ({spec.from_.image}) should not be blank", loc)
         base_index = earlier.get(base_word.lower())
         edges: list[Edge] = []
-        if base_index is not None:
+        replaced = named(spec.name.lower()) if spec.name else None
+        if replaced is not None:  # the named context replaces the whole stage
+            base = replaced
+        elif base_index is not None:
             base = StageBase(stage=base_index)
             edges.append(Edge(base_index, "FROM", loc))
         else:
-            base = StageBase(image=base_word)
+            base = named(base_word) or StageBase(image=base_word)
         platform = None
         if spec.from_.platform is not None:
             platform = expand(spec.from_.platform, loc, used)
@@ -134,7 +153,8 @@ def build_graph(dockerfile: Dockerfile, expand: Expander) -> StageGraph:
 
         refs: dict[str, StageBase] = {}
         images: set[str] = set()
-        for instruction, kind, word in _references((*spec.onbuild, *spec.instructions)):
+        body = () if replaced is not None else (*spec.onbuild, *spec.instructions)
+        for instruction, kind, word in _references(body):
             ref = _resolve_ref(
                 word,
                 instruction.location,
@@ -143,6 +163,7 @@ def build_graph(dockerfile: Dockerfile, expand: Expander) -> StageGraph:
                 final_names,
                 expand,
                 used,
+                named,
             )
             refs[word] = ref
             if ref.stage is not None:
@@ -162,8 +183,9 @@ def build_graph(dockerfile: Dockerfile, expand: Expander) -> StageGraph:
                 images=tuple(sorted(images)),
                 refs=tuple(sorted(refs.items())),
                 from_args=frozenset(used),
-                instructions=spec.instructions,
-                onbuild=spec.onbuild,
+                instructions=() if replaced is not None else spec.instructions,
+                onbuild=() if replaced is not None else spec.onbuild,
+                replaced=replaced is not None,
             )
         )
         if name is not None:
@@ -191,6 +213,7 @@ def _resolve_ref(
     names: Mapping[str, int],
     expand: Expander,
     used: set[str],
+    named: Callable[[str], StageBase | None] = lambda word: None,
 ) -> StageBase:
     value = expand(word, location, used)
     if not value:
@@ -201,7 +224,9 @@ def _resolve_ref(
             raise StageGraphError(f"{kind}={value}: invalid stage index {index}", location)
         return StageBase(stage=index)
     found = names.get(value.lower())
-    return StageBase(stage=found) if found is not None else StageBase(image=value)
+    if found is not None:
+        return StageBase(stage=found)
+    return named(value) or StageBase(image=value)
 
 
 def check_acyclic(graph: StageGraph) -> None:

@@ -54,6 +54,7 @@ class StagePlan:
     instructions: tuple[Instruction, ...]
     refs: tuple[tuple[str, StageBase], ...]  # raw --from / from= word -> what it names
     onbuild: tuple[Instruction, ...] = ()  # the base's ONBUILD triggers, run first
+    replaced: bool = False  # a named build context replaced the stage: nothing of it runs
 
     @property
     def display_name(self) -> str:
@@ -94,8 +95,10 @@ def plan(
     build_args: Mapping[str, str],
     target_platform: Platform,
     build_platform: Platform,
+    contexts: Mapping[str, StageBase] | None = None,
 ) -> BuildPlan:
-    """Plan the build of ``target`` (default: the last stage)."""
+    """Plan the build of ``target`` (default: the last stage); ``contexts`` are the named
+    build contexts by ``stages.contexts.context_key``."""
     if not dockerfile.stages:
         raise DockerfileError(f"plan build: {dockerfile.name} contains no stages to build")
     # TARGETSTAGE is the --target as given, else the last stage's name (BuildKit defaultArgs).
@@ -108,7 +111,7 @@ def plan(
     def expand_global(word: str, location: Location, used: set[str]) -> str:
         return expand(word, scope, escape=escape, location=location, used=used)
 
-    graph = build_graph(dockerfile, expand_global)
+    graph = build_graph(dockerfile, expand_global, contexts)
     check_acyclic(graph)
     target_index = _target_index(graph, target)
     needed = needed_stages(graph, target_index)
@@ -127,6 +130,7 @@ def plan(
             instructions=node.instructions,
             refs=node.refs,
             onbuild=node.onbuild,
+            replaced=node.replaced,
         )
         for node in graph.nodes
         if node.index in needed

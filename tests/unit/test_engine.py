@@ -267,8 +267,6 @@ def test_one_failing_stage_cancels_the_others_and_keeps_nothing(rig: Rig) -> Non
          r"RUN --mount=type=secret: not supported yet"),
         ("RUN --security=insecure true", StepError,
          r"RUN --security=insecure: refused \(rootbuild has no such mode\)"),
-        ("RUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF", StepError,
-         r"RUN with a #! heredoc: not supported yet"),
     ],
 )
 def test_unsupported_flags_fail_before_any_step_runs(
