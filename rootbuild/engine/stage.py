@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from rootbuild.engine.copy import (
 )
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
+from rootbuild.engine.run_mounts import ContextLayer, MountEnv, mount_keys, mount_specs
 from rootbuild.engine.seams import Seams
 from rootbuild.engine.step_cache import StepCache
 from rootbuild.errors import (
@@ -83,6 +84,7 @@ class Workspace:
     staging: Staging
     idmap: IdMapPlan
     warn_once: Callable[[str], None]
+    context_layer: ContextLayer = field(default_factory=ContextLayer)  # RUN --mount source
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,8 @@ class Stage:
         }
         if isinstance(action, RunStep):
             inputs |= {"network": self.network(action), "idmap": self.work.idmap.mode}
+            if action.mounts:
+                inputs |= await mount_keys(action.mounts, self.mount_env(where))
         elif isinstance(action, CopyStep):
             if any(src.startswith(REMOTE_PREFIXES) for src in action.sources):
                 return None
@@ -250,6 +254,22 @@ class Stage:
         assert ref.image is not None
         image = await self.image(ref.image, where)
         return base_key(image.manifest.digest, platform)
+
+    async def source_layers(self, ref: StageBase, where: Location) -> tuple[Layer, ...]:
+        """The layers of what ``--from``/``from=`` names: a stage's, an image's, none."""
+        if ref.stage is not None:
+            return self.deps[ref.stage].layers
+        if ref.is_scratch:
+            return ()
+        assert ref.image is not None
+        image = await self.image(ref.image, where)
+        return tuple(Layer(d, i) for d, i in zip(image.layers, image.diff_ids, strict=True))
+
+    def mount_env(self, where: Location) -> MountEnv:
+        """What this stage's ``RUN --mount``s read (``engine/run_mounts.py``)."""
+        work = self.work
+        return MountEnv(self, work.trees, work.context, work.context_layer, work.cache.hasher,
+                        work.work_dir, self.seams.snapshotter, where)
 
     def context_digest(self, action: CopyStep, where: Location) -> str:
         """The digest of the context files the step takes (ADD: the archive files
@@ -288,9 +308,10 @@ class Stage:
     ) -> Layer | None:
         """Run a RUN step in the sandbox over the overlay of this stage's layers."""
         options, work = self.env.options, self.work
-        # RUN --mount, #! heredocs and --security=insecure never get here: the plan refused
-        # them (engine/planning.py SUPPORTED)
+        # #! heredocs, --security=insecure and RUN --mount types without a MountType never
+        # get here: the plan refused them (engine/planning.py SUPPORTED)
         snapshotter = self.seams.snapshotter()
+        mounts = await mount_specs(action.mounts, self.mount_env(where))
         lowers = await trio.to_thread.run_sync(
             lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
         )
@@ -302,7 +323,7 @@ class Stage:
             scratch=scratch / "sandbox",
             env=env, user=action.user, workdir=action.workdir or "/",
             network=self.network(action), proc=options.proc, untrusted=options.untrusted,
-            timeout=options.step_timeout,
+            timeout=options.step_timeout, mounts=mounts,
         )
         try:
             result = await self.seams.executor.run(
@@ -400,14 +421,7 @@ class Stage:
         return await trio.to_thread.run_sync(work)
 
     async def from_view(self, ref: StageBase, where: Location) -> RootfsView:
-        if ref.stage is not None:
-            layers = self.deps[ref.stage].layers
-        elif ref.is_scratch:
-            layers = ()
-        else:
-            assert ref.image is not None
-            image = await self.image(ref.image, where)
-            layers = tuple(Layer(d, i) for d, i in zip(image.layers, image.diff_ids, strict=True))
+        layers = await self.source_layers(ref, where)
         return await trio.to_thread.run_sync(self.work.trees.view, layers)
 
     def describe(self, ref: StageBase) -> str:

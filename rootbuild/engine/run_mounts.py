@@ -1,0 +1,247 @@
+"""``RUN --mount`` in the engine: what each mount of a ``RunStep`` adds to the step's cache
+key, and what it becomes in the sandbox's ``StepSpec.mounts``.
+
+Job: one ``MountType`` per ``--mount`` type in ``MOUNT_TYPES`` (``key``: the mount's
+cache-key input, None when it adds none; ``spec``: the ``RunMount`` the sandbox carries
+out), run over a step's mounts by ``mount_keys`` and ``mount_specs``. ``ContextLayer``
+makes the build context, as a mount source, into an extracted-layer tree once per build.
+
+Rules (Docker's Dockerfile reference, ``RUN --mount``; BuildKit's dockerfile2llb):
+- Every mount needs a ``target`` (relative ones were resolved against WORKDIR by the plan,
+  as BuildKit joins them with the state's dir); '/' is refused with BuildKit's
+  ``invalid mount target "/"``.
+- ``type=bind`` (the default): ``from=`` a stage or an image (their layers), or none: the
+  build context, as COPY sees it (only what .dockerignore admits, every entry owned by
+  root). ``source`` is a path in that tree, cleaned as BuildKit's ``path.Join("/", src)``
+  (default: its root); symlinks in it resolve inside the tree (the sandbox's
+  ``step_mounts``). Read-only unless ``rw``; writes through ``rw`` are thrown away.
+  The key takes the bound context path by content (the COPY walk and its digests), or the
+  key of the stage or image; a source that is not there fails as BuildKit's checksum does.
+- ``type=tmpfs``: a fresh tmpfs of ``size`` bytes; its options are in the step's fields,
+  which the key takes already.
+- Nothing of a mount reaches the layer (the sandbox removes the targets it created).
+- A type without an entry is refused at plan time (``planning.SUPPORTED``); a type added
+  later adds one ``MountType`` here and, when it needs a new kind of mount, a ``RunMount``
+  of ``sandbox.spec``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from rootbuild.cache.keys import Scalar
+from rootbuild.context import BuildContext
+from rootbuild.engine.copy import CopyPlan, context_sources, copy_entries
+from rootbuild.engine.layers import Layer, LayerTrees
+from rootbuild.engine.step_cache import SourceHasher
+from rootbuild.errors import ContextError, Location, StepError
+from rootbuild.image.layer_extract import extract_layer
+from rootbuild.image.layer_write import write_layer
+from rootbuild.image.rootfs import RootfsView
+from rootbuild.image.store import force_rmtree
+from rootbuild.sandbox.spec import LayerMount, RunMount, TmpfsMount
+from rootbuild.snapshot import LowerLayer
+from rootbuild.stages.graph import StageBase
+from rootbuild.stages.steps import StepMount
+
+
+class MountSources(Protocol):
+    """What a mount reads from the build: the stage being run implements it."""
+
+    async def source_key(self, ref: StageBase, where: Location) -> str:
+        """The cache key of a stage's final state, or of an image."""
+        ...
+
+    async def source_layers(self, ref: StageBase, where: Location) -> tuple[Layer, ...]:
+        """The layers of a stage's final state, or of an image (lowest first)."""
+        ...
+
+
+class ContextLayer:
+    """The build context as one extracted layer (what COPY would take of ``.``: only what
+    .dockerignore admits, owned by root), made at the first mount that needs it and kept
+    in the build's scratch for the rest of the build."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lower: LowerLayer | None = None
+
+    def get(self, context: BuildContext, work_dir: Path, where: Location) -> LowerLayer:
+        """Blocks: call it in a worker thread."""
+        with self._lock:
+            if self._lower is None:
+                self._lower = _make_context_layer(context, work_dir, where)
+            return self._lower
+
+
+def _make_context_layer(context: BuildContext, work_dir: Path, where: Location) -> LowerLayer:
+    place = work_dir / "mount-context"
+    place.mkdir(mode=0o700)
+    tar = place / "context.tar"
+    try:
+        sources = context_sources(context, ["."], [], where)
+        plan = CopyPlan(sources=sources, dest="/", owner=(0, 0), chmod=None, now=0)
+        entries = copy_entries(plan, RootfsView([]), where)
+        with open(tar, "wb") as out:
+            write_layer(entries, out, compression="none")
+        with open(tar, "rb") as stream:
+            result = extract_layer(stream, place / "rootfs", media_type_or_compression="none",
+                                   layer_name="of the build context")
+        result.meta.save(place / "meta.json")
+    except BaseException:
+        force_rmtree(place)
+        raise
+    tar.unlink()
+    return LowerLayer(place / "rootfs", place / "meta.json")
+
+
+@dataclass(frozen=True)
+class MountEnv:
+    """Everything a mount type may use, for one step (``where``: its Dockerfile line)."""
+
+    sources: MountSources
+    trees: LayerTrees
+    context: BuildContext
+    context_layer: ContextLayer
+    hasher: SourceHasher
+    work_dir: Path
+    snapshotter: Callable[[], str]
+    where: Location
+
+
+@dataclass(frozen=True)
+class MountType:
+    """``key``: the cache-key input of one mount (None: none beyond the step's fields);
+    ``spec``: what the sandbox mounts for it."""
+
+    key: Callable[[StepMount, MountEnv], Awaitable[Scalar | None]]
+    spec: Callable[[StepMount, MountEnv], Awaitable[RunMount]]
+
+
+def describe(mount: StepMount) -> str:
+    """How errors name a mount: ``RUN --mount=type=bind,source=x,target=/t``."""
+    m = mount.mount
+    words = [f"type={m.type}"]
+    if m.from_ is not None:
+        words.append(f"from={m.from_}")
+    if m.source is not None:
+        words.append(f"source={m.source}")
+    if m.target is not None:
+        words.append(f"target={m.target}")
+    return "RUN --mount=" + ",".join(words)
+
+
+def target_of(mount: StepMount, where: Location) -> str:
+    """The mount's absolute, clean target; a missing one or '/' is a located error."""
+    target = mount.mount.target
+    if not target:
+        raise StepError(f"{describe(mount)}: a target is required", where)
+    clean = posixpath.normpath("/" + target.lstrip("/"))
+    if clean == "/":
+        raise StepError(f'{describe(mount)}: invalid mount target "{clean}"', where)
+    return clean
+
+
+def source_of(mount: StepMount) -> str:
+    """BuildKit's ``path.Join("/", source)``: '..' cannot climb above the tree's root."""
+    return posixpath.normpath("/" + (mount.mount.source or "")).replace("//", "/")
+
+
+def _not_found(mount: StepMount, source: str, where: Location) -> StepError:
+    # BuildKit: 'failed to compute cache key: failed to calculate checksum of ref ...:
+    # "/missing": not found'
+    return StepError(
+        f'{describe(mount)}: failed to compute cache key: "{source}": not found', where
+    )
+
+
+# -- type=bind -------------------------------------------------------------------------------
+
+
+async def _bind_key(mount: StepMount, env: MountEnv) -> Scalar:
+    source = source_of(mount)
+    if mount.source is not None:
+        layers = await env.sources.source_layers(mount.source, env.where)
+        found = await trio.to_thread.run_sync(
+            lambda: env.trees.view(layers).lookup(source.strip("/"), follow=True)
+        )
+        if source != "/" and found is None:
+            raise _not_found(mount, source, env.where)
+        return "from:" + await env.sources.source_key(mount.source, env.where)
+
+    def digest() -> str:
+        try:
+            return env.hasher.digest(context_sources(env.context, [source], [], env.where))
+        except ContextError as exc:
+            if "not found" in exc.message:
+                raise _not_found(mount, source, env.where) from exc
+            raise StepError(f"{describe(mount)}: {exc.message}", env.where) from exc
+
+    return "context:" + await trio.to_thread.run_sync(digest)
+
+
+async def _bind_spec(mount: StepMount, env: MountEnv) -> RunMount:
+    target = target_of(mount, env.where)
+    if mount.source is not None:
+        layers = await env.sources.source_layers(mount.source, env.where)
+        lowers = await trio.to_thread.run_sync(
+            lambda: tuple(LowerLayer(*env.trees.lower(layer)) for layer in layers)
+        )
+    else:
+        lowers = (await trio.to_thread.run_sync(
+            env.context_layer.get, env.context, env.work_dir, env.where
+        ),)
+    readonly = mount.mount.readonly is not False
+    return LayerMount(lowers, source_of(mount), target, readonly, env.snapshotter())
+
+
+# -- type=tmpfs ------------------------------------------------------------------------------
+
+
+async def _no_key(mount: StepMount, env: MountEnv) -> None:
+    return None
+
+
+async def _tmpfs_spec(mount: StepMount, env: MountEnv) -> RunMount:
+    return TmpfsMount(target_of(mount, env.where), mount.mount.size)
+
+
+#: every ``--mount`` type this engine carries out (``planning.SUPPORTED`` names them)
+MOUNT_TYPES: dict[str, MountType] = {
+    "bind": MountType(_bind_key, _bind_spec),
+    "tmpfs": MountType(_no_key, _tmpfs_spec),
+}
+
+
+def _type(mount: StepMount, where: Location) -> MountType:
+    kind = MOUNT_TYPES.get(mount.mount.type)
+    if kind is None:  # the plan refused it already (planning.SUPPORTED)
+        raise StepError(f"RUN --mount=type={mount.mount.type}: not supported yet", where)
+    return kind
+
+
+async def mount_keys(mounts: Sequence[StepMount], env: MountEnv) -> dict[str, Scalar]:
+    """The cache-key inputs of a step's mounts (``mount.N`` by position); every target is
+    checked first, so a bad one fails before the step cache is asked."""
+    for mount in mounts:
+        _type(mount, env.where)
+        target_of(mount, env.where)
+    inputs: dict[str, Scalar] = {}
+    for number, mount in enumerate(mounts):
+        value = await _type(mount, env.where).key(mount, env)
+        if value is not None:
+            inputs[f"mount.{number}"] = value
+    return inputs
+
+
+async def mount_specs(mounts: Sequence[StepMount], env: MountEnv) -> tuple[RunMount, ...]:
+    """What the sandbox mounts for a step's mounts, in the Dockerfile's order (the sandbox
+    mounts parents first)."""
+    return tuple([await _type(mount, env.where).spec(mount, env) for mount in mounts])
