@@ -271,3 +271,25 @@ def test_mount_target_through_an_image_symlink_is_refused(rb: Harness) -> None:
                     r"a symlink, lies under one", lines[0]), lines
     assert "Traceback" not in proc.stderr
     assert_nothing_left(rb, [])
+
+
+def test_mounts_work_for_a_non_root_user(rb: Harness) -> None:
+    """Reference, USER: "the specified user is used for RUN instructions"; a bind is
+    readable by it as its modes allow and a tmpfs (mode 1777, as the kernel makes it) is
+    writable by it."""
+    ctx = busybox_context(rb, "asuser", (
+        "FROM scratch\n"
+        "COPY rootfs/ /\n"
+        "RUN mkdir -m 777 /out\n"
+        "USER app\n"
+        "RUN --mount=target=/c --mount=type=tmpfs,target=/t "
+        "cat /c/a.txt > /out/a.out && echo mine > /t/f && stat -c %u /t/f > /out/t.out "
+        "&& id -u > /out/id.out\n"
+    ), {"a.txt": "readable\n"})
+    layout, _ = build_to_layout(rb, ctx)
+    image = Image(rb, layout)
+    assert image.text("out/id.out") == "1000\n"
+    assert image.text("out/a.out") == "readable\n"
+    assert image.text("out/t.out") == "1000\n"
+    assert run_layer(image) == {"out", "out/a.out", "out/t.out", "out/id.out"}
+    assert_nothing_left(rb, [])
