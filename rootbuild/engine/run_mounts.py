@@ -2,9 +2,11 @@
 key, and what it becomes in the sandbox's ``StepSpec.mounts``.
 
 Job: one ``MountType`` per ``--mount`` type in ``MOUNT_TYPES`` (``key``: the mount's
-cache-key input, None when it adds none; ``spec``: the ``RunMount`` the sandbox carries
-out), run over a step's mounts by ``mount_keys`` and ``mount_specs``. ``ContextLayer``
-makes the build context, as a mount source, into an extracted-layer tree once per build.
+cache-key input, None when it adds none; ``prepare``: what the step gets, a ``Prepared``:
+the ``RunMount`` the sandbox carries out and the environment variables it adds), run over
+a step's mounts by ``mount_keys`` (before the step cache is asked) and ``prepare_mounts``
+(when the step runs). ``ContextLayer`` makes the build context, as a mount source, into an
+extracted-layer tree once per build.
 
 Rules (Docker's Dockerfile reference, ``RUN --mount``; BuildKit's dockerfile2llb):
 - Every mount needs a ``target`` (relative ones were resolved against WORKDIR by the plan,
@@ -20,6 +22,10 @@ Rules (Docker's Dockerfile reference, ``RUN --mount``; BuildKit's dockerfile2llb
 - ``type=tmpfs``: a fresh tmpfs of ``size`` bytes; its options are in the step's fields,
   which the key takes already.
 - Nothing of a mount reaches the layer (the sandbox removes the targets it created).
+- ``prepare`` may hold things until the step ends (a lock, a file it wrote in the step's
+  ``MountEnv.scratch``) by entering them on the ``held`` stack it is given; the engine
+  closes that stack when the step has ended, whatever happened, and ``prepare_mounts``
+  closes it itself when a later mount fails to prepare.
 - A type without an entry is refused at plan time (``planning.SUPPORTED``); a type added
   later adds one ``MountType`` here and, when it needs a new kind of mount, a ``RunMount``
   of ``sandbox.spec``.
@@ -27,9 +33,11 @@ Rules (Docker's Dockerfile reference, ``RUN --mount``; BuildKit's dockerfile2llb
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import posixpath
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -104,7 +112,9 @@ def _make_context_layer(context: BuildContext, work_dir: Path, where: Location) 
 
 @dataclass(frozen=True)
 class MountEnv:
-    """Everything a mount type may use, for one step (``where``: its Dockerfile line)."""
+    """Everything a mount type may use, for one step: ``where`` is its Dockerfile line;
+    ``scratch`` the step's own directory (exists; removed with the build's work dir), None
+    while only the keys are computed."""
 
     sources: MountSources
     trees: LayerTrees
@@ -114,15 +124,35 @@ class MountEnv:
     work_dir: Path
     snapshotter: Callable[[], str]
     where: Location
+    scratch: Path | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What one mount gives the step: ``mount`` (None: nothing is mounted, e.g. a secret
+    exposed only as ``env=``) and environment variables it adds."""
+
+    mount: RunMount | None
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepMounts:
+    """Every mount of a step, in the Dockerfile's order, and the variables they add."""
+
+    mounts: tuple[RunMount, ...] = ()
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class MountType:
-    """``key``: the cache-key input of one mount (None: none beyond the step's fields);
-    ``spec``: what the sandbox mounts for it."""
+    """``key``: the cache-key input of one mount (None: none beyond the step's fields; a
+    secret's value must never be one); ``prepare``: what the step gets for it, holding on
+    ``held`` (an ``AsyncExitStack`` closed after the step) what must last until the step
+    ends."""
 
     key: Callable[[StepMount, MountEnv], Awaitable[Scalar | None]]
-    spec: Callable[[StepMount, MountEnv], Awaitable[RunMount]]
+    prepare: Callable[[StepMount, MountEnv, contextlib.AsyncExitStack], Awaitable[Prepared]]
 
 
 def describe(mount: StepMount) -> str:
@@ -187,7 +217,8 @@ async def _bind_key(mount: StepMount, env: MountEnv) -> Scalar:
     return "context:" + await trio.to_thread.run_sync(digest)
 
 
-async def _bind_spec(mount: StepMount, env: MountEnv) -> RunMount:
+async def _bind_prepare(mount: StepMount, env: MountEnv, held: contextlib.AsyncExitStack
+                        ) -> Prepared:
     target = target_of(mount, env.where)
     if mount.source is not None:
         layers = await env.sources.source_layers(mount.source, env.where)
@@ -199,7 +230,7 @@ async def _bind_spec(mount: StepMount, env: MountEnv) -> RunMount:
             env.context_layer.get, env.context, env.work_dir, env.where
         ),)
     readonly = mount.mount.readonly is not False
-    return LayerMount(lowers, source_of(mount), target, readonly, env.snapshotter())
+    return Prepared(LayerMount(lowers, source_of(mount), target, readonly, env.snapshotter()))
 
 
 # -- type=tmpfs ------------------------------------------------------------------------------
@@ -209,14 +240,15 @@ async def _no_key(mount: StepMount, env: MountEnv) -> None:
     return None
 
 
-async def _tmpfs_spec(mount: StepMount, env: MountEnv) -> RunMount:
-    return TmpfsMount(target_of(mount, env.where), mount.mount.size)
+async def _tmpfs_prepare(mount: StepMount, env: MountEnv, held: contextlib.AsyncExitStack
+                         ) -> Prepared:
+    return Prepared(TmpfsMount(target_of(mount, env.where), mount.mount.size))
 
 
 #: every ``--mount`` type this engine carries out (``planning.SUPPORTED`` names them)
 MOUNT_TYPES: dict[str, MountType] = {
-    "bind": MountType(_bind_key, _bind_spec),
-    "tmpfs": MountType(_no_key, _tmpfs_spec),
+    "bind": MountType(_bind_key, _bind_prepare),
+    "tmpfs": MountType(_no_key, _tmpfs_prepare),
 }
 
 
@@ -241,7 +273,20 @@ async def mount_keys(mounts: Sequence[StepMount], env: MountEnv) -> dict[str, Sc
     return inputs
 
 
-async def mount_specs(mounts: Sequence[StepMount], env: MountEnv) -> tuple[RunMount, ...]:
-    """What the sandbox mounts for a step's mounts, in the Dockerfile's order (the sandbox
-    mounts parents first)."""
-    return tuple([await _type(mount, env.where).spec(mount, env) for mount in mounts])
+async def prepare_mounts(mounts: Sequence[StepMount], env: MountEnv,
+                         held: contextlib.AsyncExitStack) -> StepMounts:
+    """What the step gets for its mounts, in the Dockerfile's order (the sandbox mounts
+    parents first). The caller closes ``held`` after the step; when a mount fails to
+    prepare, ``held`` is closed here before the error goes on."""
+    out: list[RunMount] = []
+    variables: dict[str, str] = {}
+    try:
+        for mount in mounts:
+            prepared = await _type(mount, env.where).prepare(mount, env, held)
+            if prepared.mount is not None:
+                out.append(prepared.mount)
+            variables.update(prepared.env)
+    except BaseException:
+        await held.aclose()
+        raise
+    return StepMounts(tuple(out), variables)

@@ -17,6 +17,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -44,7 +45,7 @@ from rootbuild.engine.copy import (
 )
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
-from rootbuild.engine.run_mounts import ContextLayer, MountEnv, mount_keys, mount_specs
+from rootbuild.engine.run_mounts import ContextLayer, MountEnv, mount_keys, prepare_mounts
 from rootbuild.engine.seams import Seams
 from rootbuild.engine.step_cache import StepCache
 from rootbuild.errors import (
@@ -265,11 +266,12 @@ class Stage:
         image = await self.image(ref.image, where)
         return tuple(Layer(d, i) for d, i in zip(image.layers, image.diff_ids, strict=True))
 
-    def mount_env(self, where: Location) -> MountEnv:
-        """What this stage's ``RUN --mount``s read (``engine/run_mounts.py``)."""
+    def mount_env(self, where: Location, scratch: Path | None = None) -> MountEnv:
+        """What this stage's ``RUN --mount``s read (``engine/run_mounts.py``); ``scratch``:
+        the step's own directory (None while only keys are computed)."""
         work = self.work
         return MountEnv(self, work.trees, work.context, work.context_layer, work.cache.hasher,
-                        work.work_dir, self.seams.snapshotter, where)
+                        work.work_dir, self.seams.snapshotter, where, scratch)
 
     def context_digest(self, action: CopyStep, where: Location) -> str:
         """The digest of the context files the step takes (ADD: the archive files
@@ -311,19 +313,20 @@ class Stage:
         # #! heredocs, --security=insecure and RUN --mount types without a MountType never
         # get here: the plan refused them (engine/planning.py SUPPORTED)
         snapshotter = self.seams.snapshotter()
-        mounts = await mount_specs(action.mounts, self.mount_env(where))
         lowers = await trio.to_thread.run_sync(
             lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
         )
         scratch = Path(tempfile.mkdtemp(prefix="run-", dir=work.work_dir))
         env = dict(item.partition("=")[::2] for item in action.env)
+        held = contextlib.AsyncExitStack()  # what the mounts keep until the step ends
+        mounts = await prepare_mounts(action.mounts, self.mount_env(where, scratch), held)
         spec = StepSpec(
             argv=action.command,
             rootfs=OverlayRoot(lowers, scratch / "overlay", snapshotter),
             scratch=scratch / "sandbox",
-            env=env, user=action.user, workdir=action.workdir or "/",
+            env=env | mounts.env, user=action.user, workdir=action.workdir or "/",
             network=self.network(action), proc=options.proc, untrusted=options.untrusted,
-            timeout=options.step_timeout, mounts=mounts,
+            timeout=options.step_timeout, mounts=mounts.mounts,
         )
         try:
             result = await self.seams.executor.run(
@@ -333,6 +336,8 @@ class Stage:
             if exc.location is not None or exc.message.startswith("RUN"):
                 raise
             raise type(exc)(f"RUN: {exc.message}", where) from exc
+        finally:
+            await held.aclose()
         for warning in result.warnings:
             work.warn_once(warning)
         command = " ".join(action.command)

@@ -4,6 +4,7 @@ checking the ``StepSpec.mounts`` it makes and the step cache it keys."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -12,7 +13,15 @@ from test_engine import Rig
 
 from rootbuild.dockerfile.instructions import Mount
 from rootbuild.engine.planning import SUPPORTED
-from rootbuild.engine.run_mounts import MOUNT_TYPES, describe, source_of, target_of
+from rootbuild.engine.run_mounts import (
+    MOUNT_TYPES,
+    MountEnv,
+    MountType,
+    Prepared,
+    describe,
+    source_of,
+    target_of,
+)
 from rootbuild.errors import ContextError, ImageError, Location, SandboxError, StepError
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.sandbox.spec import (
@@ -263,3 +272,39 @@ def test_a_context_source_outside_the_context_is_refused(seen_rig: tuple[Rig, Se
                        r"context"):
         rig.build("FROM scratch\nRUN --mount=source=hostetc,target=/m true\n")
     assert seen.mounts == []
+
+
+# -- the seam the other mount types plug into ---------------------------------------------------
+
+
+def test_a_mount_type_adds_env_and_holds_until_the_step_ends(
+    seen_rig: tuple[Rig, Seen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig, _ = seen_rig
+    events: list[str] = []
+
+    async def key(mount: StepMount, env: MountEnv) -> None:
+        return None
+
+    async def prepare(mount: StepMount, env: MountEnv, held: contextlib.AsyncExitStack
+                      ) -> Prepared:
+        assert env.scratch is not None and env.scratch.is_dir()
+        held.callback(events.append, f"released {mount.mount.target}")
+        events.append(f"prepared {mount.mount.target}")
+        if mount.mount.target == "/bad":
+            raise StepError("cannot prepare", env.where)
+        return Prepared(None, {"FROM_MOUNT": mount.mount.target or ""})
+
+    def script(spec: StepSpec) -> FakeRun:
+        events.append(f"ran with FROM_MOUNT={spec.env.get('FROM_MOUNT')} "
+                      f"and {len(spec.mounts)} mounts")
+        return FakeRun()
+
+    monkeypatch.setitem(MOUNT_TYPES, "tmpfs", MountType(key, prepare))
+    rig.executor = FakeExecutor(script)
+    rig.build("FROM scratch\nRUN --mount=type=tmpfs,target=/a true\n")
+    assert events == ["prepared /a", "ran with FROM_MOUNT=/a and 0 mounts", "released /a"]
+    events.clear()
+    rig.fails("FROM scratch\nRUN --mount=type=tmpfs,target=/a --mount=type=tmpfs,target=/bad "
+              "true\n", StepError, r"^Dockerfile:2: cannot prepare$")
+    assert events == ["prepared /a", "prepared /bad", "released /bad", "released /a"]
