@@ -18,6 +18,7 @@ Expectations come from Docker's Dockerfile reference, "RUN --mount"
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from conftest import Harness
@@ -31,6 +32,7 @@ from test_build_run import (
     build_to_layout,
     busybox_context,
 )
+from test_sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -293,3 +295,43 @@ def test_mounts_work_for_a_non_root_user(rb: Harness) -> None:
     assert image.text("out/t.out") == "1000\n"
     assert run_layer(image) == {"out", "out/a.out", "out/t.out", "out/id.out"}
     assert_nothing_left(rb, [])
+
+
+# -- the sandbox's side, driven directly ----------------------------------------------------
+
+
+@pytest.fixture
+def sbx(rb: Harness) -> Sandbox:
+    return Sandbox(rb)
+
+
+def _layers_mount(lower: tuple[str, str], source: str, target: str, readonly: bool = True
+                  ) -> dict[str, object]:
+    return {"type": "layers", "source": source, "target": target, "readonly": readonly,
+            "snapshotter": "fuse", "lowers": [{"tree": lower[0], "meta": lower[1]}]}
+
+
+def test_sandbox_resolves_layer_sources_inside_their_tree(sbx: Sandbox) -> None:
+    """SECURITY.md rule 1: a source is resolved inside its own tree (RESOLVE_IN_ROOT): a
+    symlink to a host path finds nothing of the host, one to /etc finds the tree's /etc; a
+    missing source fails the step naming it; the tree's files on disk never change."""
+    canary = sbx.rb.make_context("canary", {"secret": "host only\n"})
+    source = sbx.layer([["data", "dir", ""], ["data/host", "symlink", str(canary)],
+                        ["data/etc", "symlink", "../../../../etc"]])
+    before = sorted(p.name for p in Path(source[0]).iterdir())
+    res = sbx.run(["sh", "-c", "cat /m/passwd; echo x > /w/new; ls /w"], mounts=[
+        _layers_mount(source, "data/etc", "/m"),
+        _layers_mount(source, "/", "/w", readonly=False),
+    ])
+    assert res["exit_code"] == 0, res
+    assert res["lines"][:2] == ["root:x:0:0:root:/root:/bin/sh",
+                                "nobody:x:65534:65534:nobody:/nonexistent:/bin/sh"]
+    assert "new" in res["lines"][2:]
+    assert not {e for e in res["layer"]["entries"] if e.split("/")[0] in ("m", "w")}, res
+    assert sorted(p.name for p in Path(source[0]).iterdir()) == before  # rw: upper discarded
+    for missing in ("data/host/secret", "nothere"):
+        res = sbx.run(["true"], mounts=[_layers_mount(source, missing, "/m")])
+        assert res.get("error_type") == "StepError", res
+        assert res["error"] == f'mount at /m: source "{missing}": not found', res
+    assert sorted(p.name for p in canary.iterdir()) == ["secret"]
+    assert str(sbx.rb.workdir) not in Path("/proc/mounts").read_text()
