@@ -5,6 +5,7 @@ checking the ``StepSpec.mounts`` it makes and the step cache it keys."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -308,3 +309,30 @@ def test_a_mount_type_adds_env_and_holds_until_the_step_ends(
     rig.fails("FROM scratch\nRUN --mount=type=tmpfs,target=/a --mount=type=tmpfs,target=/bad "
               "true\n", StepError, r"^Dockerfile:2: cannot prepare$")
     assert events == ["prepared /a", "prepared /bad", "released /bad", "released /a"]
+
+
+def test_a_source_lookup_retries_when_openat2_says_eagain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # openat2(2): RESOLVE_IN_ROOT fails with EAGAIN when a mount or rename anywhere raced a
+    # '..' lookup (other builds mount all the time); the caller is to retry
+    from rootbuild.sandbox import mounts, step_mounts
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root\n")
+    real = mounts.openat2
+    calls: list[str] = []
+
+    def flaky(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+        calls.append(path)
+        if len(calls) < 3:
+            raise OSError(errno.EAGAIN, "open: Resource temporarily unavailable")
+        return real(dirfd, path, flags, resolve, mode)
+
+    monkeypatch.setattr(mounts, "openat2", flaky)
+    fd = step_mounts._open_source(str(tmp_path), "/etc/../../etc/passwd")
+    try:
+        assert os.path.samefile(f"/proc/self/fd/{fd}", tmp_path / "etc/passwd")
+    finally:
+        os.close(fd)
+    assert calls == ["etc/../../etc/passwd"] * 3
