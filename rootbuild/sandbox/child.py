@@ -88,6 +88,7 @@ def _mount_all(plan: ChildPlan) -> int:
     for item in plan.binds:
         _bind(rootfd, item)
     for mount in plan.mounts:
+        step_mounts.ensure_nested_target(rootfd, mount)
         if isinstance(mount, Bind):
             _bind(rootfd, mount)
         else:

@@ -7,7 +7,8 @@ tree, read-only ``view`` or a writable ``mount`` whose upper is never collected)
 resolve its ``source`` inside that tree; ``prepare_targets`` (in the init, before the step
 exists): check or create every target in the root, of the kind its source has;
 ``mount_one`` (in the step's process, after /proc and the sandbox's /etc binds): bind the
-source (or mount the tmpfs) at its target.
+source (or mount the tmpfs) at its target, made first inside an earlier mount that covers
+it (``ensure_nested_target``).
 
 Rules (SECURITY.md rule 1; Docker's reference for ``RUN --mount``):
 - A source is resolved from the tree's own root fd with ``openat2(RESOLVE_IN_ROOT |
@@ -144,6 +145,21 @@ def prepare_targets(rootfd: int, items: list[Prepared], created: list[mounts.Cre
                 f"mount {item.target} for RUN: in the image it is a symlink, lies under "
                 f"one, or is not a {what}; refusing to mount over it ({exc.strerror})"
             ) from exc
+
+
+def ensure_nested_target(rootfd: int, item: Prepared) -> None:
+    """In the step's process, before ``item`` is mounted: a target the init created in the
+    root but that an earlier mount now covers (``/src/tmp`` under a mount at ``/src``) is
+    created in that mount (a tmpfs, a ``rw`` tree: thrown away with it); under a
+    read-only mount it cannot be, and the step fails saying so."""
+    kind: BindKind = item.kind if isinstance(item, Bind | TreeBind) else "dir"
+    try:
+        os.close(mounts.ensure_target(rootfd, item.target, kind, []))
+    except OSError as exc:
+        raise RuntimeError(
+            f"mount at {item.target} for RUN: it lies in an earlier mount where it cannot be "
+            f"made ({exc.strerror})"
+        ) from exc
 
 
 def mount_one(rootfd: int, item: TreeBind | TmpfsMount) -> None:

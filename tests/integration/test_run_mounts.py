@@ -335,3 +335,37 @@ def test_sandbox_resolves_layer_sources_inside_their_tree(sbx: Sandbox) -> None:
         assert res["error"] == f'mount at /m: source "{missing}": not found', res
     assert sorted(p.name for p in canary.iterdir()) == ["secret"]
     assert str(sbx.rb.workdir) not in Path("/proc/mounts").read_text()
+
+
+def test_nested_targets_are_made_in_the_mount_that_covers_them(rb: Harness) -> None:
+    """BuildKit mounts a step's mounts parents first (its LLB sorts them by target), so a
+    mount may lie inside another: a tmpfs in a ``rw`` bind, a bind in a tmpfs. Its
+    mountpoint is made in the covering mount and goes with it; under a read-only bind it
+    cannot be made and the step fails saying so."""
+    ctx = busybox_context(rb, "nested", (
+        "FROM scratch AS build\n"
+        "COPY rootfs/ /\n"
+        "RUN mkdir /out && echo built > /out/f.txt\n"
+        "FROM scratch\n"
+        "COPY rootfs/ /\n"
+        "RUN --mount=type=tmpfs,target=/src/tmp --mount=from=build,source=out,target=/src,rw "
+        "--mount=type=tmpfs,target=/t --mount=from=build,source=out/f.txt,target=/t/in/f.txt "
+        "cat /src/f.txt /t/in/f.txt > /cat.out && echo x > /src/tmp/x "
+        "&& grep -c ' /src/tmp ' /proc/mounts > /count.out\n"
+    ))
+    layout, _ = build_to_layout(rb, ctx)
+    image = Image(rb, layout)
+    assert image.text("cat.out") == "built\nbuilt\n"
+    assert image.text("count.out") == "1\n"
+    assert run_layer(image) == {"cat.out", "count.out"}
+
+    (ctx / "Dockerfile").write_text(
+        "FROM scratch\nCOPY rootfs/ /\n"
+        "RUN --mount=target=/src --mount=type=tmpfs,target=/src/nothere/tmp true\n"
+    )
+    proc = build(rb, ctx, check=False)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("rootbuild:")]
+    assert lines == ["rootbuild: Dockerfile:3: RUN: mount at /src/nothere/tmp for RUN: it lies "
+                     "in an earlier mount where it cannot be made (Read-only file system)"]
+    assert_nothing_left(rb, [])
