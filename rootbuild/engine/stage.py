@@ -20,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -51,6 +52,7 @@ from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
 from rootbuild.engine.remote_ref import redact_text
 from rootbuild.engine.run_files import heredoc_binds
+from rootbuild.engine.run_mounts import ContextLayer, MountEnv, mount_keys, prepare_mounts
 from rootbuild.engine.seams import Seams
 from rootbuild.engine.step_cache import StepCache
 from rootbuild.errors import (
@@ -91,6 +93,7 @@ class Workspace:
     idmap: IdMapPlan
     warn_once: Callable[[str], None]
     named: Mapping[str, BuildContext] = field(default_factory=dict)  # directory contexts
+    context_layer: ContextLayer = field(default_factory=ContextLayer)  # RUN --mount source
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,8 @@ class Stage:
         }
         if isinstance(action, RunStep):
             inputs |= {"network": self.network(action), "idmap": self.work.idmap.mode}
+            if action.mounts:
+                inputs |= await mount_keys(action.mounts, self.mount_env(where))
         elif isinstance(action, CopyStep):
             remote = [src for src in action.sources if src.startswith(REMOTE_PREFIXES)]
             for number, src in enumerate(remote):  # ADD <url|git>: its content or commit
@@ -305,6 +310,26 @@ class Stage:
         image = await self.image(ref.image, where)
         return base_key(image.manifest.digest, platform)
 
+    async def source_layers(self, ref: StageBase, where: Location) -> tuple[Layer, ...]:
+        """The layers of what ``--from``/``from=`` names: a stage's, an image's, none."""
+        if ref.context is not None:  # a directory: read through work.named, not as layers
+            raise ContextError(f"{self.describe(ref)}: a directory build context cannot be "
+                               "read as an image here", where)
+        if ref.stage is not None:
+            return self.deps[ref.stage].layers
+        if ref.is_scratch:
+            return ()
+        assert ref.image is not None
+        image = await self.image(ref.image, where)
+        return tuple(Layer(d, i) for d, i in zip(image.layers, image.diff_ids, strict=True))
+
+    def mount_env(self, where: Location, scratch: Path | None = None) -> MountEnv:
+        """What this stage's ``RUN --mount``s read (``engine/run_mounts.py``); ``scratch``:
+        the step's own directory (None while only keys are computed)."""
+        work = self.work
+        return MountEnv(self, work.trees, work.context, work.context_layer, work.cache.hasher,
+                        work.work_dir, self.seams.snapshotter, where, scratch, work.named)
+
     def context_digest(self, action: CopyStep, where: Location,
                        context: BuildContext | None = None) -> str:
         """The digest of the context files the step takes (ADD: the archive files
@@ -344,21 +369,23 @@ class Stage:
     ) -> Layer | None:
         """Run a RUN step in the sandbox over the overlay of this stage's layers."""
         options, work = self.env.options, self.work
-        # RUN --mount and --security=insecure never get here: the plan refused them
-        # (engine/planning.py SUPPORTED)
+        # --security=insecure and RUN --mount types without a MountType never get here: the
+        # plan refused them (engine/planning.py SUPPORTED)
         snapshotter = self.seams.snapshotter()
         lowers = await trio.to_thread.run_sync(
             lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
         )
         scratch = Path(tempfile.mkdtemp(prefix="run-", dir=work.work_dir))
         env = dict(item.partition("=")[::2] for item in action.env)
+        held = contextlib.AsyncExitStack()  # what the mounts keep until the step ends
+        mounts = await prepare_mounts(action.mounts, self.mount_env(where, scratch), held)
         spec = StepSpec(
             argv=action.command,
             rootfs=OverlayRoot(lowers, scratch / "overlay", snapshotter),
             scratch=scratch / "sandbox",
-            env=env, user=action.user, workdir=action.workdir or "/",
+            env=env | mounts.env, user=action.user, workdir=action.workdir or "/",
             network=self.network(action), proc=options.proc, untrusted=options.untrusted,
-            timeout=options.step_timeout,
+            timeout=options.step_timeout, mounts=mounts.mounts,
             binds=heredoc_binds(action.heredoc_files, scratch / "heredocs"),
         )
         try:
@@ -369,6 +396,8 @@ class Stage:
             if exc.location is not None or exc.message.startswith("RUN"):
                 raise
             raise type(exc)(f"RUN: {exc.message}", where) from exc
+        finally:
+            await held.aclose()
         for warning in result.warnings:
             work.warn_once(warning)
         command = " ".join(action.command)
@@ -473,17 +502,7 @@ class Stage:
         return await trio.to_thread.run_sync(work)
 
     async def from_view(self, ref: StageBase, where: Location) -> RootfsView:
-        if ref.context is not None:  # a directory: read through work.named, not as layers
-            raise ContextError(f"{self.describe(ref)}: a directory build context cannot be "
-                               "read as an image here", where)
-        if ref.stage is not None:
-            layers = self.deps[ref.stage].layers
-        elif ref.is_scratch:
-            layers = ()
-        else:
-            assert ref.image is not None
-            image = await self.image(ref.image, where)
-            layers = tuple(Layer(d, i) for d, i in zip(image.layers, image.diff_ids, strict=True))
+        layers = await self.source_layers(ref, where)
         return await trio.to_thread.run_sync(self.work.trees.view, layers)
 
     def named_digest(self, name: str, pattern: str, where: Location) -> str:

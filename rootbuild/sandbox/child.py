@@ -31,7 +31,7 @@ import stat
 from dataclasses import dataclass
 from typing import NoReturn
 
-from rootbuild.sandbox import mounts
+from rootbuild.sandbox import mounts, step_mounts
 from rootbuild.sandbox.spec import Bind
 from rootbuild.sandbox.users import Identity
 
@@ -56,6 +56,7 @@ class ChildPlan:
     own_netns: bool = False
     host_bind: bool = False
     tty_gid_mapped: bool = False
+    mounts: tuple[step_mounts.Prepared, ...] = ()  # every RUN --mount, in order
 
 
 def proc_refused_message(submounts: list[str]) -> str:
@@ -86,6 +87,12 @@ def _mount_all(plan: ChildPlan) -> int:
         raise RuntimeError(proc_refused_message(mounts.proc_submounts())) from exc
     for item in plan.binds:
         _bind(rootfd, item)
+    for mount in plan.mounts:
+        step_mounts.ensure_nested_target(rootfd, mount)
+        if isinstance(mount, Bind):
+            _bind(rootfd, mount)
+        else:
+            step_mounts.mount_one(rootfd, mount)
     return rootfd
 
 

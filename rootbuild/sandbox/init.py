@@ -18,10 +18,11 @@ Rules:
   (``users.py``), through ``openat2(RESOLVE_IN_ROOT)``, with a size cap.
 - CPU placement (``affinity.py``): the FUSE server and the step start on the one CPU the
   builder chose (``cpu`` in SPEC) and get every CPU once the step wants more than one.
-- Every mount target (/proc, /dev, /sys, each bind's target) is checked, or created when
-  missing, through the root's fd before the step exists (``mounts.ensure_target``: no
-  symlink followed, the wrong type refused). A bind the image makes impossible fails the
-  step, or, when not ``required`` (the sandbox's /etc files), is left out with a warning.
+- Every mount target (/proc, /dev, /sys, each bind's target, each ``RUN --mount``'s:
+  ``step_mounts.py``) is checked, or created when missing, through the root's fd before
+  the step exists (``mounts.ensure_target``: no symlink followed, the wrong type refused).
+  A bind the image makes impossible fails the step, or, when not ``required`` (the
+  sandbox's /etc files), is left out with a warning.
 - Teardown on every path: the step's pid namespace dies with its pid 1, mount targets the
   sandbox created are removed, the root is finished (layer) or aborted, and every mount of
   this namespace dies with it.
@@ -43,7 +44,7 @@ from typing import Any, NoReturn
 
 from rootbuild.errors import RootbuildError, SandboxError, StepError
 from rootbuild.image.layermeta import LayerMeta
-from rootbuild.sandbox import mounts
+from rootbuild.sandbox import mounts, step_mounts
 from rootbuild.sandbox.affinity import StepCpu, children
 from rootbuild.sandbox.child import ChildPlan, child_main
 from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
@@ -251,7 +252,9 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
     _enter_namespaces(spec, plan, status, ctl)
     mountpoint = spec.scratch / "root"
     mountpoint.mkdir(mode=0o700)
-    with provider_for(spec.rootfs)(mountpoint) as mounted:
+    with provider_for(spec.rootfs)(mountpoint) as mounted, contextlib.ExitStack() as trees:
+        # RUN --mount trees first: their FUSE servers are among the processes reported
+        run_mounts = step_mounts.mount_trees(spec, trees)
         keep = children(os.getpid())  # the FUSE server: the builder kills it if the init dies
         status.send(event="mounted", pids=sorted(keep))
         rootfd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -262,12 +265,13 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
             _check_mapped(identity, plan, spec.user)
             binds, notes = _prepare_targets(rootfd, spec.binds, created)
             warnings += notes
+            step_mounts.prepare_targets(rootfd, run_mounts, created)
             child = ChildPlan(
                 argv=list(spec.argv), env=_env(spec, request.default_path, identity),
                 workdir=spec.workdir, identity=identity, setgroups=plan.mode == "subid",
                 mountpoint=str(mountpoint), out_fd=out_fd, binds=tuple(binds),
                 own_netns=spec.network == "none", host_bind=host_bind,
-                tty_gid_mapped=plan.maps_gid(5),
+                tty_gid_mapped=plan.maps_gid(5), mounts=tuple(run_mounts),
             )
             if host_bind:
                 import ctypes

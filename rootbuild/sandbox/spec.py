@@ -10,7 +10,9 @@ builder), so the request crosses as JSON: ``to_json()`` gives plain JSON-ready d
 Rules: values are frozen; ``env`` is the whole environment of the step (the image config's
 Env and the step's build args, already merged by the caller); nothing else reaches it.
 ``binds`` are mounted in order, after /dev, /sys and /proc, each through the root's fd with
-no symlink followed (``child.py``); that list is where every ``RUN --mount`` goes.
+no symlink followed (``child.py``): the sandbox's own /etc files. ``mounts`` (every
+``RUN --mount``, a ``RunMount``: ``Bind``, ``LayerMount``, ``TmpfsMount``) come after them,
+parents before children (sorted by target depth, as BuildKit's LLB sorts exec mounts).
 """
 
 from __future__ import annotations
@@ -78,6 +80,95 @@ class Bind:
                    _bool(data, "required"))
 
 
+def check_target(target: str) -> None:
+    """A mount target must be a clean absolute in-image path other than '/'."""
+    if (not target.startswith("/") or "\0" in target
+            or posixpath.normpath(target) != target or target.startswith("//")):
+        raise SandboxError(f"run step: mount target {target!r} is not a clean absolute path")
+    if target == "/":
+        raise SandboxError("run step: mount target '/' would replace the root")
+
+
+@dataclass(frozen=True)
+class LayerMount:
+    """``RUN --mount=type=bind`` of a tree made of layers (a stage, an image, the build
+    context as one layer): the merged tree of ``lowers`` (lowest first) is mounted by the
+    snapshotter named ``snapshotter`` in the step's scratch, read-only (``view``) or, when
+    not ``readonly``, writable over an upper that is thrown away after the step; its path
+    ``source`` (resolved inside that tree: no symlink or '..' leaves it) is bound at
+    ``target``, whose kind (file or directory) follows the source's."""
+
+    lowers: tuple[LowerLayer, ...]
+    source: str
+    target: str
+    readonly: bool = True
+    snapshotter: str = "fuse"
+
+    def validate(self) -> None:
+        check_target(self.target)
+        if "\0" in self.source:
+            raise SandboxError(f"run step: mount source {self.source!r} holds a NUL byte")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "layers", "source": self.source, "target": self.target,
+                "readonly": self.readonly, "snapshotter": self.snapshotter,
+                "lowers": [{"tree": str(lo.tree), "meta": str(lo.meta_path)}
+                           for lo in self.lowers]}
+
+    @classmethod
+    def from_json(cls, data: Any) -> LayerMount:
+        lowers = tuple(LowerLayer(Path(_str(lo, "tree")), Path(_str(lo, "meta")))
+                       for lo in _list(data, "lowers"))
+        return cls(lowers, _str(data, "source"), _str(data, "target"),
+                   _bool(data, "readonly"), _str(data, "snapshotter"))
+
+
+@dataclass(frozen=True)
+class TmpfsMount:
+    """``RUN --mount=type=tmpfs``: a fresh tmpfs at ``target`` (``size`` bytes at most;
+    None: the kernel's default, half the RAM), gone with the step."""
+
+    target: str
+    size: int | None = None
+
+    def validate(self) -> None:
+        check_target(self.target)
+        if self.size is not None and self.size < 0:
+            raise SandboxError(f"run step: tmpfs size {self.size} is negative")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "tmpfs", "target": self.target, "size": self.size}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TmpfsMount:
+        size = _field(data, "size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+            raise SandboxError("read step spec: tmpfs size is not a number")
+        return cls(_str(data, "target"), size)
+
+
+#: what a ``RUN --mount`` becomes in ``StepSpec.mounts``; a host file or directory made by
+#: the builder (a secret, a cache directory) is a ``Bind``
+RunMount = Bind | LayerMount | TmpfsMount
+
+
+def mount_to_json(mount: RunMount) -> dict[str, Any]:
+    if isinstance(mount, Bind):
+        return {"type": "host", **mount.to_json()}
+    return mount.to_json()
+
+
+def mount_from_json(data: Any) -> RunMount:
+    kind = _str(data, "type")
+    if kind == "host":
+        return Bind.from_json(data)
+    if kind == "layers":
+        return LayerMount.from_json(data)
+    if kind == "tmpfs":
+        return TmpfsMount.from_json(data)
+    raise SandboxError(f"read step spec: unknown mount type {kind!r}")
+
+
 @dataclass(frozen=True)
 class OverlayRoot:
     """The overlay of ``lowers`` (lowest first) made by the snapshotter named
@@ -143,6 +234,7 @@ class StepSpec:
     timeout: float | None = None
     hostname: str = DEFAULT_HOSTNAME
     binds: tuple[Bind, ...] = ()
+    mounts: tuple[RunMount, ...] = ()
 
     def validate(self) -> None:
         if not self.argv:
@@ -162,6 +254,8 @@ class StepSpec:
             raise SandboxError("run step: invalid environment variable name or value")
         for bind in self.binds:
             bind.validate()
+        for mount in self.mounts:
+            mount.validate()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -170,6 +264,7 @@ class StepSpec:
             "workdir": self.workdir, "network": self.network, "proc": self.proc,
             "untrusted": self.untrusted, "timeout": self.timeout, "hostname": self.hostname,
             "binds": [b.to_json() for b in self.binds],
+            "mounts": [mount_to_json(m) for m in self.mounts],
         }
 
     @classmethod
@@ -192,6 +287,7 @@ class StepSpec:
             timeout=None if timeout is None else float(timeout),
             hostname=_str(data, "hostname"),
             binds=tuple(Bind.from_json(b) for b in _list(data, "binds")),
+            mounts=tuple(mount_from_json(m) for m in _list(data, "mounts")),
         )
 
 

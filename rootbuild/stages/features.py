@@ -43,11 +43,9 @@ def _of_instruction(instr: Instruction) -> Iterator[Feature]:
     loc = instr.location
     if isinstance(instr, Run):
         if instr.mounts:
-            kinds = sorted({m.type for m in instr.mounts})
-            for kind in kinds:
+            for kind in sorted({m.type for m in instr.mounts}):
                 yield Feature(f"run.mount.{kind}",
-                              f"RUN --mount=type={', '.join(kinds)}: not supported yet",
-                              loc, StepError)
+                              f"RUN --mount=type={kind}: not supported yet", loc, StepError)
         if instr.security == "insecure":
             yield Feature("run.security.insecure",
                           "RUN --security=insecure: refused (rootbuild has no such mode)",

@@ -3,7 +3,8 @@
 Used by test_sandbox.py as the unprivileged build user (the harness copies it into the test's
 directory). Request keys: argv, root (a directory) or lowers ([[tree, meta]...]) + work,
 scratch, and optionally env, user, workdir, network, proc, untrusted, timeout, binds
-([{source, target, readonly, kind, required?}...]) and idmap (an ``IdMapPlan.to_json()``;
+([{source, target, readonly, kind, required?}...]), mounts (``RunMount``s as
+``mount_to_json`` writes them) and idmap (an ``IdMapPlan.to_json()``;
 default: the host's plan for this user). The step runs on a ``SandboxExecutor`` made for it.
 Output (stdout): one JSON object: lines, exit_code, timed_out, warnings, layer (paths of the
 layer's tree and its entries) or error/error_type (the type's name of whatever was raised,
@@ -23,7 +24,7 @@ import trio
 from rootbuild.image.layer_extract import extract_layer
 from rootbuild.sandbox.executor import SandboxExecutor
 from rootbuild.sandbox.idmap import IdMapPlan, read_host_plan
-from rootbuild.sandbox.spec import Bind, DirRoot, OverlayRoot, StepSpec
+from rootbuild.sandbox.spec import Bind, DirRoot, OverlayRoot, StepSpec, mount_from_json
 from rootbuild.snapshot import LowerLayer
 
 APPLETS = ("sh", "ls", "cat", "id", "ps", "sleep", "echo", "head", "mkdir", "chown", "touch",
@@ -81,6 +82,8 @@ async def main(request: dict[str, object]) -> dict[str, object]:
     timeout = request.get("timeout")
     binds = request.get("binds", [])
     assert isinstance(binds, list)
+    mounts = request.get("mounts", [])
+    assert isinstance(mounts, list)
     spec = StepSpec(
         argv=tuple(str(a) for a in argv), rootfs=rootfs, scratch=Path(str(request["scratch"])),
         env={str(k): str(v) for k, v in env.items()}, user=str(request.get("user", "")),
@@ -88,6 +91,7 @@ async def main(request: dict[str, object]) -> dict[str, object]:
         proc=str(request.get("proc", "fresh")), untrusted=bool(request.get("untrusted")),
         timeout=float(str(timeout)) if timeout is not None else None,
         binds=tuple(Bind.from_json({"required": True} | b) for b in binds),
+        mounts=tuple(mount_from_json(m) for m in mounts),
     )
     idmap = request.get("idmap")
     plan = IdMapPlan.from_json(idmap) if isinstance(idmap, dict) else read_host_plan()

@@ -141,6 +141,33 @@ def test_directory_context_for_copy_from_and_from_replacing_a_stage(rb: Harness)
     assert_nothing_left(rb, [])
 
 
+def test_directory_context_as_a_run_mount_source(rb: Harness) -> None:
+    """docker buildx build reference, --build-context: "In Dockerfile the context can be
+    accessed when FROM name or --from=name is used"; Dockerfile reference, RUN
+    --mount=type=bind: "from: Build stage, context, or image name for the root of the
+    source. Defaults to the build context." A directory context mounts its files as its
+    .dockerignore admits them, read-only, and a change in the bound file reruns the step."""
+    ctx = busybox_context(rb, "named-mount", (
+        "FROM scratch\n"
+        "COPY rootfs/ /\n"
+        "RUN --mount=from=src,target=/src cat /src/a.txt > /seen && ls -A /src > /listing"
+        " && if touch /src/new; then echo writable; else echo read-only; fi > /write\n"
+    ))
+    src = rb.make_context("mount-src-dir", {"a.txt": "mounted\n", "ignored.txt": "x",
+                                            ".dockerignore": "ignored.txt\n"})
+    layout, _ = build_to_layout(rb, ctx, "--build-context", f"src={src}")
+    image = Image(rb, layout)
+    assert image.text("seen") == "mounted\n"
+    assert image.text("listing").split() == [".dockerignore", "a.txt"]
+    assert image.text("write") == "read-only\n"
+    assert not any(name.startswith("src") for layer in image.layers for name in layer)
+    (src / "a.txt").write_text("changed\n")
+    layout2 = rb.workdir / "named-mount2.oci"
+    build(rb, ctx, "--output", f"oci:{layout2}:v1", "--build-context", f"src={src}")
+    assert Image(rb, layout2).text("seen") == "changed\n"
+    assert_nothing_left(rb, [])
+
+
 def test_image_contexts_docker_image_and_oci_layout(rb: Harness) -> None:
     """docker buildx build reference, --build-context: "The value can be a local source
     directory, local OCI layout compliant directory, container image (with docker-image://

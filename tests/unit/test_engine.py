@@ -154,11 +154,12 @@ def test_onbuild_from_names_nothing_is_a_located_error(rig: Rig) -> None:
     assert rig.executor.specs == []  # nothing ran before the error
 
 
-def test_onbuild_run_mount_from_a_stage_is_refused_before_any_step(rig: Rig) -> None:
-    rig.images.add("onbuild-base", {}, onbuild=("RUN --mount=from=helper,target=/h true",))
+def test_onbuild_run_mount_of_an_unsupported_type_is_refused_before_any_step(rig: Rig) -> None:
+    rig.images.add("onbuild-base", {}, onbuild=(
+        "RUN --mount=from=helper,target=/h --mount=type=cache,target=/c true",))
     rig.fails(
         "FROM scratch AS helper\nRUN true\nFROM onbuild-base\nRUN echo\n", StepError,
-        r"^Dockerfile:3: RUN --mount=type=bind: not supported yet$",
+        r"^Dockerfile:3: RUN --mount=type=cache: not supported yet$",
     )
     assert rig.executor.specs == []
 
