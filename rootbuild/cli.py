@@ -26,6 +26,7 @@ from rootbuild.progress import make_progress
 from rootbuild.registry.client import TransportOptions
 
 if TYPE_CHECKING:
+    from rootbuild.engine.options import BuildOptions
     from rootbuild.image.store import Store
 
 COMPRESSIONS = ("gzip", "zstd", "none")
@@ -112,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="treat the Dockerfile as hostile: refuse every weakening")
     b.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="time limit for each RUN step")
+    b.add_argument("--secret", dest="secrets", action="append", default=[],
+                   metavar="id=ID[,src=FILE|,env=VAR]",
+                   help="a secret for RUN --mount=type=secret (never stored)")
+    b.add_argument("--ssh", action="append", default=[], metavar="default|ID=SOCKET|ID=KEY",
+                   help="an SSH agent socket or key files for RUN --mount=type=ssh")
+    b.add_argument("--allow", action="append", default=[], metavar="ENTITLEMENT",
+                   help="allow network.host, security.insecure or device (refused with "
+                        "--untrusted)")
     b.add_argument("--push", action="store_true", help="push every -t name when built")
     b.add_argument("--format", choices=("oci", "docker"), default="oci",
                    help="media types of pushed images (docker: Docker schema 2)")
@@ -223,6 +232,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         push=args.push,
         docker_format=args.format == "docker",
     )
+    options = _with_secrets(options, args)
     options.validate()  # before the store is opened; build() checks again
     progress = make_progress(args.progress, quiet=args.quiet)
     store = Store.open(args.root)
@@ -242,6 +252,21 @@ def _cmd_build(args: argparse.Namespace) -> int:
         names = ", ".join(options.tags) or "(untagged)"
         sys.stderr.write(f"built {result.image_id} {names}\n")
     return 0
+
+
+def _with_secrets(options: BuildOptions, args: argparse.Namespace) -> BuildOptions:
+    """``--secret`` values (read now, kept in memory), ``--ssh`` sources, ``--allow``."""
+    import dataclasses
+
+    from rootbuild.engine.entitlements import parse_allow
+    from rootbuild.engine.secrets import load_secrets, parse_secret, parse_ssh
+
+    sources = tuple(parse_secret(text, os.environ) for text in args.secrets)
+    return dataclasses.replace(
+        options, secrets=load_secrets(sources, os.environ),
+        ssh=tuple(parse_ssh(text, os.environ) for text in args.ssh),
+        allow=parse_allow(args.allow),
+    )
 
 
 def _write_file(path: Path, text: str, what: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.engine.layers import Compression
+from rootbuild.engine.secrets import SshSource
 from rootbuild.errors import UsageError
 from rootbuild.image.oci import StoredImage
 from rootbuild.image.refs import OutputRef
@@ -47,6 +48,10 @@ class BuildOptions:
     transport: TransportOptions = field(default_factory=TransportOptions)  # registries
     push: bool = False  # push every -t name after the build
     docker_format: bool = False  # push with Docker schema 2 media types
+    # RUN --mount=type=secret values by id (in memory only), --ssh sources, --allow
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    ssh: tuple[SshSource, ...] = ()
+    allow: frozenset[str] = frozenset()
 
     def validate(self) -> None:
         """Refuse what no build may run with (``UsageError``, exit code 2)."""

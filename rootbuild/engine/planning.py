@@ -30,7 +30,9 @@ from rootbuild.stages.plan import BuildPlan, StagePlan, plan
 from rootbuild.stages.scheduler import unwrap_group
 
 #: what this engine carries out beyond plain RUN/COPY/ADD (``stages.features`` names)
-SUPPORTED: frozenset[str] = frozenset()
+SUPPORTED: frozenset[str] = frozenset({
+    "run.mount.secret", "run.mount.ssh", "run.security.insecure",  # engine/secrets.py
+})
 
 
 async def plan_build(

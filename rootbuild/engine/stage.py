@@ -42,9 +42,11 @@ from rootbuild.engine.copy import (
     parse_chmod,
     resolve_chown,
 )
+from rootbuild.engine.entitlements import host_devices
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
 from rootbuild.engine.seams import Seams
+from rootbuild.engine.secrets import BuildSources, step_mounts
 from rootbuild.engine.step_cache import StepCache
 from rootbuild.errors import (
     ContextError,
@@ -83,6 +85,7 @@ class Workspace:
     staging: Staging
     idmap: IdMapPlan
     warn_once: Callable[[str], None]
+    sources: BuildSources = dataclasses.field(default_factory=BuildSources)  # --secret/--ssh
 
 
 @dataclass(frozen=True)
@@ -288,14 +291,15 @@ class Stage:
     ) -> Layer | None:
         """Run a RUN step in the sandbox over the overlay of this stage's layers."""
         options, work = self.env.options, self.work
-        # RUN --mount, #! heredocs and --security=insecure never get here: the plan refused
-        # them (engine/planning.py SUPPORTED)
+        # RUN --mount (but secret, ssh) and #! heredocs never get here: the plan refused
+        # them (engine/planning.py SUPPORTED); entitlements were checked with the plan
+        extra = step_mounts(action, work.sources)  # type=secret/ssh: engine/secrets.py
         snapshotter = self.seams.snapshotter()
         lowers = await trio.to_thread.run_sync(
             lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
         )
         scratch = Path(tempfile.mkdtemp(prefix="run-", dir=work.work_dir))
-        env = dict(item.partition("=")[::2] for item in action.env)
+        env = dict(item.partition("=")[::2] for item in action.env) | dict(extra.env)
         spec = StepSpec(
             argv=action.command,
             rootfs=OverlayRoot(lowers, scratch / "overlay", snapshotter),
@@ -303,10 +307,12 @@ class Stage:
             env=env, user=action.user, workdir=action.workdir or "/",
             network=self.network(action), proc=options.proc, untrusted=options.untrusted,
             timeout=options.step_timeout,
+            binds=extra.binds, secrets=extra.secrets, insecure=action.security == "insecure",
+            devices=host_devices(action.devices),
         )
         try:
             result = await self.seams.executor.run(
-                spec, lambda line: work.progress.output(handle, line)
+                spec, extra.mask.wrap(lambda line: work.progress.output(handle, line))
             )
         except (StepError, SandboxError) as exc:
             if exc.location is not None or exc.message.startswith("RUN"):

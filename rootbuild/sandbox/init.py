@@ -43,7 +43,7 @@ from typing import Any, NoReturn
 
 from rootbuild.errors import RootbuildError, SandboxError, StepError
 from rootbuild.image.layermeta import LayerMeta
-from rootbuild.sandbox import mounts
+from rootbuild.sandbox import mounts, secrets
 from rootbuild.sandbox.affinity import StepCpu, children
 from rootbuild.sandbox.child import ChildPlan, child_main
 from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
@@ -147,7 +147,8 @@ def _prepare_targets(rootfd: int, binds: tuple[Bind, ...], created: list[mounts.
     warnings: list[str] = []
     for bind in binds:
         try:
-            os.close(mounts.ensure_target(rootfd, bind.target, bind.kind, created))
+            kind = "dir" if bind.kind == "dir" else "file"  # a socket is bound over a file
+            os.close(mounts.ensure_target(rootfd, bind.target, kind, created))
             provide.append(bind)
         except OSError as exc:
             what = "regular file" if bind.kind == "file" else "directory"
@@ -238,7 +239,8 @@ def _start_child(plan: ChildPlan) -> tuple[int, str]:
     return pid, message
 
 
-def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
+def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
+        secret_values: dict[str, bytes] | None = None) -> None:
     spec = request.step
     plan = request.idmap
     host_bind = spec.proc == "host-bind"
@@ -246,6 +248,9 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
     cpu = StepCpu(request.cpu)
     cpu.pin()  # the FUSE server and the step inherit it (sandbox/placement.py)
     _enter_namespaces(spec, plan, status, ctl)
+    # RUN --mount=type=secret: files on a tmpfs of this mount namespace, bound at their
+    # targets like every bind; variables for the step alone (sandbox/secrets.py)
+    secret_binds, secret_env = secrets.provide(spec.secrets, secret_values or {}, spec.scratch)
     mountpoint = spec.scratch / "root"
     mountpoint.mkdir(mode=0o700)
     with provider_for(spec.rootfs)(mountpoint) as mounted:
@@ -257,14 +262,16 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
             identity = resolve_user(spec.user, _read_image_file(rootfd, "etc/passwd"),
                                     _read_image_file(rootfd, "etc/group"))
             _check_mapped(identity, plan, spec.user)
-            binds, notes = _prepare_targets(rootfd, spec.binds, created)
+            binds, notes = _prepare_targets(rootfd, (*spec.binds, *secret_binds), created)
             warnings += notes
             child = ChildPlan(
-                argv=list(spec.argv), env=_env(spec, request.default_path, identity),
+                argv=list(spec.argv),
+                env=_env(spec, request.default_path, identity) | secret_env,
                 workdir=spec.workdir, identity=identity, setgroups=plan.mode == "subid",
                 mountpoint=str(mountpoint), out_fd=out_fd, binds=tuple(binds),
                 own_netns=spec.network == "none", host_bind=host_bind,
-                tty_gid_mapped=plan.maps_gid(5),
+                tty_gid_mapped=plan.maps_gid(5), insecure=spec.insecure,
+                devices=spec.devices,
             )
             if host_bind:
                 import ctypes
@@ -362,8 +369,10 @@ def main(argv: list[str]) -> NoReturn:
     signal.signal(signal.SIGINT, _on_signal)
     code = 0
     try:
+        # the fifth argument: a memfd with the step's secret values (sandbox/secrets.py)
+        values = secrets.read_payload(int(argv[4])) if len(argv) > 4 else None
         request = InitRequest.from_json(json.loads(Path(spec_path).read_text()))
-        run(request, out_fd, ctl, status)
+        run(request, out_fd, ctl, status, values)
     except Terminated:
         status.send(event="error", kind="sandbox", message="run step: interrupted")
         code = 3

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from rootbuild.errors import SandboxError
 from rootbuild.sandbox.idmap import IdMapPlan
+from rootbuild.sandbox.secrets import StepSecrets
 from rootbuild.snapshot import LowerLayer, StepChanges
 
 #: PATH when the image and build args set none (Docker's default for Linux containers)
@@ -31,8 +32,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_HOSTNAME = "buildkitsandbox"
 NETWORK_MODES = ("host", "none")
 PROC_MODES = ("fresh", "host-bind")
-BindKind = Literal["file", "dir"]
-BIND_KINDS: tuple[BindKind, ...] = ("file", "dir")
+BindKind = Literal["file", "dir", "socket"]
+#: "socket": a unix socket of the builder (RUN --mount=type=ssh: the agent's)
+BIND_KINDS: tuple[BindKind, ...] = ("file", "dir", "socket")
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Bind:
         if kind not in BIND_KINDS:
             raise SandboxError(f"read step spec: unknown bind kind {kind!r}")
         return cls(Path(_str(data, "source")), _str(data, "target"),
-                   _bool(data, "readonly"), "file" if kind == "file" else "dir",
+                   _bool(data, "readonly"), BIND_KINDS[BIND_KINDS.index(kind)],
                    _bool(data, "required"))
 
 
@@ -143,6 +145,11 @@ class StepSpec:
     timeout: float | None = None
     hostname: str = DEFAULT_HOSTNAME
     binds: tuple[Bind, ...] = ()
+    # RUN --mount=type=secret (values cross in a memfd, never in JSON: sandbox/secrets.py),
+    # RUN --security=insecure (keep every capability of the user namespace), RUN --device
+    secrets: StepSecrets = field(default_factory=StepSecrets)
+    insecure: bool = False
+    devices: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if not self.argv:
@@ -162,6 +169,7 @@ class StepSpec:
             raise SandboxError("run step: invalid environment variable name or value")
         for bind in self.binds:
             bind.validate()
+        self.secrets.validate()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -170,6 +178,8 @@ class StepSpec:
             "workdir": self.workdir, "network": self.network, "proc": self.proc,
             "untrusted": self.untrusted, "timeout": self.timeout, "hostname": self.hostname,
             "binds": [b.to_json() for b in self.binds],
+            "secrets": self.secrets.to_json(), "insecure": self.insecure,
+            "devices": list(self.devices),
         }
 
     @classmethod
@@ -192,6 +202,8 @@ class StepSpec:
             timeout=None if timeout is None else float(timeout),
             hostname=_str(data, "hostname"),
             binds=tuple(Bind.from_json(b) for b in _list(data, "binds")),
+            secrets=StepSecrets.from_json(_field(data, "secrets")),
+            insecure=_bool(data, "insecure"), devices=tuple(_strs(data, "devices")),
         )
 
 

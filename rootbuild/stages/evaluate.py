@@ -380,6 +380,7 @@ def _run(state: StageState, instr: Instruction, now: str) -> tuple[StageState, S
         security=instr.security,
         heredoc_files=files,
         history=entry,
+        devices=instr.devices,
     )
     return dataclasses.replace(state, config=state.config.with_history(entry)), step
 
