@@ -200,8 +200,8 @@ def _check_ssh_mount(mount: Mount) -> None:
         raise DockerfileError("ssh does not support source")
     if (mount.mode or 0o600) != 0o600 or mount.uid or mount.gid:
         raise DockerfileError(
-            "RUN --mount=type=ssh: uid, gid and mode other than 0 and 0600 are not supported: "
-            "the step gets the agent's own socket, owned by root of the step"
+            "uid, gid and mode other than 0 and 0600 are not supported: the step gets the "
+            "agent's own socket, owned by root of the step"
         )
 
 
