@@ -11,6 +11,9 @@ Rules:
 - ``ssh-agent`` and ``ssh-add`` (openssh-client) run with only ``PATH`` and
   ``SSH_AUTH_SOCK`` and no terminal: a key that needs a passphrase fails with ssh-add's
   message instead of prompting.
+- An agent never outlives the build: ``stop()`` on every path; a killed builder closes the
+  pipe the agent's command (``cat``) reads, and ssh-agent exits when its command has
+  (a parent-death signal would not survive exec of the setgid ssh-agent).
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rootbuild.engine.secrets import SshSource
 from rootbuild.errors import RootbuildError
+from rootbuild.sandbox.affinity import children
 
 START_SECONDS = 10.0
 
@@ -32,7 +38,7 @@ START_SECONDS = 10.0
 class SshAgents:
     def __init__(self, sources: tuple[SshSource, ...]) -> None:
         self.sources = sources
-        self._agents: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self._agents: list[_Agent] = []
 
     def start(self) -> dict[str, Path]:
         """The socket of every ``--ssh`` id (agents started for key files)."""
@@ -61,12 +67,25 @@ class SshAgents:
         where = Path(tempfile.mkdtemp(prefix="rootbuild-ssh-", dir=base))
         sock = where / "agent.sock"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        proc = subprocess.Popen([agent_bin, "-a", str(sock), "-D"], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                                start_new_session=True)
-        self._agents.append((proc, where))
+        # `ssh-agent -a SOCK cat`: the agent serves while its command runs; `cat` reads a
+        # pipe only this process holds, so the agent also ends when the builder is killed
+        # (ssh-agent checks every 10 s). stop() kills it at once.
+        keep_r, keep_w = os.pipe()
+        try:
+            proc = subprocess.Popen([agent_bin, "-a", str(sock), "cat"], stdin=keep_r,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    env=env, start_new_session=True)
+        except BaseException:
+            os.close(keep_w)
+            raise
+        finally:
+            os.close(keep_r)
+        agent = _Agent(proc, keep_w, where)
+        self._agents.append(agent)
         deadline = time.monotonic() + START_SECONDS
-        while not sock.exists():
+        # the socket is made before ssh-agent forks: the agent is `cat`'s child
+        while not sock.exists() or not agent.pids:
+            agent.pids = children(proc.pid)
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr \
                     and proc.poll() is not None else "it did not create its socket"
@@ -81,11 +100,25 @@ class SshAgents:
         return sock
 
     def stop(self) -> None:
-        for proc, where in self._agents:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait()
-            if proc.stderr:
-                proc.stderr.close()
-            shutil.rmtree(where, ignore_errors=True)
+        for agent in self._agents:
+            for pid in agent.pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
+            os.close(agent.keep)  # `cat` sees EOF and exits
+            try:
+                agent.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                agent.proc.kill()
+                agent.proc.wait()
+            if agent.proc.stderr:
+                agent.proc.stderr.close()
+            shutil.rmtree(agent.where, ignore_errors=True)
         self._agents = []
+
+
+@dataclass
+class _Agent:
+    proc: subprocess.Popen[bytes]  # ssh-agent's first process, which became `cat`
+    keep: int  # the write end of the pipe `cat` reads
+    where: Path
+    pids: set[int] = field(default_factory=set)  # the agent itself

@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -31,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Harness, require_tool
+from conftest import ROOTBUILD, Harness, require_tool
 from test_build_run import (
     Image,
     assert_nothing_left,
@@ -39,6 +40,8 @@ from test_build_run import (
     build_to_layout,
     busybox_context,
     error_lines,
+    leftovers,
+    unique_seconds,
 )
 
 pytestmark = pytest.mark.integration
@@ -372,6 +375,10 @@ def test_ssh_key_file_runs_an_agent_for_the_build_only(
     layout, _ = build_to_layout(rb, ctx, "--ssh", f"deploy={key}")
     assert fingerprint in Image(rb, layout).text("keys")
     assert _rootbuild_agents(rb) == []
+    failing = ssh_context(rb, "ssh-key-fails", "FROM scratch\nCOPY rootfs/ /\n"
+                                                "RUN --mount=type=ssh,id=deploy exit 3\n")
+    assert build(rb, failing, "--ssh", f"deploy={key}", check=False).returncode != 0
+    assert _rootbuild_agents(rb) == []
     assert not [p for p in Path("/tmp").glob("rootbuild-ssh-*") if p.owner() == rb.user.name]
     assert key.read_bytes() not in b"".join(
         data for p in rb.store.rglob("*") if p.is_file() for data in _contents(p)
@@ -402,3 +409,38 @@ def test_bad_secret_flag_is_a_usage_error(rb: Harness) -> None:
     assert error_lines(proc.stderr) == [
         "rootbuild: --secret id=x: read /nonexistent/file: No such file or directory"
     ], proc.stderr
+
+
+def test_a_killed_builder_leaves_no_agent(rb: Harness, agent: tuple[Path, str, Path]) -> None:
+    """SIGKILL to the builder mid-step: its ssh-agent (for ``--ssh ID=KEYFILE``) exits on
+    its own (its command reads a pipe only the builder held), as do the step's sandbox and
+    FUSE server."""
+    sock, _, key = agent
+    seconds = unique_seconds()
+    ctx = ssh_context(rb, "ssh-killed", f"FROM scratch\nCOPY rootfs/ /\n"
+                                        f"RUN --mount=type=ssh sleep {seconds}\n")
+    argv = rb.command([str(ROOTBUILD), "build", "--root", str(rb.store), "--progress=plain",
+                       "--ssh", f"default={key}", str(ctx)])
+    proc = subprocess.Popen(argv, cwd=rb.workdir, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(f"sleep {seconds}" in line and "RUN" not in line
+                      for line in leftovers(rb, [f"sleep {seconds}"])):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert len(_rootbuild_agents(rb)) == 1
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    def left() -> list[str]:  # but the test's own agent, which the fixture stops
+        return [line for line in leftovers(rb, [f"sleep {seconds}"]) if str(sock) not in line]
+
+    deadline = time.monotonic() + 30  # ssh-agent looks for its command every 10 s
+    while (_rootbuild_agents(rb) or left()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _rootbuild_agents(rb) == []
+    assert left() == []
