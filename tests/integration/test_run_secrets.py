@@ -444,3 +444,28 @@ def test_a_killed_builder_leaves_no_agent(rb: Harness, agent: tuple[Path, str, P
         time.sleep(0.5)
     assert _rootbuild_agents(rb) == []
     assert left() == []
+
+
+def test_secret_owner_outside_a_single_mapping_is_explained(rb_nosub: Harness) -> None:
+    """Without a subordinate id range only root is mapped: a secret file owned by uid 1000
+    cannot be made, and the error says so (uid 0 still works)."""
+    rb = rb_nosub
+    src = secret_file(rb, new_value())
+    ok = secret_context(rb, "nosub-ok", (
+        "FROM scratch\nCOPY rootfs/ /\n"
+        "RUN --mount=type=secret,id=tok stat -c '%u %a' /run/secrets/tok > /stat\n"
+    ))
+    layout, _ = build_to_layout(rb, ok, "--secret", f"id=tok,src={src}")
+    assert Image(rb, layout).text("stat") == "0 400\n"
+    bad = secret_context(rb, "nosub-bad", (
+        "FROM scratch\nCOPY rootfs/ /\n"
+        "RUN --mount=type=secret,id=tok,uid=1000 true\n"
+    ))
+    proc = build(rb, bad, "--secret", f"id=tok,src={src}", check=False)
+    assert proc.returncode != 0
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith(
+        "rootbuild: Dockerfile:3: RUN: mount secret at /run/secrets/tok: uid 1000 / gid 0 is "
+        "not mapped in the build's user namespace"
+    ), proc.stderr
+    assert "Traceback" not in proc.stderr
