@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -338,6 +339,10 @@ def _rootbuild_agents(rb: Harness) -> list[str]:
     return [line for line in out.splitlines() if "rootbuild-ssh-" in line]
 
 
+def _agent_dirs(rb: Harness) -> set[Path]:
+    return {p for p in Path("/tmp").glob("rootbuild-ssh-*") if p.owner() == rb.user.name}
+
+
 def test_ssh_default_forwards_the_agent_of_the_builder(
     rb: Harness, agent: tuple[Path, str, Path]
 ) -> None:
@@ -372,6 +377,7 @@ def test_ssh_key_file_runs_an_agent_for_the_build_only(
         "RUN --mount=type=ssh,id=deploy,target=/agent.sock,required"
         " SSH_AUTH_SOCK=/agent.sock ssh-add -l > /keys\n"
     ))
+    before = _agent_dirs(rb)
     layout, _ = build_to_layout(rb, ctx, "--ssh", f"deploy={key}")
     assert fingerprint in Image(rb, layout).text("keys")
     assert _rootbuild_agents(rb) == []
@@ -379,7 +385,7 @@ def test_ssh_key_file_runs_an_agent_for_the_build_only(
                                                 "RUN --mount=type=ssh,id=deploy exit 3\n")
     assert build(rb, failing, "--ssh", f"deploy={key}", check=False).returncode != 0
     assert _rootbuild_agents(rb) == []
-    assert not [p for p in Path("/tmp").glob("rootbuild-ssh-*") if p.owner() == rb.user.name]
+    assert _agent_dirs(rb) == before
     assert key.read_bytes() not in b"".join(
         data for p in rb.store.rglob("*") if p.is_file() for data in _contents(p)
     )
@@ -417,6 +423,7 @@ def test_a_killed_builder_leaves_no_agent(rb: Harness, agent: tuple[Path, str, P
     FUSE server."""
     sock, _, key = agent
     seconds = unique_seconds()
+    dirs = _agent_dirs(rb)
     ctx = ssh_context(rb, "ssh-killed", f"FROM scratch\nCOPY rootfs/ /\n"
                                         f"RUN --mount=type=ssh sleep {seconds}\n")
     argv = rb.command([str(ROOTBUILD), "build", "--root", str(rb.store), "--progress=plain",
@@ -444,6 +451,8 @@ def test_a_killed_builder_leaves_no_agent(rb: Harness, agent: tuple[Path, str, P
         time.sleep(0.5)
     assert _rootbuild_agents(rb) == []
     assert left() == []
+    for stale in _agent_dirs(rb) - dirs:  # a killed builder cannot remove its agent's dir
+        shutil.rmtree(stale)
 
 
 def test_secret_owner_outside_a_single_mapping_is_explained(rb_nosub: Harness) -> None:
