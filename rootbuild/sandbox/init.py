@@ -1,4 +1,5 @@
-"""The sandbox init: ``python -I -m rootbuild.sandbox.init SPEC OUT_FD CTL_FD STATUS_FD``.
+"""The sandbox init: ``python -I -m rootbuild.sandbox.init SPEC OUT_FD CTL_FD STATUS_FD
+[SECRETS_FD]`` (SECRETS_FD: a memfd with the step's secret values, ``secrets.py``).
 
 Job: one RUN step's life (SPEC: an ``InitRequest`` as JSON), in a fresh interpreter started
 by ``run.run_init`` (never a fork of the multithreaded builder): new user namespace (mapped
@@ -151,7 +152,7 @@ def _prepare_targets(rootfd: int, binds: tuple[Bind, ...], created: list[mounts.
             os.close(mounts.ensure_target(rootfd, bind.target, kind, created))
             provide.append(bind)
         except OSError as exc:
-            what = "regular file" if bind.kind == "file" else "directory"
+            what = "directory" if bind.kind == "dir" else "regular file"
             if bind.required:
                 raise StepError(
                     f"mount {bind.target} for RUN: in the image it is a symlink, lies under "
