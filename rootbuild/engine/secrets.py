@@ -168,7 +168,6 @@ class BuildSources:
 
     secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     sockets: Mapping[str, Path] = field(default_factory=dict)
-    ssh_ids: frozenset[str] = frozenset()
 
 
 # -- per mount ----------------------------------------------------------------------------------

@@ -365,6 +365,33 @@ def test_ssh_default_forwards_the_agent_of_the_builder(
     assert not any(n.startswith("run/buildkit") for n in names), names
 
 
+def test_secret_and_ssh_inside_a_tmpfs_mount_go_through_the_same_mounts(
+    rb: Harness, agent: tuple[Path, str, Path]
+) -> None:
+    """Secret and ssh mounts are mounts like the others: targets inside an earlier
+    ``type=tmpfs`` mount are made in it, parents first, and nothing reaches the layer.
+    Docker: "target: Mount the secret to the specified path. Defaults to /run/secrets/ +
+    id" (reference, RUN --mount=type=secret); "target: SSH agent socket path. Defaults to
+    /run/buildkit/ssh_agent.${N}." (RUN --mount=type=ssh)
+    https://docs.docker.com/reference/dockerfile/#run---mount"""
+    sock, fingerprint, _ = agent
+    value = new_value()
+    src = secret_file(rb, value)
+    ctx = ssh_context(rb, "ssh-secret-nested", (
+        "FROM scratch\n"
+        "COPY rootfs/ /\n"
+        "RUN --mount=type=ssh --mount=type=secret,id=tok --mount=type=tmpfs,target=/run"
+        " ssh-add -l > /keys && sha256sum /run/secrets/tok > /sum\n"
+    ))
+    layout, _ = build_to_layout(rb, ctx, "--ssh", "default", "--secret", f"id=tok,src={src}",
+                                env={"SSH_AUTH_SOCK": str(sock)})
+    image = Image(rb, layout)
+    assert fingerprint in image.text("keys")
+    assert image.text("sum").split()[0] == sha(value)
+    names = {name for layer in image.layers for name in layer}
+    assert not any(n == "run" or n.startswith("run/") for n in names), names
+
+
 def test_ssh_key_file_runs_an_agent_for_the_build_only(
     rb: Harness, agent: tuple[Path, str, Path]
 ) -> None:
