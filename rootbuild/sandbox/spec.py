@@ -42,10 +42,11 @@ BIND_KINDS: tuple[BindKind, ...] = ("file", "dir", "socket")
 
 @dataclass(frozen=True)
 class Bind:
-    """A host file or directory (``source``, made by the builder) bound at ``target`` (an
-    absolute in-image path) for the step; ``readonly`` binds refuse writes (EROFS);
-    ``kind`` is what both ends must be. A missing target is created for the step and removed
-    after it, so it never reaches the layer. ``required``: an image that makes the target
+    """A host file, directory or unix socket (``source``, made by the builder) bound at
+    ``target`` (an absolute in-image path) for the step; ``readonly`` binds refuse writes
+    (EROFS); ``kind`` is what the source must be (a socket is bound over a file). A
+    missing target is created for the step and removed after it, so it never reaches the
+    layer. ``required``: an image that makes the target
     impossible (a symlink on the way, the wrong type) fails the step; when False (the /etc
     files the sandbox itself provides) the step runs without it, with a warning."""
 
