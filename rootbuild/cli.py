@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="treat the Dockerfile as hostile: refuse every weakening")
     b.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="time limit for each RUN step")
+    b.add_argument("--secret", dest="secrets", action="append", default=[],
+                   metavar="id=ID[,src=FILE|,env=VAR]",
+                   help="a secret for RUN --mount=type=secret (never stored)")
+    b.add_argument("--ssh", action="append", default=[], metavar="default|ID=SOCKET|ID=KEY",
+                   help="an SSH agent socket or key files for RUN --mount=type=ssh")
+    b.add_argument("--allow", action="append", default=[], metavar="ENTITLEMENT",
+                   help="allow network.host, security.insecure or device (refused with "
+                        "--untrusted)")
     b.add_argument("--push", action="store_true", help="push every -t name when built")
     b.add_argument("--format", choices=("oci", "docker"), default="oci",
                    help="media types of pushed images (docker: Docker schema 2)")
@@ -237,6 +245,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         docker_format=args.format == "docker",
         build_contexts=tuple(parse_build_context(text) for text in args.build_contexts),
     )
+    options = _with_secrets(options, args)
     options.validate()  # before the store is opened; build() checks again
     if args.call not in ("build", "check"):
         raise UsageError(f"build: --call={args.call}: only build and check are supported "
@@ -278,6 +287,21 @@ def _check(options: BuildOptions, store: Store, progress: Progress) -> int:
     if failure is not None:
         raise failure
     return 0
+
+
+def _with_secrets(options: BuildOptions, args: argparse.Namespace) -> BuildOptions:
+    """``--secret`` values (read now, kept in memory), ``--ssh`` sources, ``--allow``."""
+    import dataclasses
+
+    from rootbuild.engine.entitlements import parse_allow
+    from rootbuild.engine.secrets import load_secrets, parse_secret, parse_ssh
+
+    sources = tuple(parse_secret(text, os.environ) for text in args.secrets)
+    return dataclasses.replace(
+        options, secrets=load_secrets(sources, os.environ),
+        ssh=tuple(parse_ssh(text, os.environ) for text in args.ssh),
+        allow=parse_allow(args.allow),
+    )
 
 
 def _write_file(path: Path, text: str, what: str) -> None:

@@ -20,12 +20,14 @@ apt-get update -qq
 # setpriv, pgrep for the tests; python3-seccomp: the tests simulate a container seccomp filter;
 # debootstrap: the Debian base image the RUN tests install a package into; openssl: the
 # registry tests make a CA and a server certificate; buildah fuse-overlayfs: the peers
-# bench/peers.py measures rootbuild against in the same run.
+# bench/peers.py measures rootbuild against in the same run; openssh-client: ssh-agent and
+# ssh-add for `--ssh ID=KEYFILE` (and the ssh forwarding tests).
 apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-dev gcc libc6-dev \
     libfuse3-dev fuse3 pkg-config uidmap \
     skopeo umoci docker-registry busybox-static python3-seccomp debootstrap \
-    util-linux procps git ca-certificates openssl buildah fuse-overlayfs >/dev/null
+    util-linux procps git ca-certificates openssl buildah fuse-overlayfs \
+    openssh-client >/dev/null
 
 if [ ! -x "$venv/bin/python" ]; then
     /usr/bin/python3 -m venv "$venv"

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rootbuild.dockerfile.instructions import Mount
+from rootbuild.dockerfile.instructions import Device, Mount
 from rootbuild.errors import DockerfileError
 
 FlagKind = Literal["bool", "string", "strings"]
@@ -148,6 +148,34 @@ def check_security(value: str | None) -> str | None:
         hint = _suggest(value, list(SECURITY_MODES))
         raise DockerfileError(f'security mode "{value}" not supported{hint}')
     return value
+
+
+# --- RUN --device (BuildKit instructions/commands_rundevice.go ParseDevice) ---
+
+
+def parse_device(value: str) -> Device:
+    """One ``--device=`` value: CSV whose one bare field (or ``name=``) is the device
+    name, and ``required[=BOOL]`` (default false)."""
+    try:
+        fields = next(csv.reader([value], skipinitialspace=False), [])
+    except csv.Error as exc:
+        raise DockerfileError(f"failed to parse csv device: {exc}") from exc
+    name = ""
+    required = False
+    for item in fields:
+        key, has_value, text = item.partition("=")
+        key = key.lower()
+        if key == "required":
+            required = True if not has_value else _go_bool(key, text)
+            continue
+        if has_value and key == "name":
+            item = text
+        if name:
+            raise DockerfileError(f"device name already set to {name}")
+        name = item
+    if not name:
+        raise DockerfileError(f"device name is required in --device={value}")
+    return Device(name, required)
 
 
 # --- RUN --mount (BuildKit instructions/runmount.go parseMount) ---

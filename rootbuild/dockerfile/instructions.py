@@ -71,6 +71,15 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class Device:
+    """One ``RUN --device=NAME[,required=BOOL]`` (BuildKit's labs syntax,
+    instructions/commands_rundevice.go). ``name`` is a device the builder's host provides."""
+
+    name: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class Instruction:
     location: Location
     original: str
@@ -94,6 +103,7 @@ class Run(Instruction):
     network: str | None = None  # --network=default|none|host
     security: str | None = None  # --security=insecure|sandbox
     heredocs: tuple[Heredoc, ...] = ()
+    devices: tuple[Device, ...] = ()  # --device=NAME[,required]
 
 
 @dataclass(frozen=True)

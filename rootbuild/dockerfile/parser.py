@@ -338,7 +338,8 @@ def _from(req: _Request) -> From:
 
 
 def _run(req: _Request) -> Run:
-    parsed = req.flags({"mount": "strings", "network": "string", "security": "string"})
+    parsed = req.flags({"mount": "strings", "network": "string", "security": "string",
+                        "device": "strings"})
     command, _ = _command(req.args)
     return Run(
         req.location,
@@ -348,6 +349,7 @@ def _run(req: _Request) -> Run:
         network=fl.check_network(parsed.string("network")),
         security=fl.check_security(parsed.string("security")),
         heredocs=req.heredocs,
+        devices=tuple(fl.parse_device(value) for value in parsed.strings("device")),
     )
 
 

@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from rootbuild.cache.spec import CacheSpec
 from rootbuild.context import BuildContext, find_dockerfile, load_ignore
 from rootbuild.dockerfile.parser import parse_dockerfile
 from rootbuild.engine.bases import StoreBaseImages
+from rootbuild.engine.entitlements import check_entitlements
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.exporter import StoreExporter
 from rootbuild.engine.layers import LayerTrees
@@ -41,6 +43,8 @@ from rootbuild.engine.options import BuildOptions, BuildResult
 from rootbuild.engine.planning import plan_build
 from rootbuild.engine.remote_source import RemoteSources
 from rootbuild.engine.seams import Exporter, Seams
+from rootbuild.engine.secrets import BuildSources, check_required
+from rootbuild.engine.ssh_agent import SshAgents
 from rootbuild.engine.stage import Stage, StageResult, Workspace
 from rootbuild.engine.step_cache import MergedCache, RemoteCache, StepCache
 from rootbuild.errors import ContextError, RootbuildError
@@ -128,6 +132,9 @@ async def build(
             for check in checks.warnings:
                 progress.warn(str(check))
             raise failure
+        check_entitlements(the_plan, options.allow, options.untrusted)
+        check_required(the_plan, frozenset(options.secrets), frozenset(s.id for s in options.ssh))
+        agents = SshAgents(options.ssh)  # started below, stopped on every path
         env = BuildEnv.for_plan(options, the_plan, dockerfile.directives.escape)
         warn_once = _Warnings(progress)
         work = Workspace(
@@ -139,12 +146,16 @@ async def build(
             context=context, work_dir=store.staging_dir(), staging=staging,
             idmap=read_host_plan(), warn_once=warn_once,
             named=open_contexts(options.build_contexts, named),
+            sources=BuildSources(options.secrets),
         )
 
         async def run_stage(stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:
             return await Stage(env, seams, work, stage, deps).run()
 
         try:
+            sockets = await trio.to_thread.run_sync(agents.start)
+            work = dataclasses.replace(work, sources=dataclasses.replace(work.sources,
+                                                                         sockets=sockets))
             async with contextlib.AsyncExitStack() as remotes:
                 work.cache.remote = await _import_caches(store, options, progress, remotes)
                 results = await run_plan(the_plan, run_stage, jobs=options.jobs)
@@ -155,6 +166,7 @@ async def build(
             work.trees.discard()
             raise
         finally:
+            agents.stop()
             work.cache.index.close()
             _rmtree(work.work_dir)
         for spec in options.cache_to:

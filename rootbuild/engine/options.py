@@ -15,6 +15,7 @@ from pathlib import Path
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.engine.layers import Compression
 from rootbuild.engine.named_contexts import NamedContext, check_contexts
+from rootbuild.engine.secrets import SshSource
 from rootbuild.errors import UsageError
 from rootbuild.image.oci import StoredImage
 from rootbuild.image.refs import OutputRef
@@ -50,6 +51,10 @@ class BuildOptions:
     push: bool = False  # push every -t name after the build
     docker_format: bool = False  # push with Docker schema 2 media types
     build_contexts: tuple[NamedContext, ...] = ()  # --build-context NAME=VALUE
+    # RUN --mount=type=secret values by id (in memory only), --ssh sources, --allow
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    ssh: tuple[SshSource, ...] = ()
+    allow: frozenset[str] = frozenset()
 
     def validate(self) -> None:
         """Refuse what no build may run with (``UsageError``, exit code 2)."""

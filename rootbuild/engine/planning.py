@@ -34,6 +34,8 @@ from rootbuild.stages.scheduler import unwrap_group
 SUPPORTED: frozenset[str] = frozenset({
     "copy.parents", "chmod.symbolic", "source.remote", "run.heredoc.shebang",
     "run.mount.bind", "run.mount.tmpfs",
+    "run.mount.secret", "run.mount.ssh",  # engine/run_mounts.py, engine/secrets.py
+    "run.security.insecure",  # an entitlement: engine/entitlements.py
 })
 
 

@@ -22,6 +22,14 @@ Rules (Docker's Dockerfile reference, ``RUN --mount``; BuildKit's dockerfile2llb
   there fails as BuildKit's checksum does.
 - ``type=tmpfs``: a fresh tmpfs of ``size`` bytes; its options are in the step's fields,
   which the key takes already.
+- ``type=secret`` / ``type=ssh`` (``engine/secrets.py``): a ``SecretMount`` (the value is
+  written inside the sandbox, from a memfd) and/or a secret variable
+  (``Prepared.secret_env``: never in ``env``, which the spec's JSON holds), or the agent's
+  socket as a ``Bind`` plus ``SSH_AUTH_SOCK``. Their key adds nothing: the step's fields
+  hold the id and target, never a value (BuildKit does not rerun a step when only a
+  secret's value changes). A secret needs no target (``env=`` alone, or its default).
+- A variable set by several mounts is the first one's (``SSH_AUTH_SOCK``: the first ssh
+  mount's); the step's own environment wins over them (``Stage.run_command``).
 - Nothing of a mount reaches the layer (the sandbox removes the targets it created).
 - ``prepare`` may hold things until the step ends (a lock, a file it wrote in the step's
   ``MountEnv.scratch``) by entering them on the ``held`` stack it is given; the engine
@@ -49,8 +57,9 @@ from rootbuild.cache.keys import Scalar
 from rootbuild.context import BuildContext
 from rootbuild.engine.copy import CopyPlan, context_sources, copy_entries
 from rootbuild.engine.layers import Layer, LayerTrees
+from rootbuild.engine.secrets import BuildSources, secret_mount, ssh_mount
 from rootbuild.engine.step_cache import SourceHasher
-from rootbuild.errors import ContextError, Location, StepError
+from rootbuild.errors import ContextError, DockerfileError, Location, StepError
 from rootbuild.image.layer_extract import extract_layer
 from rootbuild.image.layer_write import write_layer
 from rootbuild.image.rootfs import RootfsView
@@ -129,6 +138,7 @@ class MountEnv:
     where: Location
     scratch: Path | None = None
     named: Mapping[str, BuildContext] = dataclasses.field(default_factory=dict)
+    secrets: BuildSources = dataclasses.field(default_factory=BuildSources)  # --secret/--ssh
 
     def context_of(self, ref: StageBase | None) -> tuple[str, BuildContext] | None:
         """The directory a bind reads (``name``, context): the build context when ``ref``
@@ -147,6 +157,8 @@ class Prepared:
 
     mount: RunMount | None
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: secret variables (``env=`` of type=secret): values the spec's JSON must not hold
+    secret_env: Mapping[str, bytes] = dataclasses.field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,7 @@ class StepMounts:
 
     mounts: tuple[RunMount, ...] = ()
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    secret_env: dict[str, bytes] = dataclasses.field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -166,6 +179,7 @@ class MountType:
 
     key: Callable[[StepMount, MountEnv], Awaitable[Scalar | None]]
     prepare: Callable[[StepMount, MountEnv, contextlib.AsyncExitStack], Awaitable[Prepared]]
+    needs_target: bool = True  # False: the type has a default target, or none
 
 
 def describe(mount: StepMount) -> str:
@@ -265,10 +279,38 @@ async def _tmpfs_prepare(mount: StepMount, env: MountEnv, held: contextlib.Async
     return Prepared(TmpfsMount(target_of(mount, env.where), mount.mount.size))
 
 
+# -- type=secret, type=ssh (engine/secrets.py) -----------------------------------------------
+
+
+async def _secret_prepare(mount: StepMount, env: MountEnv, held: contextlib.AsyncExitStack
+                          ) -> Prepared:
+    try:
+        secret, variables = secret_mount(mount.mount, env.secrets)
+    except (StepError, DockerfileError) as exc:
+        raise StepError(exc.message, env.where) from None
+    if secret is not None and mount.mount.target:
+        target_of(mount, env.where)  # one it names: absolute (the plan made it), not '/'
+    return Prepared(secret, secret_env=variables)
+
+
+async def _ssh_prepare(mount: StepMount, env: MountEnv, held: contextlib.AsyncExitStack
+                       ) -> Prepared:
+    target = target_of(mount, env.where)
+    try:
+        socket = ssh_mount(mount.mount, target, env.secrets)
+    except StepError as exc:
+        raise StepError(exc.message, env.where) from None
+    if socket is None:
+        return Prepared(None)
+    return Prepared(socket, {"SSH_AUTH_SOCK": target})
+
+
 #: every ``--mount`` type this engine carries out (``planning.SUPPORTED`` names them)
 MOUNT_TYPES: dict[str, MountType] = {
     "bind": MountType(_bind_key, _bind_prepare),
     "tmpfs": MountType(_no_key, _tmpfs_prepare),
+    "secret": MountType(_no_key, _secret_prepare, needs_target=False),
+    "ssh": MountType(_no_key, _ssh_prepare),
 }
 
 
@@ -283,8 +325,8 @@ async def mount_keys(mounts: Sequence[StepMount], env: MountEnv) -> dict[str, Sc
     """The cache-key inputs of a step's mounts (``mount.N`` by position); every target is
     checked first, so a bad one fails before the step cache is asked."""
     for mount in mounts:
-        _type(mount, env.where)
-        target_of(mount, env.where)
+        if _type(mount, env.where).needs_target:
+            target_of(mount, env.where)
     inputs: dict[str, Scalar] = {}
     for number, mount in enumerate(mounts):
         value = await _type(mount, env.where).key(mount, env)
@@ -300,13 +342,15 @@ async def prepare_mounts(mounts: Sequence[StepMount], env: MountEnv,
     prepare, ``held`` is closed here before the error goes on."""
     out: list[RunMount] = []
     variables: dict[str, str] = {}
+    secret_env: dict[str, bytes] = {}
     try:
         for mount in mounts:
             prepared = await _type(mount, env.where).prepare(mount, env, held)
             if prepared.mount is not None:
                 out.append(prepared.mount)
-            variables.update(prepared.env)
+            variables = dict(prepared.env) | variables  # the first mount's wins
+            secret_env.update(prepared.secret_env)
     except BaseException:
         await held.aclose()
         raise
-    return StepMounts(tuple(out), variables)
+    return StepMounts(tuple(out), variables, secret_env)

@@ -48,12 +48,14 @@ from rootbuild.engine.copy import (
     image_sources,
     resolve_chown,
 )
+from rootbuild.engine.entitlements import host_devices
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
 from rootbuild.engine.remote_ref import redact_text
 from rootbuild.engine.run_files import heredoc_binds
 from rootbuild.engine.run_mounts import ContextLayer, MountEnv, mount_keys, prepare_mounts
 from rootbuild.engine.seams import Seams
+from rootbuild.engine.secrets import BuildSources, mask_of
 from rootbuild.engine.step_cache import StepCache
 from rootbuild.errors import (
     ContextError,
@@ -94,6 +96,7 @@ class Workspace:
     warn_once: Callable[[str], None]
     named: Mapping[str, BuildContext] = field(default_factory=dict)  # directory contexts
     context_layer: ContextLayer = field(default_factory=ContextLayer)  # RUN --mount source
+    sources: BuildSources = field(default_factory=BuildSources)  # --secret/--ssh
 
 
 @dataclass(frozen=True)
@@ -328,7 +331,8 @@ class Stage:
         the step's own directory (None while only keys are computed)."""
         work = self.work
         return MountEnv(self, work.trees, work.context, work.context_layer, work.cache.hasher,
-                        work.work_dir, self.seams.snapshotter, where, scratch, work.named)
+                        work.work_dir, self.seams.snapshotter, where, scratch, work.named,
+                        work.sources)
 
     def context_digest(self, action: CopyStep, where: Location,
                        context: BuildContext | None = None) -> str:
@@ -369,8 +373,8 @@ class Stage:
     ) -> Layer | None:
         """Run a RUN step in the sandbox over the overlay of this stage's layers."""
         options, work = self.env.options, self.work
-        # --security=insecure and RUN --mount types without a MountType never get here: the
-        # plan refused them (engine/planning.py SUPPORTED)
+        # RUN --mount types without a MountType never get here: the plan refused them
+        # (engine/planning.py SUPPORTED); entitlements were checked with the plan
         snapshotter = self.seams.snapshotter()
         lowers = await trio.to_thread.run_sync(
             lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
@@ -383,14 +387,18 @@ class Stage:
             argv=action.command,
             rootfs=OverlayRoot(lowers, scratch / "overlay", snapshotter),
             scratch=scratch / "sandbox",
-            env=env | mounts.env, user=action.user, workdir=action.workdir or "/",
+            # the step's own variables win over a mount's (BuildKit: SSH_AUTH_SOCK)
+            env=mounts.env | env, user=action.user, workdir=action.workdir or "/",
             network=self.network(action), proc=options.proc, untrusted=options.untrusted,
             timeout=options.step_timeout, mounts=mounts.mounts,
             binds=heredoc_binds(action.heredoc_files, scratch / "heredocs"),
+            secret_env=mounts.secret_env, insecure=action.security == "insecure",
+            devices=host_devices(action.devices),
         )
+        mask = mask_of(mounts.mounts, mounts.secret_env)  # no secret value in the output
         try:
             result = await self.seams.executor.run(
-                spec, lambda line: work.progress.output(handle, line)
+                spec, mask.wrap(lambda line: work.progress.output(handle, line))
             )
         except (StepError, SandboxError) as exc:
             if exc.location is not None or exc.message.startswith("RUN"):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from rootbuild.sandbox import mounts, step_mounts
+from rootbuild.sandbox.devices import bind_devices
 from rootbuild.sandbox.spec import Bind
 from rootbuild.sandbox.users import Identity
 
@@ -57,6 +58,8 @@ class ChildPlan:
     host_bind: bool = False
     tty_gid_mapped: bool = False
     mounts: tuple[step_mounts.Prepared, ...] = ()  # every RUN --mount, in order
+    insecure: bool = False  # RUN --security=insecure: keep the user namespace's capabilities
+    devices: tuple[str, ...] = ()  # RUN --device: host nodes bound into /dev (devices.py)
 
 
 def proc_refused_message(submounts: list[str]) -> str:
@@ -78,6 +81,7 @@ def _mount_all(plan: ChildPlan) -> int:
     # fds opened before unshare name mounts of the init's namespace: open the root again
     rootfd = os.open(plan.mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     mounts.mount_dev(rootfd, [], plan.tty_gid_mapped)
+    bind_devices(rootfd, plan.devices)
     mounts.mount_sys(rootfd, [], plan.own_netns)
     try:
         mounts.mount_proc(rootfd, [], plan.host_bind)
@@ -105,16 +109,18 @@ def _bind(rootfd: int, item: Bind) -> None:
         raise RuntimeError(f"bind {item.source} at {item.target}: {exc.strerror}") from exc
     if mounts.in_step_dev(item.target):  # the target lives in /dev's tmpfs, never the root
         try:
-            os.close(mounts.ensure_target(rootfd, item.target, item.kind, []))
+            kind = "dir" if item.kind == "dir" else "file"  # a socket is bound over a file
+            os.close(mounts.ensure_target(rootfd, item.target, kind, []))
         except OSError as exc:
             os.close(source)
             raise RuntimeError(f"bind at {item.target}: {exc.strerror}") from exc
     try:
         mode = os.fstat(source).st_mode
-        if not (stat.S_ISDIR(mode) if item.kind == "dir" else stat.S_ISREG(mode)):
+        is_kind = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "socket": stat.S_ISSOCK}
+        if not is_kind[item.kind](mode):
+            what = {"dir": "directory", "file": "regular file", "socket": "socket"}
             raise RuntimeError(
-                f"bind {item.source} at {item.target}: the source is not a "
-                f"{'directory' if item.kind == 'dir' else 'regular file'}"
+                f"bind {item.source} at {item.target}: the source is not a {what[item.kind]}"
             )
         target = mounts.open_in_root(rootfd, item.target)
         try:
@@ -239,7 +245,8 @@ def child_main(plan: ChildPlan, err_fd: int) -> NoReturn:
         cwd = _open_workdir(plan.workdir)
         os.fchdir(cwd)
         os.close(cwd)
-        _drop_capabilities()
+        if not plan.insecure:
+            _drop_capabilities()
         ident = plan.identity
         if plan.setgroups:
             os.setgroups(list(ident.groups))

@@ -1,4 +1,5 @@
-"""The sandbox init: ``python -I -m rootbuild.sandbox.init SPEC OUT_FD CTL_FD STATUS_FD``.
+"""The sandbox init: ``python -I -m rootbuild.sandbox.init SPEC OUT_FD CTL_FD STATUS_FD
+[SECRETS_FD]`` (SECRETS_FD: a memfd with the step's secret values, ``secrets.py``).
 
 Job: one RUN step's life (SPEC: an ``InitRequest`` as JSON), in a fresh interpreter started
 by ``run.run_init`` (never a fork of the multithreaded builder): new user namespace (mapped
@@ -31,6 +32,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -44,7 +46,7 @@ from typing import Any, NoReturn
 
 from rootbuild.errors import RootbuildError, SandboxError, StepError
 from rootbuild.image.layermeta import LayerMeta
-from rootbuild.sandbox import mounts, step_mounts
+from rootbuild.sandbox import mounts, secrets, step_mounts
 from rootbuild.sandbox.affinity import StepCpu, children
 from rootbuild.sandbox.child import ChildPlan, child_main
 from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
@@ -267,11 +269,14 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
             warnings += notes
             step_mounts.prepare_targets(rootfd, run_mounts, created)
             child = ChildPlan(
-                argv=list(spec.argv), env=_env(spec, request.default_path, identity),
+                argv=list(spec.argv),
+                # RUN --mount=type=secret,env=NAME: for this step alone (secrets.py)
+                env=_env(spec, request.default_path, identity) | secrets.env_of(spec),
                 workdir=spec.workdir, identity=identity, setgroups=plan.mode == "subid",
                 mountpoint=str(mountpoint), out_fd=out_fd, binds=tuple(binds),
                 own_netns=spec.network == "none", host_bind=host_bind,
                 tty_gid_mapped=plan.maps_gid(5), mounts=tuple(run_mounts),
+                insecure=spec.insecure, devices=spec.devices,
             )
             if host_bind:
                 import ctypes
@@ -370,6 +375,9 @@ def main(argv: list[str]) -> NoReturn:
     code = 0
     try:
         request = InitRequest.from_json(json.loads(Path(spec_path).read_text()))
+        # the fifth argument: a memfd with the step's secret values (sandbox/secrets.py)
+        values = secrets.read_payload(int(argv[4])) if len(argv) > 4 else secrets.Payload()
+        request = dataclasses.replace(request, step=secrets.with_values(request.step, values))
         run(request, out_fd, ctl, status)
     except Terminated:
         status.send(event="error", kind="sandbox", message="run step: interrupted")

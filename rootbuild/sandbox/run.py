@@ -35,6 +35,7 @@ import trio
 from rootbuild.errors import RootbuildError, SandboxError, StepError
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.sandbox.idmap import IdMapPlan, apply_helpers
+from rootbuild.sandbox.secrets import payload_fd
 from rootbuild.sandbox.spec import DEFAULT_PATH, InitRequest, StepResult, StepSpec
 from rootbuild.snapshot import StepChanges
 
@@ -123,20 +124,23 @@ async def run_init(request: InitRequest, on_output: Callable[[str], None]) -> St
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     st_r, st_w = os.pipe2(os.O_CLOEXEC)
+    # the step's secret values, in memory only: a memfd the init reads (sandbox/secrets.py)
+    secrets = payload_fd(spec)
+    extra = () if secrets is None else (secrets,)
     try:
         with open(spec.scratch / "init.log", "wb") as log:
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-I", "-m", "rootbuild.sandbox.init", str(spec_path),
-                 str(out_w), str(ctl_r), str(st_w)],
-                pass_fds=(out_w, ctl_r, st_w), stdin=subprocess.DEVNULL, stdout=log,
+                 str(out_w), str(ctl_r), str(st_w), *map(str, extra)],
+                pass_fds=(out_w, ctl_r, st_w, *extra), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=log, start_new_session=True, cwd=str(spec.scratch),
                 env={"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8"},
             )
     except BaseException:
-        for fd in (out_r, out_w, ctl_r, ctl_w, st_r, st_w):
+        for fd in (out_r, out_w, ctl_r, ctl_w, st_r, st_w, *extra):
             os.close(fd)
         raise
-    for fd in (out_w, ctl_r, st_w):
+    for fd in (out_w, ctl_r, st_w, *extra):
         os.close(fd)
     session = _Session(proc, ctl_w, plan, spec)
     try:

@@ -11,8 +11,10 @@ Rules: values are frozen; ``env`` is the whole environment of the step (the imag
 Env and the step's build args, already merged by the caller); nothing else reaches it.
 ``binds`` are mounted in order, after /dev, /sys and /proc, each through the root's fd with
 no symlink followed (``child.py``): the sandbox's own /etc files. ``mounts`` (every
-``RUN --mount``, a ``RunMount``: ``Bind``, ``LayerMount``, ``TmpfsMount``) come after them,
-parents before children (sorted by target depth, as BuildKit's LLB sorts exec mounts).
+``RUN --mount``, a ``RunMount``: ``Bind``, ``LayerMount``, ``TmpfsMount``, ``SecretMount``)
+come after them, parents before children (sorted by target depth, as BuildKit's LLB sorts
+exec mounts). A secret value (``SecretMount.value``, ``StepSpec.secret_env``) is never in
+the JSON nor in a repr: it crosses in a sealed memfd (``secrets.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rootbuild.errors import SandboxError
+from rootbuild.errors import SandboxError, StepError
 from rootbuild.sandbox.idmap import IdMapPlan
 from rootbuild.snapshot import LowerLayer, StepChanges
 
@@ -33,16 +35,18 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_HOSTNAME = "buildkitsandbox"
 NETWORK_MODES = ("host", "none")
 PROC_MODES = ("fresh", "host-bind")
-BindKind = Literal["file", "dir"]
-BIND_KINDS: tuple[BindKind, ...] = ("file", "dir")
+BindKind = Literal["file", "dir", "socket"]
+#: "socket": a unix socket of the builder (RUN --mount=type=ssh: the agent's)
+BIND_KINDS: tuple[BindKind, ...] = ("file", "dir", "socket")
 
 
 @dataclass(frozen=True)
 class Bind:
-    """A host file or directory (``source``, made by the builder) bound at ``target`` (an
-    absolute in-image path) for the step; ``readonly`` binds refuse writes (EROFS);
-    ``kind`` is what both ends must be. A missing target is created for the step and removed
-    after it, so it never reaches the layer. ``required``: an image that makes the target
+    """A host file, directory or unix socket (``source``, made by the builder) bound at
+    ``target`` (an absolute in-image path) for the step; ``readonly`` binds refuse writes
+    (EROFS); ``kind`` is what the source must be (a socket is bound over a file). A
+    missing target is created for the step and removed after it, so it never reaches the
+    layer. ``required``: an image that makes the target
     impossible (a symlink on the way, the wrong type) fails the step; when False (the /etc
     files the sandbox itself provides) the step runs without it, with a warning."""
 
@@ -76,7 +80,7 @@ class Bind:
         if kind not in BIND_KINDS:
             raise SandboxError(f"read step spec: unknown bind kind {kind!r}")
         return cls(Path(_str(data, "source")), _str(data, "target"),
-                   _bool(data, "readonly"), "file" if kind == "file" else "dir",
+                   _bool(data, "readonly"), BIND_KINDS[BIND_KINDS.index(kind)],
                    _bool(data, "required"))
 
 
@@ -147,9 +151,41 @@ class TmpfsMount:
         return cls(_str(data, "target"), size)
 
 
-#: what a ``RUN --mount`` becomes in ``StepSpec.mounts``; a host file or directory made by
-#: the builder (a secret, a cache directory) is a ``Bind``
-RunMount = Bind | LayerMount | TmpfsMount
+@dataclass(frozen=True)
+class SecretMount:
+    """``RUN --mount=type=secret`` as a file: the init writes ``value`` on a tmpfs of its own
+    mount namespace, owned ``uid``:``gid`` with ``mode`` as the step sees them, and binds it
+    read-only at ``target`` (``secrets.py``). ``value`` is not in the JSON (it crosses in the
+    step's memfd, ``secrets.payload_fd``), nor in the repr, nor compared."""
+
+    target: str
+    mode: int = 0o400
+    uid: int = 0
+    gid: int = 0
+    value: bytes = field(default=b"", repr=False, compare=False)
+
+    def validate(self) -> None:
+        check_target(self.target)
+        if not 0 <= self.mode <= 0o7777:
+            raise SandboxError(f"run step: secret {self.target}: invalid mode {self.mode:o}")
+        if self.uid < 0 or self.gid < 0:
+            raise SandboxError(f"run step: secret {self.target}: invalid owner")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "secret", "target": self.target, "mode": self.mode,
+                "uid": self.uid, "gid": self.gid}
+
+    @classmethod
+    def from_json(cls, data: Any) -> SecretMount:
+        numbers = [_field(data, key) for key in ("mode", "uid", "gid")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+            raise SandboxError("read step spec: secret mode, uid or gid is not a number")
+        return cls(_str(data, "target"), *numbers)
+
+
+#: what a ``RUN --mount`` becomes in ``StepSpec.mounts``; a host file, directory or socket
+#: made by the builder (a cache directory, an ssh agent's socket) is a ``Bind``
+RunMount = Bind | LayerMount | TmpfsMount | SecretMount
 
 
 def mount_to_json(mount: RunMount) -> dict[str, Any]:
@@ -166,6 +202,8 @@ def mount_from_json(data: Any) -> RunMount:
         return LayerMount.from_json(data)
     if kind == "tmpfs":
         return TmpfsMount.from_json(data)
+    if kind == "secret":
+        return SecretMount.from_json(data)
     raise SandboxError(f"read step spec: unknown mount type {kind!r}")
 
 
@@ -235,6 +273,12 @@ class StepSpec:
     hostname: str = DEFAULT_HOSTNAME
     binds: tuple[Bind, ...] = ()
     mounts: tuple[RunMount, ...] = ()
+    # RUN --mount=type=secret,env=NAME: values by name (not in the JSON: the memfd carries
+    # them); RUN --security=insecure: keep every capability of the user namespace;
+    # RUN --device: host device nodes bound into /dev (devices.py)
+    secret_env: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    insecure: bool = False
+    devices: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if not self.argv:
@@ -256,6 +300,11 @@ class StepSpec:
             bind.validate()
         for mount in self.mounts:
             mount.validate()
+        for name, value in self.secret_env.items():
+            if not name or "=" in name or "\0" in name:
+                raise SandboxError(f"run step: invalid secret variable name {name!r}")
+            if b"\0" in value:
+                raise StepError(f"secret for ${name}: a variable cannot hold a NUL byte")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -265,6 +314,8 @@ class StepSpec:
             "untrusted": self.untrusted, "timeout": self.timeout, "hostname": self.hostname,
             "binds": [b.to_json() for b in self.binds],
             "mounts": [mount_to_json(m) for m in self.mounts],
+            "secret_env": sorted(self.secret_env), "insecure": self.insecure,
+            "devices": list(self.devices),
         }
 
     @classmethod
@@ -288,6 +339,9 @@ class StepSpec:
             hostname=_str(data, "hostname"),
             binds=tuple(Bind.from_json(b) for b in _list(data, "binds")),
             mounts=tuple(mount_from_json(m) for m in _list(data, "mounts")),
+            # names only: secrets.with_values puts the memfd's values in
+            secret_env=dict.fromkeys(_strs(data, "secret_env"), b""),
+            insecure=_bool(data, "insecure"), devices=tuple(_strs(data, "devices")),
         )
 
 

@@ -35,7 +35,16 @@ from pathlib import Path
 
 from rootbuild.errors import StepError
 from rootbuild.sandbox import mounts
-from rootbuild.sandbox.spec import Bind, BindKind, LayerMount, RunMount, StepSpec, TmpfsMount
+from rootbuild.sandbox.secrets import SecretFiles
+from rootbuild.sandbox.spec import (
+    Bind,
+    BindKind,
+    LayerMount,
+    RunMount,
+    SecretMount,
+    StepSpec,
+    TmpfsMount,
+)
 from rootbuild.snapshot import snapshotter_named
 
 SOURCE_RESOLVE = mounts.RESOLVE_IN_ROOT | mounts.RESOLVE_NO_MAGICLINKS
@@ -113,9 +122,15 @@ def _resolve(tree: Path, item: LayerMount) -> TreeBind:
 
 def mount_trees(spec: StepSpec, stack: contextlib.ExitStack) -> list[Prepared]:
     """Mount the tree of every ``LayerMount`` of ``spec`` in its scratch (unmounted, and
-    its server gone, when ``stack`` closes); returns every mount of the step, in order."""
+    its server gone, when ``stack`` closes) and write every ``SecretMount``'s file on the
+    init's tmpfs (``secrets.SecretFiles``: a read-only ``Bind`` of it); returns every mount
+    of the step, in order."""
     out: list[Prepared] = []
+    files = SecretFiles(spec.scratch / "secrets")
     for number, item in enumerate(ordered(spec.mounts)):
+        if isinstance(item, SecretMount):
+            out.append(files.write(item))
+            continue
         if not isinstance(item, LayerMount):
             out.append(item)
             continue
@@ -132,11 +147,19 @@ def mount_trees(spec: StepSpec, stack: contextlib.ExitStack) -> list[Prepared]:
     return out
 
 
+def target_kind(item: Prepared) -> BindKind:
+    """What the target of ``item`` must be: a socket (an ssh agent's) is bound over a
+    file, a tmpfs over a directory."""
+    if isinstance(item, TmpfsMount):
+        return "dir"
+    return "file" if item.kind == "socket" else item.kind
+
+
 def prepare_targets(rootfd: int, items: list[Prepared], created: list[mounts.Created]
                     ) -> None:
     """Check (and create when missing) the target of every mount before the step exists."""
     for item in items:
-        kind: BindKind = item.kind if isinstance(item, Bind | TreeBind) else "dir"
+        kind = target_kind(item)
         try:
             os.close(mounts.ensure_target(rootfd, item.target, kind, created))
         except OSError as exc:
@@ -152,7 +175,7 @@ def ensure_nested_target(rootfd: int, item: Prepared) -> None:
     root but that an earlier mount now covers (``/src/tmp`` under a mount at ``/src``) is
     created in that mount (a tmpfs, a ``rw`` tree: thrown away with it); under a
     read-only mount it cannot be, and the step fails saying so."""
-    kind: BindKind = item.kind if isinstance(item, Bind | TreeBind) else "dir"
+    kind = target_kind(item)
     try:
         os.close(mounts.ensure_target(rootfd, item.target, kind, []))
     except OSError as exc:

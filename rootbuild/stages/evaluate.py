@@ -81,6 +81,7 @@ from rootbuild.stages.steps import (
     WorkdirStep,
 )
 
+SSH_TARGET = "/run/buildkit/ssh_agent.{}"  # RUN --mount=type=ssh with no target
 PIPES_DIR = "/dev/pipes/"  # where BuildKit mounts a ``#!`` RUN heredoc
 
 
@@ -368,6 +369,7 @@ def _run(state: StageState, instr: Instruction, now: str) -> tuple[StageState, S
         )
         for m in instr.mounts
     )
+    mounts = _ssh_targets(mounts)
     words = [*run_history_args(state.args, state.scope), *argv]
     entry = _history("RUN " + " ".join(words), now, layer=True)
     step = RunStep(
@@ -380,6 +382,7 @@ def _run(state: StageState, instr: Instruction, now: str) -> tuple[StageState, S
         security=instr.security,
         heredoc_files=files,
         history=entry,
+        devices=instr.devices,
     )
     return dataclasses.replace(state, config=state.config.with_history(entry)), step
 
@@ -400,6 +403,18 @@ def _run_heredoc_text(
     for doc in heredocs:
         parts.append("\n" + doc.content + doc.name)
     return "".join(parts), ()
+
+
+def _ssh_targets(mounts: tuple[StepMount, ...]) -> tuple[StepMount, ...]:
+    """BuildKit's LLB exec: a ``type=ssh`` mount with no target gets
+    ``/run/buildkit/ssh_agent.N``, N its place among the step's ssh mounts."""
+    out: list[StepMount] = []
+    for item in mounts:
+        if item.mount.type == "ssh" and not item.mount.target:
+            target = SSH_TARGET.format(sum(m.mount.type == "ssh" for m in out))
+            item = dataclasses.replace(item, mount=dataclasses.replace(item.mount, target=target))
+        out.append(item)
+    return tuple(out)
 
 
 def _expand_mount(state: StageState, mount: Mount, instr: Instruction, workdir: str) -> Mount:

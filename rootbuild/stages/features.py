@@ -48,7 +48,7 @@ def _of_instruction(instr: Instruction) -> Iterator[Feature]:
                               f"RUN --mount=type={kind}: not supported yet", loc, StepError)
         if instr.security == "insecure":
             yield Feature("run.security.insecure",
-                          "RUN --security=insecure: refused (rootbuild has no such mode)",
+                          "RUN --security=insecure: not supported by this engine",
                           loc, StepError)
         if (
             isinstance(instr.command, ShellCommand) and len(instr.heredocs) == 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rootbuild.dockerfile.instructions import Heredoc, Instruction, Mount
+from rootbuild.dockerfile.instructions import Device, Heredoc, Instruction, Mount
 from rootbuild.errors import StageGraphError
 from rootbuild.stages.args import proxy_env
 from rootbuild.stages.config import HistoryEntry, ImageConfig
@@ -134,6 +134,7 @@ class RunStep:
     security: str | None
     heredoc_files: tuple[tuple[str, str], ...]
     history: HistoryEntry
+    devices: tuple[Device, ...] = ()  # RUN --device (an entitlement: engine/entitlements.py)
 
 
 Step = MetadataStep | WorkdirStep | CopyStep | RunStep

@@ -264,10 +264,11 @@ def test_one_failing_stage_cancels_the_others_and_keeps_nothing(rig: Rig) -> Non
     [
         ("RUN --mount=type=cache,target=/c true", StepError,
          r"RUN --mount=type=cache: not supported yet"),
-        ("RUN --mount=type=secret,id=x true", StepError,
-         r"RUN --mount=type=secret: not supported yet"),
+        ("RUN --mount=type=secret,id=x,required true", StepError,
+         r"RUN --mount=type=secret: secret x: not found"),
         ("RUN --security=insecure true", StepError,
-         r"RUN --security=insecure: refused \(rootbuild has no such mode\)"),
+         r"RUN --security=insecure: entitlement security.insecure is not allowed; "
+         r"fix: build with --allow security.insecure"),
     ],
 )
 def test_unsupported_flags_fail_before_any_step_runs(

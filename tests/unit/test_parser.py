@@ -174,7 +174,7 @@ def test_instruction_defaults() -> None:
     run = one("RUN x\n")
     assert fields(run) == {
         "command": ShellCommand("x"), "mounts": (), "network": None, "security": None,
-        "heredocs": (),
+        "heredocs": (), "devices": (),
     }
     health = one("HEALTHCHECK CMD true\n")
     assert isinstance(health, Healthcheck)

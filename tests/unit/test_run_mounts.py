@@ -29,6 +29,7 @@ from rootbuild.sandbox.spec import (
     Bind,
     LayerMount,
     OverlayRoot,
+    SecretMount,
     StepSpec,
     TmpfsMount,
 )
@@ -74,8 +75,8 @@ def test_errors_name_the_mount_as_written() -> None:
 
 
 def test_engine_supports_bind_and_tmpfs_and_refuses_the_rest_by_name(tmp_path: Path) -> None:
-    assert {"run.mount.bind", "run.mount.tmpfs"} <= SUPPORTED
-    assert set(MOUNT_TYPES) == {"bind", "tmpfs"}
+    assert {f"run.mount.{name}" for name in MOUNT_TYPES} <= SUPPORTED
+    assert set(MOUNT_TYPES) == {"bind", "tmpfs", "secret", "ssh"}
     rig = Rig(tmp_path)
     # one refusal, naming only the type the engine lacks (not "bind, cache")
     rig.fails("FROM scratch\nRUN --mount=target=/a --mount=type=cache,target=/c true\n",
@@ -98,15 +99,19 @@ def test_step_spec_mounts_cross_as_json(tmp_path: Path) -> None:
         TmpfsMount("/t", 1 << 20),
         TmpfsMount("/u"),
         Bind(tmp_path / "secret", "/run/secrets/x", readonly=True, kind="file"),
+        Bind(tmp_path / "agent.sock", "/run/buildkit/ssh_agent.0", readonly=False,
+             kind="socket"),
+        SecretMount("/run/secrets/y", 0o440, 1000, 2000, value=b"never-on-the-wire"),
     )
     spec = _spec(tmp_path, mounts)
+    assert "never-on-the-wire" not in repr(spec.to_json())
     spec.validate()
     assert StepSpec.from_json(spec.to_json()) == spec
 
 
 @pytest.mark.parametrize("target", ["/", "relative", "/a/../b", "/a//b"])
 def test_step_spec_refuses_unclean_targets(tmp_path: Path, target: str) -> None:
-    for mount in (TmpfsMount(target), LayerMount((), "/", target)):
+    for mount in (TmpfsMount(target), LayerMount((), "/", target), SecretMount(target)):
         with pytest.raises(SandboxError, match="mount target"):
             _spec(tmp_path, (mount,)).validate()
 

@@ -96,8 +96,8 @@ def test_missing_field_and_bad_bind_kind_are_refused() -> None:
     del data["workdir"]
     with pytest.raises(SandboxError, match=re.escape("read step spec: 'workdir' is missing")):
         StepSpec.from_json(data)
-    bad = _wire(BINDS[0].to_json()) | {"kind": "socket"}
-    with pytest.raises(SandboxError, match=r"^read step spec: unknown bind kind 'socket'$"):
+    bad = _wire(BINDS[0].to_json()) | {"kind": "pipe"}
+    with pytest.raises(SandboxError, match=r"^read step spec: unknown bind kind 'pipe'$"):
         Bind.from_json(bad)
     request = _wire(InitRequest(_full_spec(), PLAN).to_json()) | {"cpu": "0"}
     with pytest.raises(SandboxError, match=r"^read step spec: cpu is not a number$"):
