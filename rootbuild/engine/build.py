@@ -27,6 +27,7 @@ from pathlib import Path
 import trio
 
 from rootbuild.cache.index import CacheIndex
+from rootbuild.cache.mounts import CacheMounts
 from rootbuild.cache.remote import export_cache, import_cache
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.context import BuildContext, find_dockerfile, load_ignore
@@ -125,7 +126,7 @@ async def build(
                 disabled_stages=frozenset(options.no_cache_filter), warn=warn_once,
             ),
             context=context, work_dir=store.staging_dir(), staging=staging,
-            idmap=read_host_plan(), warn_once=warn_once,
+            idmap=read_host_plan(), warn_once=warn_once, cache_mounts=CacheMounts(store.root),
         )
 
         async def run_stage(stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:

@@ -30,7 +30,7 @@ from rootbuild.stages.plan import BuildPlan, StagePlan, plan
 from rootbuild.stages.scheduler import unwrap_group
 
 #: what this engine carries out beyond plain RUN/COPY/ADD (``stages.features`` names)
-SUPPORTED: frozenset[str] = frozenset()
+SUPPORTED: frozenset[str] = frozenset({"run.mount.cache"})
 
 
 async def plan_build(

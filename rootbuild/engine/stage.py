@@ -28,9 +28,11 @@ import trio
 
 from rootbuild.cache.entry import CacheEntry
 from rootbuild.cache.keys import Scalar, base_key, chain_key, step_key
+from rootbuild.cache.mounts import CacheMounts
 from rootbuild.context import BuildContext
 from rootbuild.dockerfile.instructions import Instruction, StageSpec
 from rootbuild.engine.archive_source import add_archive_or_file
+from rootbuild.engine.cache_mounts import cache_mount_executor
 from rootbuild.engine.copy import (
     CopyPlan,
     Source,
@@ -83,6 +85,7 @@ class Workspace:
     staging: Staging
     idmap: IdMapPlan
     warn_once: Callable[[str], None]
+    cache_mounts: CacheMounts | None = None  # RUN --mount=type=cache (engine/cache_mounts.py)
 
 
 @dataclass(frozen=True)
@@ -304,8 +307,12 @@ class Stage:
             network=self.network(action), proc=options.proc, untrusted=options.untrusted,
             timeout=options.step_timeout,
         )
+        executor = cache_mount_executor(  # RUN --mount=type=cache (engine/cache_mounts.py)
+            self.seams.executor, action, where, work.cache_mounts, scratch, self.from_view,
+            self.describe,
+        )
         try:
-            result = await self.seams.executor.run(
+            result = await executor.run(
                 spec, lambda line: work.progress.output(handle, line)
             )
         except (StepError, SandboxError) as exc:

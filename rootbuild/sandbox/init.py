@@ -47,6 +47,7 @@ from rootbuild.sandbox import mounts
 from rootbuild.sandbox.affinity import StepCpu, children
 from rootbuild.sandbox.child import ChildPlan, child_main
 from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
+from rootbuild.sandbox.overlay_binds import mount_overlay_binds
 from rootbuild.sandbox.rootfs import provider_for
 from rootbuild.sandbox.spec import Bind, InitRequest, OverlayRoot, StepSpec
 from rootbuild.sandbox.users import MAX_FILE_BYTES, Identity, resolve_user
@@ -248,7 +249,8 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
     _enter_namespaces(spec, plan, status, ctl)
     mountpoint = spec.scratch / "root"
     mountpoint.mkdir(mode=0o700)
-    with provider_for(spec.rootfs)(mountpoint) as mounted:
+    with provider_for(spec.rootfs)(mountpoint) as mounted, \
+            mount_overlay_binds(spec) as overlays:  # RUN --mount=type=cache (overlay_binds.py)
         keep = children(os.getpid())  # the FUSE server: the builder kills it if the init dies
         status.send(event="mounted", pids=sorted(keep))
         rootfd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -257,7 +259,7 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
             identity = resolve_user(spec.user, _read_image_file(rootfd, "etc/passwd"),
                                     _read_image_file(rootfd, "etc/group"))
             _check_mapped(identity, plan, spec.user)
-            binds, notes = _prepare_targets(rootfd, spec.binds, created)
+            binds, notes = _prepare_targets(rootfd, (*spec.binds, *overlays.binds), created)
             warnings += notes
             child = ChildPlan(
                 argv=list(spec.argv), env=_env(spec, request.default_path, identity),
@@ -285,6 +287,8 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
                 if host_bind:
                     _kill_descendants(keep)
             code = _exit_code(wait_status)
+            if not killed:
+                overlays.finish()  # cache mounts keep a failed step's writes, as BuildKit's
         finally:
             # on every path, so that a failed set-up leaves no stubs in a DirRoot either
             kept = mounts.remove_created(rootfd, created)

@@ -79,6 +79,38 @@ class Bind:
 
 
 @dataclass(frozen=True)
+class OverlayBind:
+    """A snapshotter overlay of ``lowers`` mounted for the step at ``target`` (an absolute
+    in-image directory; a cache mount: ``engine/cache_mounts.py``), with a fresh upper kept
+    in ``work`` (created by the init; must not exist). ``readonly``: a read-only view (writes
+    fail with EROFS, no changes). After the step ran (any exit status, not killed), the
+    init leaves its changes in ``work/changes`` (tree) and ``work/changes.meta.json``
+    (``overlay_binds.py``)."""
+
+    lowers: tuple[LowerLayer, ...]
+    work: Path
+    target: str
+    readonly: bool
+    snapshotter: str = "fuse"
+
+    def validate(self) -> None:
+        Bind(self.work, self.target, self.readonly, "dir").validate()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lowers": [{"tree": str(lo.tree), "meta": str(lo.meta_path)}
+                           for lo in self.lowers],
+                "work": str(self.work), "target": self.target, "readonly": self.readonly,
+                "snapshotter": self.snapshotter}
+
+    @classmethod
+    def from_json(cls, data: Any) -> OverlayBind:
+        lowers = tuple(LowerLayer(Path(_str(lo, "tree")), Path(_str(lo, "meta")))
+                       for lo in _list(data, "lowers"))
+        return cls(lowers, Path(_str(data, "work")), _str(data, "target"),
+                   _bool(data, "readonly"), _str(data, "snapshotter"))
+
+
+@dataclass(frozen=True)
 class OverlayRoot:
     """The overlay of ``lowers`` (lowest first) made by the snapshotter named
     ``snapshotter`` (chosen once per build: ``snapshot.choose_snapshotter``); its upper and
@@ -143,6 +175,7 @@ class StepSpec:
     timeout: float | None = None
     hostname: str = DEFAULT_HOSTNAME
     binds: tuple[Bind, ...] = ()
+    overlays: tuple[OverlayBind, ...] = ()  # mounted after ``binds`` (RUN --mount=type=cache)
 
     def validate(self) -> None:
         if not self.argv:
@@ -162,6 +195,8 @@ class StepSpec:
             raise SandboxError("run step: invalid environment variable name or value")
         for bind in self.binds:
             bind.validate()
+        for overlay in self.overlays:
+            overlay.validate()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -170,6 +205,7 @@ class StepSpec:
             "workdir": self.workdir, "network": self.network, "proc": self.proc,
             "untrusted": self.untrusted, "timeout": self.timeout, "hostname": self.hostname,
             "binds": [b.to_json() for b in self.binds],
+            "overlays": [o.to_json() for o in self.overlays],
         }
 
     @classmethod
@@ -192,6 +228,7 @@ class StepSpec:
             timeout=None if timeout is None else float(timeout),
             hostname=_str(data, "hostname"),
             binds=tuple(Bind.from_json(b) for b in _list(data, "binds")),
+            overlays=tuple(OverlayBind.from_json(o) for o in data.get("overlays", [])),
         )
 
 

@@ -46,7 +46,7 @@ def _of_instruction(instr: Instruction) -> Iterator[Feature]:
             kinds = sorted({m.type for m in instr.mounts})
             for kind in kinds:
                 yield Feature(f"run.mount.{kind}",
-                              f"RUN --mount=type={', '.join(kinds)}: not supported yet",
+                              f"RUN --mount=type={kind}: not supported yet",
                               loc, StepError)
         if instr.security == "insecure":
             yield Feature("run.security.insecure",

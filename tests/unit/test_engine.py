@@ -261,8 +261,6 @@ def test_one_failing_stage_cancels_the_others_and_keeps_nothing(rig: Rig) -> Non
 @pytest.mark.parametrize(
     ("line", "error", "message"),
     [
-        ("RUN --mount=type=cache,target=/c true", StepError,
-         r"RUN --mount=type=cache: not supported yet"),
         ("RUN --mount=type=secret,id=x true", StepError,
          r"RUN --mount=type=secret: not supported yet"),
         ("COPY --parents a.txt /d/", ContextError, r"COPY --parents: not supported yet"),
