@@ -9,12 +9,19 @@ listing (``images --all``) and ``prune``; then the cache mounts' round trip thro
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 from conftest import Harness
 from test_build_cache import cached, ran
-from test_build_run import Image, assert_nothing_left, build_to_layout, busybox_context
+from test_build_run import (
+    Image,
+    assert_nothing_left,
+    build,
+    build_to_layout,
+    busybox_context,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +98,123 @@ def test_files_written_as_uid_1000_keep_the_store_owned_by_the_user(rb: Harness)
     again, _ = seen(rb, ctx, "--build-arg", "N=2")
     assert again.text("root-view") == "1000:1000\n1000:1000\n2\n"
     assert store_owners(rb) == {(rb.user.uid, rb.user.gid)}
+
+
+def _stamps(text: str) -> tuple[float, float]:
+    start, end = (float(line.split()[0]) for line in text.splitlines())
+    return start, end
+
+
+def _two_stages(sharing: str, body: str) -> str:
+    stage = (
+        "FROM base AS {name}\n"
+        f"RUN --mount=type=cache,target=/c,id=together,sharing={sharing} "
+        f"cut -d' ' -f1 /proc/uptime > /t && {body} && cut -d' ' -f1 /proc/uptime >> /t\n"
+    )
+    return (
+        "FROM scratch AS base\nCOPY rootfs/ /\n"
+        + stage.format(name="one") + stage.format(name="two")
+        + "FROM base\nCOPY --from=one /t /one\nCOPY --from=two /t /two\n"
+        + "COPY --from=one /l /one-list\nCOPY --from=two /l /two-list\n"
+    )
+
+
+def test_sharing_locked_waits_and_shared_does_not(rb: Harness) -> None:
+    """Docker's reference: "locked: Pause the second writer until the first one releases
+    the mount." (https://docs.docker.com/reference/dockerfile/#run---mounttypecache)"""
+    body = "ls /c > /l && touch /c/$(cat /proc/sys/kernel/random/uuid) && sleep 2"
+    spans = {}
+    for sharing in ("shared", "locked"):
+        ctx = busybox_context(rb, f"sharing-{sharing}", _two_stages(sharing, body))
+        image, _ = seen(rb, ctx, "--jobs", "2")
+        spans[sharing] = sorted([_stamps(image.text("one")), _stamps(image.text("two"))])
+    (_a_start, a_end), (b_start, _b_end) = spans["shared"]
+    assert b_start < a_end, f"shared steps did not overlap: {spans}"  # they ran at once
+    (_a_start, a_end), (b_start, _b_end) = spans["locked"]
+    assert b_start >= a_end, f"locked steps overlapped: {spans}"
+
+
+def test_sharing_private_gives_a_concurrent_step_its_own_instance(rb: Harness) -> None:
+    """Docker's reference: "private: Create a new mount if there are multiple writers."
+    (https://docs.docker.com/reference/dockerfile/#run---mounttypecache)"""
+    fill = busybox_context(rb, "private-fill", BASE + (
+        "RUN --mount=type=cache,target=/c,id=together,sharing=private touch /c/seed\n"
+    ))
+    build(rb, fill)
+    ctx = busybox_context(rb, "private", _two_stages("private", "ls /c > /l && sleep 2"))
+    image, _ = seen(rb, ctx, "--jobs", "2")
+    (_a_start, a_end), (b_start, _b_end) = sorted(
+        [_stamps(image.text("one")), _stamps(image.text("two"))]
+    )
+    assert b_start < a_end, "the two private steps did not run at once"
+    assert sorted([image.text("one-list"), image.text("two-list")]) == ["", "seed\n"]
+    listing = rb.run("images", "--all").stdout
+    assert re.search(r"^together +\S+ +\S+ +2$", listing, re.M), listing
+
+
+def test_from_and_source_seed_a_new_cache(rb: Harness) -> None:
+    """Docker's reference: "from: Build stage, context, or image name to use as a base of
+    the cache mount. Defaults to empty directory." and "source: Subpath in the from to
+    mount. Defaults to the root of the from."
+    (https://docs.docker.com/reference/dockerfile/#run---mounttypecache)"""
+    ctx = busybox_context(rb, "seed", (
+        "FROM scratch AS seed\nCOPY rootfs/ /\n"
+        "RUN mkdir -p /opt/seed/sub && echo hello > /opt/seed/sub/f && "
+        "chown 1000:1000 /opt/seed/sub/f\n"
+        + BASE +
+        "RUN --mount=type=cache,target=/c,from=seed,source=/opt/seed "
+        "cat /c/sub/f > /got && stat -c %u /c/sub/f >> /got && echo more > /c/more\n"
+        "RUN --mount=type=cache,target=/c,from=seed,source=/opt/seed ls /c > /list\n"
+    ))
+    image, _ = seen(rb, ctx)
+    assert image.text("got") == "hello\n1000\n"
+    assert image.text("list") == "more\nsub\n"  # seeded once, then it is a cache
+    assert not any(p.startswith("c/") for p in layer_paths(image))
+
+
+def test_mode_uid_gid_and_ro(rb: Harness) -> None:
+    """Docker's reference: "mode: File mode for new cache directory in octal. Default
+    0755.", "uid: User ID for new cache directory. Default 0.", "gid: Group ID for new
+    cache directory. Default 0." and "ro,readonly: Read-only if set."
+    (https://docs.docker.com/reference/dockerfile/#run---mounttypecache)"""
+    ctx = busybox_context(rb, "modes", BASE + (
+        "RUN --mount=type=cache,target=/m,mode=0700,uid=123,gid=456 "
+        "stat -c '%a %u %g' /m > /mstat && echo kept > /m/prev\n"
+        "RUN --mount=type=cache,target=/d stat -c '%a %u %g' /d > /dstat\n"
+        "RUN --mount=type=cache,target=/x,id=/m,ro "
+        "sh -c 'cat /x/prev; if touch /x/new 2>/dev/null; then echo wrote; "
+        "else echo refused; fi' > /ro\n"
+        "RUN --mount=type=cache,target=/y,id=/m ls /y > /after\n"
+    ))
+    image, _ = seen(rb, ctx)
+    assert image.text("mstat") == "700 123 456\n"
+    assert image.text("dstat") == "755 0 0\n"
+    assert image.text("ro") == "kept\nrefused\n"
+    assert image.text("after") == "prev\n"
+
+
+def test_listed_by_images_all_and_removed_by_prune(rb: Harness) -> None:
+    """Cache mounts are cache records: ``images --all`` lists them with their size (as
+    ``docker buildx du``), ``prune`` removes them, ``--keep-storage`` the least recently
+    used first (``docker builder prune --keep-storage``)."""
+    big = busybox_context(rb, "big", BASE + (
+        "RUN --mount=type=cache,target=/c,id=big-one "
+        "dd if=/dev/zero of=/c/blob bs=1024 count=3072 2>/dev/null\n"
+    ), extra={"rootfs/bin/dd": "symlink:busybox"})
+    small = busybox_context(rb, "small", BASE + (
+        "RUN --mount=type=cache,target=/c,id=small-one echo hi > /c/f\n"
+    ))
+    build(rb, big)
+    build(rb, small)
+    listing = rb.run("images", "--all").stdout
+    assert re.search(r"^big-one +3\.0MiB ", listing, re.M), listing
+    assert re.search(r"^small-one +3B ", listing, re.M), listing
+    out = rb.run("prune", "--keep-storage", "1MB").stdout
+    assert "removed 1 cache mounts, kept 1" in out, out
+    listing = rb.run("images", "--all").stdout
+    assert not re.search(r"^big-one ", listing, re.M), listing
+    assert re.search(r"^small-one ", listing, re.M), listing
+    out = rb.run("prune").stdout
+    assert "removed 1 cache mounts, kept 0" in out, out
+    assert "CACHE MOUNTS: 0," in rb.run("images", "--all").stdout
+    assert not any((rb.store / "cache-mounts").iterdir())
