@@ -309,7 +309,11 @@ class CacheMounts:
             (base / "tree").mkdir(mode=0o700)
             entries: list[EntryMeta] = []
             if seed is not None:
-                entries = [e for e in seed(base / "tree").entries.values() if e.path]
+                try:
+                    entries = [e for e in seed(base / "tree").entries.values() if e.path]
+                except BaseException:
+                    force_rmtree(base / "tree")
+                    raise
             os.chmod(base / "tree", (root.mode & 0o777) | 0o700)
             meta = LayerMeta.build([root, *entries])
             meta.save(base / "meta.json")

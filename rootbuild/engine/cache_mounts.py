@@ -34,7 +34,7 @@ from typing import BinaryIO, cast
 import trio
 
 from rootbuild.cache.mounts import CacheMounts, mount_key, root_entry
-from rootbuild.engine.copy import image_sources
+from rootbuild.engine.copy import Source, image_sources
 from rootbuild.engine.seams import Executor
 from rootbuild.errors import ContextError, Location, StepError
 from rootbuild.image.layer_extract import extract_layer
@@ -86,10 +86,9 @@ def plan_cache_mounts(mounts: Sequence[StepMount], where: Location) -> list[Cach
 Views = Callable[[StageBase, Location], Awaitable[RootfsView]]
 
 
-def seed_tree(view: RootfsView, source: str, tree: Path, what: str, where: Location
-              ) -> LayerMeta:
-    """Write the directory ``source`` of ``view`` into ``tree`` (empty) as an extracted
-    layer with its recorded owners; returns its metadata."""
+def seed_source(view: RootfsView, source: str, what: str, where: Location) -> Source:
+    """The directory ``source`` of ``view`` that seeds a new cache (checked before the
+    store is touched)."""
     try:
         found = image_sources(view, [source], (), where, what)
     except ContextError as exc:
@@ -101,17 +100,23 @@ def seed_tree(view: RootfsView, source: str, tree: Path, what: str, where: Locat
             f'RUN --mount=type=cache,from={what}: source "{source}" is not a directory',
             where,
         )
+    return found[0]
+
+
+def seed_tree(source: Source, tree: Path, name: str) -> LayerMeta:
+    """Write ``source`` into ``tree`` (empty) as an extracted layer with its recorded
+    owners; returns its metadata."""
     entries = [
         TarEntry(path=i.rel, kind=i.kind, mode=i.mode, uid=i.uid, gid=i.gid, mtime=i.mtime,
                  size=i.size, linkname=i.linkname, devmajor=i.devmajor, devminor=i.devminor,
                  xattrs=i.xattrs, source=i.opener)
-        for i in found[0].items()
+        for i in source.items()
     ]
     with tempfile.TemporaryFile(dir=tree.parent) as tar:
         write_layer(entries, cast(BinaryIO, tar), compression="none")
         tar.seek(0)
         return extract_layer(cast(BinaryIO, tar), tree, media_type_or_compression="none",
-                             layer_name=f"cache mount seed {what}:{source}").meta
+                             layer_name=f"cache mount seed {name}").meta
 
 
 class _Held:
@@ -158,28 +163,29 @@ class CacheMountExecutor:
         self.where = where
         self.describe = describe
 
-    async def _ensure(self, plan: CacheMountPlan, instance: int) -> str:
-        root = root_entry(plan.mode, plan.uid, plan.gid, 0)
-        seed: Callable[[Path], LayerMeta] | None = None
-        if plan.seed_from is not None:
-            view = await self.views(plan.seed_from, self.where)
-            what = self.describe(plan.seed_from)
-
-            def seed(tree: Path) -> LayerMeta:
-                return seed_tree(view, plan.source, tree, what, self.where)
-
-        return await trio.to_thread.run_sync(self.store.ensure, plan.id, instance, root, seed)
+    async def _seed(self, plan: CacheMountPlan) -> Callable[[Path], LayerMeta] | None:
+        if plan.seed_from is None:
+            return None
+        view = await self.views(plan.seed_from, self.where)
+        what = self.describe(plan.seed_from)
+        source = await trio.to_thread.run_sync(seed_source, view, plan.source, what,
+                                               self.where)
+        return lambda tree: seed_tree(source, tree, f"{what}:{plan.source}")
 
     async def run(self, spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
         held = _Held()
         taken: list[tuple[str, OverlayBind]] = []
         try:
+            seeds = [await self._seed(plan) for plan in self.plans]
             order = sorted(range(len(self.plans)), key=lambda i: (self.plans[i].id, i))
             keys: dict[int, str] = {}
             for i in order:
                 plan = self.plans[i]
                 instance = await _take(self.store, plan, held)
-                keys[i] = await self._ensure(plan, instance)
+                root = root_entry(plan.mode, plan.uid, plan.gid, 0)
+                keys[i] = await trio.to_thread.run_sync(
+                    self.store.ensure, plan.id, instance, root, seeds[i]
+                )
             overlays = []
             for i, plan in enumerate(self.plans):
                 lower = await trio.to_thread.run_sync(

@@ -218,3 +218,37 @@ def test_listed_by_images_all_and_removed_by_prune(rb: Harness) -> None:
     assert "removed 1 cache mounts, kept 0" in out, out
     assert "CACHE MOUNTS: 0," in rb.run("images", "--all").stdout
     assert not any((rb.store / "cache-mounts").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("RUN --mount=type=cache,target=/c,sharing=sometimes true",
+         r'^rootbuild: Dockerfile:4: unsupported sharing value "sometimes"'),
+        ("RUN --mount=type=cache,target=/c,colour=red true",
+         r"^rootbuild: Dockerfile:4: unexpected key 'colour' in 'colour=red'"),
+        ("RUN --mount=type=cache,id=x true",
+         r"^rootbuild: Dockerfile:4: RUN --mount=type=cache: target is required$"),
+        ("RUN --mount=type=cache,target=/c,from=base,source=/nowhere true",
+         r'^rootbuild: Dockerfile:4: RUN --mount=type=cache,from=base: source "/nowhere" '
+         r"not found$"),
+        ("RUN --mount=type=cache,target=/c,from=base,source=/bin/busybox true",
+         r'^rootbuild: Dockerfile:4: RUN --mount=type=cache,from=base: source '
+         r'"/bin/busybox" is not a directory$'),
+    ],
+)
+def test_bad_cache_mounts_fail_on_their_line_and_change_nothing(
+    rb: Harness, line: str, message: str
+) -> None:
+    head = "FROM scratch AS base\nCOPY rootfs/ /\nFROM base\n"
+    build(rb, busybox_context(rb, "warm", head))  # the store exists, the COPY is cached
+    ctx = busybox_context(rb, "bad", head + line + "\n")
+    before = rb.store_snapshot()
+    proc = build(rb, ctx, check=False)
+    assert proc.returncode != 0
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("rootbuild:")]
+    assert len(errors) == 1 and re.match(message, errors[0]), proc.stderr
+    assert "Traceback" not in proc.stderr
+    after = rb.store_snapshot()
+    assert {k: v for k, v in after.items() if not k.startswith("tmp")} \
+        == {k: v for k, v in before.items() if not k.startswith("tmp")}
