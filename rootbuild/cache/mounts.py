@@ -44,8 +44,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from rootbuild.errors import StoreError
+from rootbuild.image.layer_extract import extract_layer
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
 from rootbuild.image.store import force_rmtree, tree_size
 
@@ -351,6 +353,49 @@ class CacheMounts:
                 self._write_info(dataclasses.replace(
                     info, last_used=self.clock(), size=tree_size(base / "tree")
                 ))
+
+    @contextlib.contextmanager
+    def reading(self, key: str) -> Iterator[tuple[Path, Path]]:
+        """(tree, meta.json) of ``key``, unchanged while the context lasts."""
+        with self._tree_lock(key):
+            yield self.path(key) / "tree", self.path(key) / "meta.json"
+
+    def replace_from(self, mount_id: str, last_used: float,
+                     open_blob: Callable[[], BinaryIO], diff_id: str) -> bool:
+        """Replace instance 1 of ``mount_id`` by the layer tar ``open_blob`` gives (zstd,
+        verified against ``diff_id``), unless the store's copy was used at or after
+        ``last_used``. True when replaced. Running steps keep their own snapshots."""
+        key = mount_key(mount_id)
+        with self._tree_lock(key):
+            info = self.info(key)
+            if info is not None and info.last_used >= last_used:
+                return False
+            base = self.path(key)
+            new, old = base / "tree.new", base / "tree.old"
+            force_rmtree(new)
+            force_rmtree(old)
+            try:
+                with open_blob() as blob:
+                    meta = extract_layer(
+                        blob, new, media_type_or_compression="zstd",
+                        layer_name=f"cache mount {mount_id!r}", expected_diff_id=diff_id,
+                    ).meta
+            except BaseException:
+                force_rmtree(new)
+                raise
+            if meta.get("") is None:
+                meta = LayerMeta.build([root_entry(0o755, 0, 0, 0), *meta.entries.values()])
+            if (base / "tree").exists():
+                os.rename(base / "tree", old)
+            os.rename(new, base / "tree")
+            meta.save(base / "meta.json")
+            now = self.clock()
+            self._write_info(CacheMountInfo(
+                key, mount_id, 1, info.created if info else now, last_used,
+                tree_size(base / "tree"),
+            ))
+            force_rmtree(old)
+        return True
 
     # -- listing and removal -------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from rootbuild.cache.spec import CacheSpec
 from rootbuild.context import BuildContext, find_dockerfile, load_ignore
 from rootbuild.dockerfile.parser import parse_dockerfile
 from rootbuild.engine.bases import StoreBaseImages
+from rootbuild.engine.cache_mounts import BuildCacheMounts, export_cache_mounts
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.exporter import StoreExporter
 from rootbuild.engine.layers import LayerTrees
@@ -126,7 +127,8 @@ async def build(
                 disabled_stages=frozenset(options.no_cache_filter), warn=warn_once,
             ),
             context=context, work_dir=store.staging_dir(), staging=staging,
-            idmap=read_host_plan(), warn_once=warn_once, cache_mounts=CacheMounts(store.root),
+            idmap=read_host_plan(), warn_once=warn_once,
+            cache_mounts=BuildCacheMounts(CacheMounts(store.root), staging),
         )
 
         async def run_stage(stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:
@@ -135,6 +137,8 @@ async def build(
         try:
             async with contextlib.AsyncExitStack() as remotes:
                 work.cache.remote = await _import_caches(store, options, progress, remotes)
+                if work.cache_mounts is not None:  # RUN --mount=type=cache contents
+                    work.cache_mounts.offer(work.cache.remote)
                 results = await run_plan(the_plan, run_stage, jobs=options.jobs)
             final = results[the_plan.target]
             image = await trio.to_thread.run_sync(_commit_image, store, work, env, final)
@@ -239,9 +243,10 @@ async def _export_cache(
             index = base
     entries = work.cache.entries_of(stages)
     handle = progress.start(f"exporting cache to {_describe(spec)}")
+    mounts = await export_cache_mounts(store, work.cache_mounts, spec, progress.warn)
     await export_cache(
         store, entries, spec, transport=options.transport,
-        say=functools.partial(progress.output, handle),
+        say=functools.partial(progress.output, handle), mounts=mounts,
     )
     progress.done(handle)
 

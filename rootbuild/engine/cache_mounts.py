@@ -33,14 +33,23 @@ from typing import BinaryIO, cast
 
 import trio
 
+from rootbuild.cache.mount_export import (
+    MountRecord,
+    choose_exported,
+    restore_mount,
+    write_mount_blob,
+)
 from rootbuild.cache.mounts import CacheMounts, mount_key, root_entry
+from rootbuild.cache.remote import ImportedCache
+from rootbuild.cache.spec import CacheSpec
 from rootbuild.engine.copy import Source, image_sources
 from rootbuild.engine.seams import Executor
-from rootbuild.errors import ContextError, Location, StepError
+from rootbuild.errors import ContextError, Location, RootbuildError, StepError
 from rootbuild.image.layer_extract import extract_layer
 from rootbuild.image.layer_write import TarEntry, write_layer
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.image.rootfs import RootfsView
+from rootbuild.image.store import Staging, Store
 from rootbuild.sandbox.overlay_binds import CHANGES_META, CHANGES_TREE
 from rootbuild.sandbox.spec import OverlayBind, StepResult, StepSpec
 from rootbuild.snapshot import LowerLayer
@@ -119,6 +128,82 @@ def seed_tree(source: Source, tree: Path, name: str) -> LayerMeta:
                              layer_name=f"cache mount seed {name}").meta
 
 
+class BuildCacheMounts:
+    """One build's view of the store's cache mounts: the store, the ids its steps used
+    (what ``--cache-to`` exports) and the cache mounts ``--cache-from`` offered (restored
+    before the first step that mounts them; see ``cache/mount_export.py``)."""
+
+    def __init__(self, store: CacheMounts, staging: Staging) -> None:
+        self.store = store
+        self.staging = staging
+        self.used: set[str] = set()
+        self.imported: list[tuple[ImportedCache, MountRecord]] = []
+        self._checked: set[str] = set()
+        self._lock = trio.Lock()
+
+    def offer(self, remote: object) -> None:
+        """Take the cache mounts of the ``--cache-from`` caches (the first one that has
+        an id wins, as for step cache entries)."""
+        caches = getattr(remote, "caches", None) or ([remote] if remote is not None else [])
+        seen = {record.id for _, record in self.imported}
+        for cache in caches:
+            if isinstance(cache, ImportedCache):
+                for record in cache.mounts:
+                    if record.id not in seen:
+                        seen.add(record.id)
+                        self.imported.append((cache, record))
+
+    async def restore(self, mount_id: str, say: Callable[[str], None]) -> None:
+        """Restore ``mount_id`` from an imported cache once per build, when the store has
+        no copy of it or an older one. A failure is a warning: the step runs on what the
+        store has."""
+        if mount_id in self._checked:
+            return
+        async with self._lock:
+            if mount_id in self._checked:
+                return
+            self._checked.add(mount_id)
+            found = [(c, r) for c, r in self.imported if r.id == mount_id]
+            if not found:
+                return
+            cache, record = found[0]
+            info = self.store.info(mount_key(mount_id))
+            if info is not None and info.last_used >= record.last_used:
+                say(f"cache mount {mount_id}: the store's copy is as new as the imported one")
+                return
+            try:
+                await cache.fetch_mount(self.staging, record)
+                done = await trio.to_thread.run_sync(
+                    restore_mount, self.store, record,
+                    lambda: self.staging.open_blob(record.layer.digest),
+                )
+            except RootbuildError as exc:
+                say(f"warning: cache mount {mount_id}: not restored: {exc}")
+                return
+            if done:
+                say(f"cache mount {mount_id}: restored from the imported cache "
+                    f"({record.layer.size} bytes, {record.layer.digest[:19]})")
+
+
+async def export_cache_mounts(
+    store: Store, mounts: BuildCacheMounts | None, spec: CacheSpec,
+    warn: Callable[[str], None],
+) -> list[MountRecord]:
+    """The blobs of the cache mounts this build used, for ``--cache-to`` ``spec`` (none
+    with ``cache-mounts=false``); mounts over ``cache-mounts-max-size`` are skipped with a
+    warning. The caller holds the store's shared lock."""
+    if mounts is None or not spec.mounts:
+        return []
+    infos = [info for mount_id in sorted(mounts.used)
+             if (info := mounts.store.info(mount_key(mount_id))) is not None]
+    chosen, skipped = choose_exported(infos, spec.mounts_max_size)
+    for info in skipped:
+        warn(f"--cache-to {spec.ref}: cache mount {info.id} ({info.size} bytes) "
+             f"not exported: over cache-mounts-max-size={spec.mounts_max_size}")
+    return [await trio.to_thread.run_sync(write_mount_blob, store, mounts.store, info)
+            for info in chosen]
+
+
 class _Held:
     """The instances one step holds: their use-lock fds, released on close."""
 
@@ -152,11 +237,12 @@ async def _take(store: CacheMounts, plan: CacheMountPlan, held: _Held) -> int:
 class CacheMountExecutor:
     """An ``Executor`` that runs one step with its cache mounts (see the module rules)."""
 
-    def __init__(self, inner: Executor, store: CacheMounts, plans: list[CacheMountPlan],
+    def __init__(self, inner: Executor, build: BuildCacheMounts, plans: list[CacheMountPlan],
                  scratch: Path, views: Views, where: Location,
                  describe: Callable[[StageBase], str]) -> None:
         self.inner = inner
-        self.store = store
+        self.build = build
+        self.store = build.store
         self.plans = plans
         self.scratch = scratch
         self.views = views
@@ -182,6 +268,9 @@ class CacheMountExecutor:
             for i in order:
                 plan = self.plans[i]
                 instance = await _take(self.store, plan, held)
+                if instance == 1:
+                    self.build.used.add(plan.id)
+                    await self.build.restore(plan.id, on_output)
                 root = root_entry(plan.mode, plan.uid, plan.gid, 0)
                 keys[i] = await trio.to_thread.run_sync(
                     self.store.ensure, plan.id, instance, root, seeds[i]
@@ -217,7 +306,7 @@ def _snapshotter(spec: StepSpec) -> str:
 
 
 def cache_mount_executor(
-    inner: Executor, action: RunStep, where: Location, store: CacheMounts | None,
+    inner: Executor, action: RunStep, where: Location, store: BuildCacheMounts | None,
     scratch: Path, views: Views, describe: Callable[[StageBase], str],
 ) -> Executor:
     """``inner`` itself for a step without cache mounts, else one that provides them."""

@@ -28,11 +28,10 @@ import trio
 
 from rootbuild.cache.entry import CacheEntry
 from rootbuild.cache.keys import Scalar, base_key, chain_key, step_key
-from rootbuild.cache.mounts import CacheMounts
 from rootbuild.context import BuildContext
 from rootbuild.dockerfile.instructions import Instruction, StageSpec
 from rootbuild.engine.archive_source import add_archive_or_file
-from rootbuild.engine.cache_mounts import cache_mount_executor
+from rootbuild.engine.cache_mounts import BuildCacheMounts, cache_mount_executor
 from rootbuild.engine.copy import (
     CopyPlan,
     Source,
@@ -85,7 +84,7 @@ class Workspace:
     staging: Staging
     idmap: IdMapPlan
     warn_once: Callable[[str], None]
-    cache_mounts: CacheMounts | None = None  # RUN --mount=type=cache (engine/cache_mounts.py)
+    cache_mounts: BuildCacheMounts | None = None  # RUN --mount=type=cache (engine/cache_mounts.py)
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,24 @@ listing (``images --all``) and ``prune``; then the cache mounts' round trip thro
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import random
 import re
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Harness
+from registry_fixtures import (  # noqa: F401 (pytest fixtures)
+    Registry,
+    registry_base_fixture,
+    registry_fixture,
+)
 from test_build_cache import cached, ran
 from test_build_run import (
     Image,
@@ -252,3 +264,159 @@ def test_bad_cache_mounts_fail_on_their_line_and_change_nothing(
     after = rb.store_snapshot()
     assert {k: v for k, v in after.items() if not k.startswith("tmp")} \
         == {k: v for k, v in before.items() if not k.startswith("tmp")}
+
+
+# -- ★ cache mounts through --cache-to / --cache-from -----------------------------------------
+
+FETCH_PKGS = """#!/bin/sh
+# a package manager's download step: each package comes from the cache directory when it
+# is there, else it is downloaded from the index into it; then it is "installed"
+set -e
+index=$1; cache=$2; shift 2
+mkdir -p "$cache" /opt/pkgs
+for p in "$@"; do
+  if [ -f "$cache/$p" ]; then echo "cached $p"; else
+    wget -q -O "$cache/$p.part" "$index/$p" && mv "$cache/$p.part" "$cache/$p"
+    echo "downloaded $p"
+  fi
+  cp "$cache/$p" "/opt/pkgs/$p"
+done
+"""
+PACKAGES = [f"pkg{n:02d}-1.0-py3-none-any.whl" for n in range(24)]
+PKG_SIZE = 256 * 1024
+
+
+class Index:
+    """A package index on 127.0.0.1 that counts what it serves (a local pip index)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.gets: list[str] = []
+        self.bytes = 0
+        index = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def do_GET(self) -> None:
+                index.gets.append(self.path)
+                path = root / self.path.lstrip("/")
+                if path.is_file():
+                    index.bytes += path.stat().st_size
+                super().do_GET()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Index]:
+    root = tmp_path / "index"
+    root.mkdir()
+    for n, name in enumerate(PACKAGES):
+        (root / name).write_bytes(random.Random(n).randbytes(PKG_SIZE))
+    served = Index(root)
+    try:
+        yield served
+    finally:
+        served.close()
+
+
+def pip_context(rb: Harness, index: Index, name: str) -> Path:
+    return busybox_context(rb, name, BASE + (
+        "ARG REV\n"
+        "RUN --mount=type=cache,target=/root/.cache/pkgs,id=pkgs "
+        f"sh /fetch-pkgs {index.url} /root/.cache/pkgs {' '.join(PACKAGES)} && echo $REV > /rev\n"
+    ), extra={"rootfs/fetch-pkgs": FETCH_PKGS, "rootfs/bin/wget": "symlink:busybox",
+              "rootfs/bin/cp": "symlink:busybox"})
+
+
+STEP_DONE = re.compile(r"^#(\d+) DONE ([\d.]+)s$")
+
+
+def step_seconds(stderr: str, prefix: str) -> float:
+    """The duration progress printed for the step whose label contains ``prefix``."""
+    numbers = {m.group(1) for line in stderr.splitlines()
+               if (m := re.match(r"^#(\d+) \[.*\] (.*)$", line)) and prefix in m.group(2)}
+    numbers |= {m.group(1) for line in stderr.splitlines()
+                if (m := re.match(r"^#(\d+) (.*)$", line)) and m.group(2).startswith(prefix)}
+    for line in stderr.splitlines():
+        m = STEP_DONE.match(line)
+        if m and m.group(1) in numbers:
+            return float(m.group(2))
+    raise AssertionError(f"no DONE line for {prefix!r}:\n{stderr}")
+
+
+def test_cache_mounts_travel_through_the_registry_to_a_fresh_runner(
+    rb: Harness, registry: Registry, index: Index
+) -> None:
+    """★ The second "machine" (a new store) shares only the registry with the first; its
+    package step runs again (a changed build arg) and finds every download in the cache
+    mount restored from --cache-from: the index serves it nothing. BuildKit cannot do this
+    (moby/buildkit#1474); Docker's cache docs: "--cache-to: Export build cache to an
+    external cache destination" (https://docs.docker.com/build/cache/backends/)."""
+    ctx = pip_context(rb, index, "pip")
+    ref = registry.ref("ci/app:buildcache")
+    runner1, runner2 = rb.workdir / "runner1", rb.workdir / "runner2"
+
+    one = rb.run("build", "--root", str(runner1), "--progress=plain", "--build-arg", "REV=1",
+                 "--cache-to", f"type=registry,ref={ref},mode=max", str(ctx),
+                 store=False).stderr
+    assert one.count("downloaded pkg") == len(PACKAGES), one
+    assert len(index.gets) == len(PACKAGES)
+    first_bytes, first_seconds = index.bytes, step_seconds(one, "RUN --mount=type=cache")
+    assert "exported 1 cache mounts: pkgs" in one, one
+    manifest = json.loads(registry.get("/v2/ci/app/manifests/buildcache",
+                                       "application/vnd.oci.image.manifest.v1+json")[1])
+    [blob] = [layer for layer in manifest["layers"]
+              if layer.get("annotations", {}).get("dev.rootbuild.cache.mount.id") == "pkgs"]
+    assert blob["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+
+    time.sleep(0.3)
+    log_before = len(registry.log_text())
+    two = rb.run("build", "--root", str(runner2), "--progress=plain", "--build-arg", "REV=2",
+                 "--cache-from", ref, "--cache-to", f"type=registry,ref={ref},mode=max",
+                 "--output", f"oci:{rb.workdir / 'two.oci'}:v1", str(ctx), store=False).stderr
+    assert "cache mount pkgs: restored from the imported cache" in two, two
+    assert any("RUN --mount=type=cache" in t for t in ran(two)), two
+    assert two.count("cached pkg") == len(PACKAGES), two
+    assert "downloaded" not in two
+    assert len(index.gets) == len(PACKAGES), index.gets  # nothing more was downloaded
+    image = Image(rb, rb.workdir / "two.oci")
+    for n, name in enumerate(PACKAGES):
+        assert image.file(f"opt/pkgs/{name}") == random.Random(n).randbytes(PKG_SIZE)
+    assert not any(p.startswith("root/.cache") for p in layer_paths(image))
+    # the unchanged cache mount is the same blob: the second export did not upload it
+    time.sleep(0.3)
+    log = registry.log_text()[log_before:]
+    uploads = re.findall(r'"PUT /v2/ci/app/blobs/uploads/[^"]*digest=(sha256:[0-9a-f]{64})',
+                         log)
+    assert blob["digest"] not in uploads, log
+    assert f'"HEAD /v2/ci/app/blobs/{blob["digest"]} ' in log
+    second_seconds = step_seconds(two, "RUN --mount=type=cache")
+    restore_seconds = step_seconds(two, "importing cache from")
+    print(f"\n[cache-mount round trip] packages: {len(PACKAGES)} x {PKG_SIZE} B; "
+          f"runner 1 downloaded {first_bytes} B, step {first_seconds:.2f}s; runner 2 "
+          f"downloaded {index.bytes - first_bytes} B, step {second_seconds:.2f}s "
+          f"(restore inside it), cache import {restore_seconds:.2f}s; cache mount blob "
+          f"{blob['size']} B zstd")
+    assert store_owners_at(runner2) == {(rb.user.uid, rb.user.gid)}
+
+
+def store_owners_at(root: Path) -> set[tuple[int, int]]:
+    owners = set()
+    for base, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            st = os.lstat(os.path.join(base, name))
+            owners.add((st.st_uid, st.st_gid))
+    return owners
