@@ -420,3 +420,34 @@ def store_owners_at(root: Path) -> set[tuple[int, int]]:
             st = os.lstat(os.path.join(base, name))
             owners.add((st.st_uid, st.st_gid))
     return owners
+
+
+def test_local_cache_round_trip_opt_out_and_size_cap(rb: Harness, index: Index) -> None:
+    """``type=local`` carries cache mounts too; ``cache-mounts=false`` leaves them out;
+    ``cache-mounts-max-size`` skips a mount over the cap with a warning; a store whose own
+    copy is newer keeps it."""
+    ctx = pip_context(rb, index, "pip-local")
+    runner1 = rb.workdir / "runner1"
+    full, none, capped = (rb.workdir / n for n in ("cache-full", "cache-none", "cache-cap"))
+    one = rb.run("build", "--root", str(runner1), "--progress=plain", "--build-arg", "REV=1",
+                 "--cache-to", f"type=local,dest={full}",
+                 "--cache-to", f"type=local,dest={none},cache-mounts=false",
+                 "--cache-to", f"type=local,dest={capped},cache-mounts-max-size=1MB",
+                 str(ctx), store=False).stderr
+    assert re.search(rf"^WARNING: --cache-to {capped}: cache mount pkgs \(\d+ bytes\) not "
+                     r"exported: over cache-mounts-max-size=1048576$", one, re.M), one
+    downloads = len(index.gets)
+    for cache_dir, restored in ((none, False), (capped, False), (full, True)):
+        runner = rb.workdir / f"runner-{cache_dir.name}"
+        out = rb.run("build", "--root", str(runner), "--progress=plain", "--build-arg",
+                     "REV=2", "--cache-from", f"type=local,src={cache_dir}", str(ctx),
+                     store=False).stderr
+        assert ("cache mount pkgs: restored" in out) == restored, out
+        assert out.count("cached pkg") == (len(PACKAGES) if restored else 0), out
+    assert len(index.gets) == downloads + 2 * len(PACKAGES)
+    # runner-cache-full used its restored copy since: the import does not replace it
+    again = rb.run("build", "--root", str(rb.workdir / "runner-cache-full"), "--progress=plain",
+                   "--build-arg", "REV=3", "--cache-from", f"type=local,src={full}", str(ctx),
+                   store=False).stderr
+    assert "cache mount pkgs: the store's copy is as new as the imported one" in again, again
+    assert again.count("cached pkg") == len(PACKAGES)
