@@ -1,0 +1,77 @@
+"""RUN --mount=type=cache through the engine with the seams' fakes (no kernel): the step
+gets an overlay of its cache instance at the target, what it leaves is folded into the
+store, the next build's step sees it, and the contents never enter the step cache key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_engine import Rig
+
+from rootbuild.cache.mounts import CacheMounts, mount_key
+from rootbuild.image.layermeta import EntryMeta, LayerMeta
+from rootbuild.sandbox.overlay_binds import CHANGES_META, CHANGES_TREE
+from rootbuild.sandbox.spec import StepSpec
+from rootbuild.testing.fakes import FakeExecutor, FakeRun
+
+DOCKERFILE = (
+    "FROM scratch\nARG N\n"
+    "RUN --mount=type=cache,target=/root/.cache,uid=1000 fill $N\n"
+)
+
+
+def _fill(spec: StepSpec) -> FakeRun:
+    """What the sandbox does for a step with overlays: leave each one's changes beside it
+    (here: one file per run, named by the number of files already in the cache)."""
+    for overlay in spec.overlays:
+        [lower] = overlay.lowers
+        present = sorted(p.name for p in lower.tree.iterdir())
+        overlay.work.mkdir()
+        (overlay.work / CHANGES_TREE).mkdir()
+        name = f"run{len(present)}"
+        (overlay.work / CHANGES_TREE / name).write_text(",".join(present))
+        LayerMeta.build([EntryMeta(name, "file", mode=0o100644, uid=1000,
+                                   size=len(",".join(present)))]).save(
+            overlay.work / CHANGES_META)
+    return FakeRun()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    rig = Rig(tmp_path)
+    rig.executor = FakeExecutor(_fill)
+    return rig
+
+
+def test_the_cache_persists_outside_the_layer_and_the_key(rig: Rig) -> None:
+    rig.build(DOCKERFILE, build_args={"N": "1"})
+    [spec] = rig.executor.specs
+    [overlay] = spec.overlays
+    assert (overlay.target, overlay.readonly) == ("/root/.cache", False)
+    store = CacheMounts(rig.store.root)
+    tree = store.path(mount_key("/root/.cache")) / "tree"
+    assert sorted(p.name for p in tree.iterdir()) == ["run0"]
+    meta = LayerMeta.load(tree.parent / "meta.json")
+    assert meta.get("").uid == 1000  # type: ignore[union-attr]  # the mount's uid=
+    assert meta.get("run0").uid == 1000  # type: ignore[union-attr]
+
+    rig.build(DOCKERFILE, build_args={"N": "2"})
+    assert sorted(p.name for p in tree.iterdir()) == ["run0", "run1"]
+    assert (tree / "run1").read_text() == "run0"
+    assert len(rig.executor.specs) == 2
+    rig.build(DOCKERFILE, build_args={"N": "2"})  # only the cache changed: still cached
+    assert len(rig.executor.specs) == 2
+    assert [i.id for i in store.list()] == ["/root/.cache"]
+
+
+def test_a_failed_step_keeps_its_cache_writes(rig: Rig) -> None:
+    def fail(spec: StepSpec) -> FakeRun:
+        _fill(spec)
+        return FakeRun(exit_code=3)
+
+    rig.executor = FakeExecutor(fail)
+    with pytest.raises(Exception, match="exit code: 3"):
+        rig.build(DOCKERFILE, build_args={"N": "1"})
+    tree = CacheMounts(rig.store.root).path(mount_key("/root/.cache")) / "tree"
+    assert [p.name for p in tree.iterdir()] == ["run0"]
