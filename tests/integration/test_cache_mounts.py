@@ -286,8 +286,14 @@ PACKAGES = [f"pkg{n:02d}-1.0-py3-none-any.whl" for n in range(24)]
 PKG_SIZE = 256 * 1024
 
 
+#: the index answers like a remote one: latency per request, bandwidth (the README's numbers)
+INDEX_LATENCY = 0.05
+INDEX_RATE = 16 << 20
+
+
 class Index:
-    """A package index on 127.0.0.1 that counts what it serves (a local pip index)."""
+    """A package index on 127.0.0.1 that counts what it serves (a local pip index), with a
+    remote index's latency and bandwidth (``INDEX_LATENCY``, ``INDEX_RATE``)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -304,7 +310,13 @@ class Index:
                 path = root / self.path.lstrip("/")
                 if path.is_file():
                     index.bytes += path.stat().st_size
+                time.sleep(INDEX_LATENCY)
                 super().do_GET()
+
+            def copyfile(self, source: Any, outputfile: Any) -> None:
+                while chunk := source.read(64 << 10):
+                    outputfile.write(chunk)
+                    time.sleep(len(chunk) / INDEX_RATE)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -405,11 +417,14 @@ def test_cache_mounts_travel_through_the_registry_to_a_fresh_runner(
     assert f'"HEAD /v2/ci/app/blobs/{blob["digest"]} ' in log
     second_seconds = step_seconds(two, "RUN --mount=type=cache")
     restore_seconds = step_seconds(two, "importing cache from")
+    export_first = step_seconds(one, "exporting cache to")
+    export_again = step_seconds(two, "exporting cache to")
     print(f"\n[cache-mount round trip] packages: {len(PACKAGES)} x {PKG_SIZE} B; "
           f"runner 1 downloaded {first_bytes} B, step {first_seconds:.2f}s; runner 2 "
           f"downloaded {index.bytes - first_bytes} B, step {second_seconds:.2f}s "
           f"(restore inside it), cache import {restore_seconds:.2f}s; cache mount blob "
-          f"{blob['size']} B zstd")
+          f"{blob['size']} B zstd; export {export_first:.2f}s, again unchanged "
+          f"{export_again:.2f}s")
     assert store_owners_at(runner2) == {(rb.user.uid, rb.user.gid)}
 
 
