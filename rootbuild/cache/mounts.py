@@ -118,6 +118,16 @@ def fold_plan(cache: LayerMeta, changes: LayerMeta) -> FoldPlan:
         drop(path, keep_top=True)
     place: list[EntryMeta] = []
     for e in changes.entries.values():
+        parts = e.path.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            # a parent that another writer removed or made a non-directory meanwhile
+            parent = "/".join(parts[:depth])
+            found = entries.get(parent)
+            if found is None or found.kind != "dir":
+                if found is not None:
+                    drop(parent)
+                entries[parent] = EntryMeta(parent, "dir", mode=stat.S_IFDIR | 0o755,
+                                            implicit=True)
         old = entries.get(e.path)
         if old is not None and (old.kind == "dir") != (e.kind == "dir"):
             drop(e.path)

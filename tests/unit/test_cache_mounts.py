@@ -193,3 +193,25 @@ def test_overlay_binds_cross_to_the_init_as_json(tmp_path: Path) -> None:
                    overlays=(OverlayBind((), tmp_path / "w", "rel", True),))
     with pytest.raises(Exception, match="not a clean absolute path"):
         bad.validate()
+
+
+def test_fold_never_follows_a_symlink_in_the_cache_tree(tmp_path: Path) -> None:
+    """SECURITY.md rule 1: a symlink a step left in the cache (pointing at a host path)
+    where a later fold needs a directory is replaced, never written through."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store = CacheMounts(tmp_path)
+    key = store.ensure("c", 1, root_entry(0o755, 0, 0, 0))
+    tree = store.path(key) / "tree"
+    (tree / "d").symlink_to(outside)
+    meta = LayerMeta.build([d(""), EntryMeta("d", "symlink", linkname=str(outside))])
+    meta.save(store.path(key) / "meta.json")
+    # a concurrent step that still saw "d" as a directory folds "d/file" (its diff names
+    # only the file: "d" was unchanged in its view)
+    changes = LayerMeta.build([f("d/file", size=2)])
+    store.fold(key, _changes(tmp_path, {"d/file": b"hi"}, changes), changes)
+    assert list(outside.iterdir()) == []
+    assert (tree / "d").is_dir() and not (tree / "d").is_symlink()
+    assert (tree / "d/file").read_bytes() == b"hi"
+    folded = LayerMeta.load(store.path(key) / "meta.json")
+    assert folded.get("d") == EntryMeta("d", "dir", mode=0o40755, implicit=True)
