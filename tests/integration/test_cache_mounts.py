@@ -59,11 +59,9 @@ def layer_paths(image: Image) -> set[str]:
 
 
 def test_contents_persist_across_builds_outside_layers_and_keys(rb: Harness) -> None:
-    """Docker's reference, RUN --mount=type=cache: "This mount type allows the build
-    container to cache directories for compilers and package managers." and "Contents of
-    the cache directories persists between builder invocations without invalidating the
-    instruction cache." (https://docs.docker.com/reference/dockerfile/#run---mounttypecache)
-    """
+    """Docker's reference, RUN --mount=type=cache: "Contents of the cache directories
+    persists between builder invocations without invalidating the instruction cache."
+    (https://docs.docker.com/reference/dockerfile/#run---mounttypecache)"""
     ctx = busybox_context(rb, "persist", BASE + (
         "ARG N\n"
         "RUN --mount=type=cache,target=/var/cache/app "
@@ -132,8 +130,9 @@ def _two_stages(sharing: str, body: str) -> str:
 
 
 def test_sharing_locked_waits_and_shared_does_not(rb: Harness) -> None:
-    """Docker's reference: "locked: Pause the second writer until the first one releases
-    the mount." (https://docs.docker.com/reference/dockerfile/#run---mounttypecache)"""
+    """Docker's reference: "A `shared` cache mount can be used concurrently by multiple
+    writers." and "`locked` pauses the second writer until the first one releases the
+    mount." (https://docs.docker.com/reference/dockerfile/#run---mounttypecache)"""
     body = "ls /c > /l && touch /c/$(cat /proc/sys/kernel/random/uuid) && sleep 2"
     spans = {}
     for sharing in ("shared", "locked"):
@@ -147,7 +146,7 @@ def test_sharing_locked_waits_and_shared_does_not(rb: Harness) -> None:
 
 
 def test_sharing_private_gives_a_concurrent_step_its_own_instance(rb: Harness) -> None:
-    """Docker's reference: "private: Create a new mount if there are multiple writers."
+    """Docker's reference: "`private` creates a new mount if there are multiple writers."
     (https://docs.docker.com/reference/dockerfile/#run---mounttypecache)"""
     fill = busybox_context(rb, "private-fill", BASE + (
         "RUN --mount=type=cache,target=/c,id=together,sharing=private touch /c/seed\n"
@@ -165,9 +164,9 @@ def test_sharing_private_gives_a_concurrent_step_its_own_instance(rb: Harness) -
 
 
 def test_from_and_source_seed_a_new_cache(rb: Harness) -> None:
-    """Docker's reference: "from: Build stage, context, or image name to use as a base of
-    the cache mount. Defaults to empty directory." and "source: Subpath in the from to
-    mount. Defaults to the root of the from."
+    """Docker's reference: (from) "Build stage, context, or image name to use as a base of
+    the cache mount. Defaults to empty directory." and (source) "Subpath in the `from` to
+    mount. Defaults to the root of the `from`."
     (https://docs.docker.com/reference/dockerfile/#run---mounttypecache)"""
     ctx = busybox_context(rb, "seed", (
         "FROM scratch AS seed\nCOPY rootfs/ /\n"
@@ -185,9 +184,9 @@ def test_from_and_source_seed_a_new_cache(rb: Harness) -> None:
 
 
 def test_mode_uid_gid_and_ro(rb: Harness) -> None:
-    """Docker's reference: "mode: File mode for new cache directory in octal. Default
-    0755.", "uid: User ID for new cache directory. Default 0.", "gid: Group ID for new
-    cache directory. Default 0." and "ro,readonly: Read-only if set."
+    """Docker's reference: (mode) "File mode for new cache directory in octal. Default
+    `0755`.", "User ID for new cache directory. Default `0`.", "Group ID for new cache
+    directory. Default `0`." and (ro, readonly) "Read-only if set."
     (https://docs.docker.com/reference/dockerfile/#run---mounttypecache)"""
     ctx = busybox_context(rb, "modes", BASE + (
         "RUN --mount=type=cache,target=/m,mode=0700,uid=123,gid=456 "
@@ -375,8 +374,8 @@ def test_cache_mounts_travel_through_the_registry_to_a_fresh_runner(
     """★ The second "machine" (a new store) shares only the registry with the first; its
     package step runs again (a changed build arg) and finds every download in the cache
     mount restored from --cache-from: the index serves it nothing. BuildKit cannot do this
-    (moby/buildkit#1474); Docker's cache docs: "--cache-to: Export build cache to an
-    external cache destination" (https://docs.docker.com/build/cache/backends/)."""
+    (moby/buildkit#1474). buildx's reference: "Export build cache to an external cache
+    destination." (https://docs.docker.com/reference/cli/docker/buildx/build/#cache-to)"""
     ctx = pip_context(rb, index, "pip")
     ref = registry.ref("ci/app:buildcache")
     runner1, runner2 = rb.workdir / "runner1", rb.workdir / "runner2"
