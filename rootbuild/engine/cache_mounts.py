@@ -265,9 +265,14 @@ class CacheMountExecutor:
             seeds = [await self._seed(plan) for plan in self.plans]
             order = sorted(range(len(self.plans)), key=lambda i: (self.plans[i].id, i))
             keys: dict[int, str] = {}
+            mine: dict[str, int] = {}  # ids this step holds (one id mounted twice)
             for i in order:
                 plan = self.plans[i]
-                instance = await _take(self.store, plan, held)
+                if plan.sharing != "private" and plan.id in mine:
+                    instance = mine[plan.id]
+                else:
+                    instance = await _take(self.store, plan, held)
+                    mine.setdefault(plan.id, instance)
                 if instance == 1:
                     self.build.used.add(plan.id)
                     await self.build.restore(plan.id, on_output)

@@ -10,6 +10,7 @@ import pytest
 from test_engine import Rig
 
 from rootbuild.cache.mounts import CacheMounts, mount_key
+from rootbuild.errors import StepError
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
 from rootbuild.sandbox.overlay_binds import CHANGES_META, CHANGES_TREE
 from rootbuild.sandbox.spec import StepSpec
@@ -75,3 +76,16 @@ def test_a_failed_step_keeps_its_cache_writes(rig: Rig) -> None:
         rig.build(DOCKERFILE, build_args={"N": "1"})
     tree = CacheMounts(rig.store.root).path(mount_key("/root/.cache")) / "tree"
     assert [p.name for p in tree.iterdir()] == ["run0"]
+
+
+def test_one_id_mounted_twice_by_a_locked_step_does_not_wait_for_itself(rig: Rig) -> None:
+    rig.build("FROM scratch\nRUN --mount=type=cache,target=/a,id=x,sharing=locked "
+              "--mount=type=cache,target=/b,id=x,sharing=locked fill\n")
+    [spec] = rig.executor.specs
+    assert [o.target for o in spec.overlays] == ["/a", "/b"]
+
+
+def test_only_the_unsupported_mount_kind_is_named(rig: Rig) -> None:
+    rig.fails("FROM scratch\nRUN --mount=type=cache,target=/c --mount=type=ssh true\n",
+              StepError, r"^Dockerfile:2: RUN --mount=type=ssh: not supported yet$")
+    assert rig.executor.specs == []
