@@ -290,8 +290,8 @@ class Stage:
     ) -> Layer | None:
         """Run a RUN step in the sandbox over the overlay of this stage's layers."""
         options, work = self.env.options, self.work
-        # RUN --mount, #! heredocs and --security=insecure never get here: the plan refused
-        # them (engine/planning.py SUPPORTED)
+        # RUN --mount (but type=cache), #! heredocs and --security=insecure never get here:
+        # the plan refused them (engine/planning.py SUPPORTED)
         snapshotter = self.seams.snapshotter()
         lowers = await trio.to_thread.run_sync(
             lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
