@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Harness
+from conftest import ROOTBUILD, Harness
 from registry_fixtures import (  # noqa: F401 (pytest fixtures)
     Registry,
     registry_base_fixture,
@@ -465,3 +466,29 @@ def test_local_cache_round_trip_opt_out_and_size_cap(rb: Harness, index: Index) 
                    store=False).stderr
     assert "cache mount pkgs: the store's copy is as new as the imported one" in again, again
     assert again.count("cached pkg") == len(PACKAGES)
+
+
+def test_locked_serialises_steps_of_two_builds_running_at_once(rb: Harness) -> None:
+    """The lock is the store's, not the process's: two `rootbuild build` processes on one
+    store wait for each other at a ``sharing=locked`` mount (Docker's reference:
+    "`locked` pauses the second writer until the first one releases the mount.",
+    https://docs.docker.com/reference/dockerfile/#run---mounttypecache)."""
+    procs = []
+    for name in ("left", "right"):
+        ctx = busybox_context(rb, f"two-{name}", BASE + (
+            f"RUN --mount=type=cache,target=/c,id=across,sharing=locked "
+            f"cut -d' ' -f1 /proc/uptime > /t && echo {name} >> /c/log && sleep 2 && "
+            "cut -d' ' -f1 /proc/uptime >> /t\n"
+        ))
+        argv = [str(ROOTBUILD), "build", "--root", str(rb.store), "--progress=plain",
+                "--output", f"oci:{rb.workdir / name}.oci:v1", str(ctx)]
+        procs.append(subprocess.Popen(rb.command(argv), cwd=rb.workdir, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    spans = sorted(_stamps(Image(rb, rb.workdir / f"{n}.oci").text("t"))
+                   for n in ("left", "right"))
+    assert spans[1][0] >= spans[0][1], f"locked steps of two builds overlapped: {spans}"
+    tree = next((rb.store / "cache-mounts").iterdir()) / "tree"
+    assert sorted((tree / "log").read_text().split()) == ["left", "right"]
