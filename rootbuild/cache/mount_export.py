@@ -14,7 +14,9 @@ lists ``{"id", "digest", "size", "mediaType", "diffID", "lastUsed"}`` per mount.
 Rules:
 - Deterministic: entries sorted, times from the metadata, fixed zstd level; an unchanged
   mount gives the same digest, so a registry that has it is not sent it again (``HEAD``)
-  and a local cache directory keeps its blob.
+  and a local cache directory keeps its blob. A tree unchanged since its last export or
+  its restore (``CacheMountInfo.generation``) is not even read again: the blob it made
+  (or came from) is reused while the store still has it.
 - Only instance 1 of each id travels (``sharing=private`` overflow instances stay local).
 - Restoring happens only when the store has no copy of the id or an older one (by last
   use): a runner's own newer cache is never replaced by the registry's.
@@ -94,18 +96,27 @@ def choose_exported(
 
 def write_mount_blob(store: Store, mounts: CacheMounts, info: CacheMountInfo) -> MountRecord:
     """The contents of the mount ``info`` names as a zstd tar blob in ``store`` (the
-    caller holds the store's shared lock until the export is done). Blocking."""
-    with mounts.reading(info.key) as (tree, meta_path):
+    caller holds the store's shared lock until the export is done); a tree unchanged
+    since its last export (or its restore) reuses that blob. Blocking."""
+    with mounts.reading(info.key) as (tree, meta_path, now):
+        current = now or info
+        if current.export is not None and store.has_blob(current.export[0]):
+            digest, size, diff_id = current.export
+            return MountRecord(info.id, Descriptor(MOUNT_MEDIA_TYPE, digest, size), diff_id,
+                               current.last_used)
         meta = LayerMeta.load(meta_path)
         with store.ingest(media_type=MOUNT_MEDIA_TYPE, what="cache mount") as writer:
             result = write_layer(entries_from_extracted(tree, meta), cast(BinaryIO, writer),
                                  compression="zstd")
     assert writer.descriptor is not None
-    return MountRecord(info.id, writer.descriptor, result.diff_id, info.last_used)
+    mounts.record_export(info.key, current.generation,
+                         (writer.descriptor.digest, writer.descriptor.size, result.diff_id))
+    return MountRecord(info.id, writer.descriptor, result.diff_id, current.last_used)
 
 
 def restore_mount(mounts: CacheMounts, record: MountRecord,
                   open_blob: Callable[[], BinaryIO]) -> bool:
     """Put ``record``'s contents into the store as instance 1 of its id, unless the store
     has a copy used at or after ``record.last_used``. True when restored. Blocking."""
-    return mounts.replace_from(record.id, record.last_used, open_blob, record.diff_id)
+    return mounts.replace_from(record.id, record.last_used, open_blob, record.diff_id,
+                               (record.layer.digest, record.layer.size, record.diff_id))

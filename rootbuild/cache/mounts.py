@@ -65,10 +65,15 @@ class CacheMountInfo:
     created: float
     last_used: float
     size: int
+    generation: int = 0  # counts the changes of the tree
+    #: (digest, size, diffID) of the export blob made at ``generation`` (mount_export.py)
+    export: tuple[str, int, str] | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "instance": self.instance, "created": self.created,
-                "last_used": self.last_used, "size": self.size}
+                "last_used": self.last_used, "size": self.size,
+                "generation": self.generation,
+                "export": list(self.export) if self.export else None}
 
 
 def mount_key(mount_id: str, instance: int = 1) -> str:
@@ -295,9 +300,12 @@ class CacheMounts:
     def info(self, key: str) -> CacheMountInfo | None:
         try:
             doc = json.loads((self.path(key) / "info.json").read_text())
+            export = doc.get("export")
             return CacheMountInfo(key, str(doc["id"]), int(doc["instance"]),
                                   float(doc["created"]), float(doc["last_used"]),
-                                  int(doc["size"]))
+                                  int(doc["size"]), int(doc.get("generation", 0)),
+                                  (str(export[0]), int(export[1]), str(export[2]))
+                                  if export else None)
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -349,6 +357,8 @@ class CacheMounts:
 
     def fold(self, key: str, changes_tree: Path, changes: LayerMeta) -> None:
         """Apply one step's changes to the tree (see the module rules)."""
+        if not (changes.entries or changes.whiteouts or changes.opaque_dirs):
+            return  # the step changed nothing: the tree (and its export blob) stay
         with self._tree_lock(key):
             base = self.path(key)
             try:
@@ -361,20 +371,31 @@ class CacheMounts:
             info = self.info(key)
             if info is not None:
                 self._write_info(dataclasses.replace(
-                    info, last_used=self.clock(), size=tree_size(base / "tree")
+                    info, last_used=self.clock(), size=tree_size(base / "tree"),
+                    generation=info.generation + 1, export=None,
                 ))
 
     @contextlib.contextmanager
-    def reading(self, key: str) -> Iterator[tuple[Path, Path]]:
-        """(tree, meta.json) of ``key``, unchanged while the context lasts."""
+    def reading(self, key: str) -> Iterator[tuple[Path, Path, CacheMountInfo | None]]:
+        """(tree, meta.json, info) of ``key``, unchanged while the context lasts."""
         with self._tree_lock(key):
-            yield self.path(key) / "tree", self.path(key) / "meta.json"
+            yield self.path(key) / "tree", self.path(key) / "meta.json", self.info(key)
+
+    def record_export(self, key: str, generation: int, export: tuple[str, int, str]) -> None:
+        """Remember the export blob of ``generation`` (if the tree is still at it)."""
+        with self._tree_lock(key):
+            info = self.info(key)
+            if info is not None and info.generation == generation:
+                self._write_info(dataclasses.replace(info, export=export))
 
     def replace_from(self, mount_id: str, last_used: float,
-                     open_blob: Callable[[], BinaryIO], diff_id: str) -> bool:
+                     open_blob: Callable[[], BinaryIO], diff_id: str,
+                     exported: tuple[str, int, str] | None = None) -> bool:
         """Replace instance 1 of ``mount_id`` by the layer tar ``open_blob`` gives (zstd,
         verified against ``diff_id``), unless the store's copy was used at or after
-        ``last_used``. True when replaced. Running steps keep their own snapshots."""
+        ``last_used``. True when replaced. Running steps keep their own snapshots.
+        ``exported``: the blob's (digest, size, diffID), which an unchanged tree exports
+        again without writing a tar."""
         key = mount_key(mount_id)
         with self._tree_lock(key):
             info = self.info(key)
@@ -400,9 +421,10 @@ class CacheMounts:
             os.rename(new, base / "tree")
             meta.save(base / "meta.json")
             now = self.clock()
+            generation = info.generation + 1 if info else 0
             self._write_info(CacheMountInfo(
                 key, mount_id, 1, info.created if info else now, last_used,
-                tree_size(base / "tree"),
+                tree_size(base / "tree"), generation, exported,
             ))
             force_rmtree(old)
         return True

@@ -110,3 +110,28 @@ def test_a_blob_round_trips_between_stores_with_virtual_owners(tmp_path: Path) -
     assert (other.path(key) / "tree/wheels/a.whl").read_bytes() == b"wheel"
     # the store's copy is now as new as the record: not replaced again
     assert not restore_mount(other, record, lambda: store.open_blob(record.layer.digest))
+
+
+def test_an_unchanged_tree_reuses_its_export_blob_and_a_change_makes_a_new_one(
+    tmp_path: Path
+) -> None:
+    store = Store.open(tmp_path / "s")
+    mounts = CacheMounts(store.root)
+    key = mounts.ensure("m", 1, root_entry(0o755, 0, 0, 0))
+    info = mounts.info(key)
+    assert info is not None
+    first = write_mount_blob(store, mounts, info)
+    blob = store.blob_path(first.layer.digest)
+    blob.chmod(0o644)
+    blob.write_bytes(b"not read again")  # proves the second export did not tar the tree
+    assert write_mount_blob(store, mounts, info).layer == first.layer
+    tree = tmp_path / "changes"
+    tree.mkdir()
+    (tree / "f").write_text("x")
+    mounts.fold(key, tree, LayerMeta.build([EntryMeta("f", "file", size=1)]))
+    changed = mounts.info(key)
+    assert changed is not None and changed.generation == 1 and changed.export is None
+    assert write_mount_blob(store, mounts, changed).layer.digest != first.layer.digest
+    # a step that changed nothing does not count as a change
+    mounts.fold(key, tree, LayerMeta.build([]))
+    assert mounts.info(key).generation == 1  # type: ignore[union-attr]
