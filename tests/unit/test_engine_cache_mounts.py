@@ -1,0 +1,97 @@
+"""RUN --mount=type=cache through the engine with the seams' fakes (no kernel): the step
+gets an overlay of its cache instance at the target, what it leaves is folded into the
+store, the next build's step sees it, and the contents never enter the step cache key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_engine import Rig
+
+from rootbuild.cache.mounts import CacheMounts, mount_key
+from rootbuild.errors import StepError
+from rootbuild.image.layermeta import EntryMeta, LayerMeta
+from rootbuild.sandbox.spec import KEPT_META, KEPT_TREE, LayerMount, StepSpec
+from rootbuild.testing.fakes import FakeExecutor, FakeRun
+
+DOCKERFILE = (
+    "FROM scratch\nARG N\n"
+    "RUN --mount=type=cache,target=/root/.cache,uid=1000 fill $N\n"
+)
+
+
+def _kept(spec: StepSpec) -> list[LayerMount]:
+    return [m for m in spec.mounts if isinstance(m, LayerMount) and m.keep is not None]
+
+
+def _fill(spec: StepSpec) -> FakeRun:
+    """What the sandbox does for a step with mounts whose changes are kept: leave each
+    one's changes in its ``keep`` directory (here: one file per run, named by the number
+    of files already in the cache)."""
+    for mount in _kept(spec):
+        [lower] = mount.lowers
+        assert mount.keep is not None and mount.keep.is_dir()
+        present = sorted(p.name for p in lower.tree.iterdir())
+        (mount.keep / KEPT_TREE).mkdir()
+        name = f"run{len(present)}"
+        (mount.keep / KEPT_TREE / name).write_text(",".join(present))
+        LayerMeta.build([EntryMeta(name, "file", mode=0o100644, uid=1000,
+                                   size=len(",".join(present)))]).save(
+            mount.keep / KEPT_META)
+    return FakeRun()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    rig = Rig(tmp_path)
+    rig.executor = FakeExecutor(_fill)
+    return rig
+
+
+def test_the_cache_persists_outside_the_layer_and_the_key(rig: Rig) -> None:
+    rig.build(DOCKERFILE, build_args={"N": "1"})
+    [spec] = rig.executor.specs
+    [mount] = spec.mounts
+    assert isinstance(mount, LayerMount)
+    assert (mount.target, mount.source, mount.readonly) == ("/root/.cache", "/", False)
+    assert mount.keep is not None
+    store = CacheMounts(rig.store.root)
+    tree = store.path(mount_key("/root/.cache")) / "tree"
+    assert sorted(p.name for p in tree.iterdir()) == ["run0"]
+    meta = LayerMeta.load(tree.parent / "meta.json")
+    assert meta.get("").uid == 1000  # type: ignore[union-attr]  # the mount's uid=
+    assert meta.get("run0").uid == 1000  # type: ignore[union-attr]
+
+    rig.build(DOCKERFILE, build_args={"N": "2"})
+    assert sorted(p.name for p in tree.iterdir()) == ["run0", "run1"]
+    assert (tree / "run1").read_text() == "run0"
+    assert len(rig.executor.specs) == 2
+    rig.build(DOCKERFILE, build_args={"N": "2"})  # only the cache changed: still cached
+    assert len(rig.executor.specs) == 2
+    assert [i.id for i in store.list()] == ["/root/.cache"]
+
+
+def test_a_failed_step_keeps_its_cache_writes(rig: Rig) -> None:
+    def fail(spec: StepSpec) -> FakeRun:
+        _fill(spec)
+        return FakeRun(exit_code=3)
+
+    rig.executor = FakeExecutor(fail)
+    with pytest.raises(Exception, match="exit code: 3"):
+        rig.build(DOCKERFILE, build_args={"N": "1"})
+    tree = CacheMounts(rig.store.root).path(mount_key("/root/.cache")) / "tree"
+    assert [p.name for p in tree.iterdir()] == ["run0"]
+
+
+def test_one_id_mounted_twice_by_a_locked_step_does_not_wait_for_itself(rig: Rig) -> None:
+    rig.build("FROM scratch\nRUN --mount=type=cache,target=/a,id=x,sharing=locked "
+              "--mount=type=cache,target=/b,id=x,sharing=locked fill\n")
+    [spec] = rig.executor.specs
+    assert [m.target for m in _kept(spec)] == ["/a", "/b"]
+
+
+def test_only_the_unsupported_mount_kind_is_named(rig: Rig) -> None:
+    rig.fails("FROM scratch\nRUN --mount=type=cache,target=/c --mount=type=ssh true\n",
+              StepError, r"^Dockerfile:2: RUN --mount=type=ssh: not supported yet$")
+    assert rig.executor.specs == []
