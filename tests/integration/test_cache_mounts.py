@@ -86,6 +86,23 @@ def test_contents_persist_across_builds_outside_layers_and_keys(rb: Harness) -> 
     assert_nothing_left(rb, [])
 
 
+def test_a_failed_step_keeps_its_writes_and_a_killed_one_none(rb: Harness) -> None:
+    """What a failed step wrote to a cache mount is kept (rootbuild's rule, as BuildKit
+    keeps a failed exec's cache writes); a step killed by ``--timeout`` keeps nothing:
+    the sandbox leaves a mount's changes only when its step exited by itself."""
+    mount = "RUN --mount=type=cache,target=/c,id=fates "
+    failed = busybox_context(rb, "fails", BASE + mount + "echo f > /c/failed; exit 3\n")
+    proc = build(rb, failed, check=False)
+    assert proc.returncode != 0 and "exit code: 3" in proc.stderr, proc.stderr
+    killed = busybox_context(rb, "killed", BASE + mount + "echo k > /c/killed; sleep 60\n")
+    proc = build(rb, killed, "--timeout", "3", check=False)
+    assert proc.returncode != 0 and "timed out" in proc.stderr, proc.stderr
+    seen_ctx = busybox_context(rb, "fates", BASE + mount + "ls /c > /seen\n")
+    image, _ = seen(rb, seen_ctx)
+    assert image.text("seen") == "failed\n"
+    assert_nothing_left(rb, [])
+
+
 def test_files_written_as_uid_1000_keep_the_store_owned_by_the_user(rb: Harness) -> None:
     """Ownership is virtual: inside, the step sees the owners it set; on disk every file of
     the store belongs to the build user (no subordinate id ever owns one)."""
@@ -240,7 +257,9 @@ def test_listed_by_images_all_and_removed_by_prune(rb: Harness) -> None:
         ("RUN --mount=type=cache,target=/c,colour=red true",
          r"^rootbuild: Dockerfile:4: unexpected key 'colour' in 'colour=red'"),
         ("RUN --mount=type=cache,id=x true",
-         r"^rootbuild: Dockerfile:4: RUN --mount=type=cache: target is required$"),
+         r"^rootbuild: Dockerfile:4: RUN --mount=type=cache: a target is required$"),
+        ("RUN --mount=type=cache,target=/ true",
+         r'^rootbuild: Dockerfile:4: RUN --mount=type=cache,target=/: invalid mount target "/"$'),
         ("RUN --mount=type=cache,target=/c,from=base,source=/nowhere true",
          r'^rootbuild: Dockerfile:4: RUN --mount=type=cache,from=base: source "/nowhere" '
          r"not found$"),

@@ -5,14 +5,25 @@ store, the next build's step sees it, and the contents never enter the step cach
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
+import trio
 from test_engine import Rig
 
 from rootbuild.cache.mounts import CacheMounts, mount_key
-from rootbuild.errors import StepError
+from rootbuild.dockerfile.flags import parse_mount
+from rootbuild.engine.cache_mounts import (
+    BuildCacheMounts,
+    CacheMountPlan,
+    StepCaches,
+    plan_cache_mount,
+)
+from rootbuild.errors import Location, StepError
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
+from rootbuild.image.store import Staging
 from rootbuild.sandbox.spec import KEPT_META, KEPT_TREE, LayerMount, StepSpec
+from rootbuild.stages.steps import StepMount
 from rootbuild.testing.fakes import FakeExecutor, FakeRun
 
 DOCKERFILE = (
@@ -95,3 +106,48 @@ def test_only_the_unsupported_mount_kind_is_named(rig: Rig) -> None:
     rig.fails("FROM scratch\nRUN --mount=type=cache,target=/c --mount=type=ssh true\n",
               StepError, r"^Dockerfile:2: RUN --mount=type=ssh: not supported yet$")
     assert rig.executor.specs == []
+
+
+def test_two_steps_taking_two_locked_ids_in_opposite_orders_do_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    """The second step holds "a" and waits for "b"; the first holds "b" and then needs
+    "a": it lets go of "b" (later in order) rather than wait holding it, and takes it
+    again, with a fresh snapshot, once "a" is free."""
+    where = Location("Dockerfile", 2)
+    (tmp_path / "store").mkdir()
+    build = BuildCacheMounts(CacheMounts(tmp_path / "store"), cast(Staging, None))
+
+    def plan(mount_id: str) -> CacheMountPlan:
+        return plan_cache_mount(StepMount(parse_mount(
+            f"type=cache,target=/{mount_id},id={mount_id},sharing=locked"), None), where)
+
+    order: list[str] = []
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            await steps()
+
+    async def steps() -> None:
+        (tmp_path / "one").mkdir()
+        (tmp_path / "two").mkdir()
+        one, two = StepCaches(build, tmp_path / "one"), StepCaches(build, tmp_path / "two")
+        await one.take(plan("b"), None)
+        await two.take(plan("a"), None)
+        async with trio.open_nursery() as nursery:
+            async def second() -> None:
+                await two.take(plan("b"), None)  # waits for one to let go of "b"
+                order.append("two ran")
+                await two.close()
+
+            nursery.start_soon(second)
+            await trio.sleep(0.2)
+            assert order == []
+            await one.take(plan("a"), None)  # lets go of "b", waits for "a"
+            order.append("one ran")
+            assert [t.plan.id for t in one.taken if t.fd is not None] == ["b", "a"]
+            assert (one.taken[0].lower / "tree").is_dir()  # "b" snapshotted again
+            await one.close()
+
+    trio.run(main)
+    assert order == ["two ran", "one ran"]
