@@ -266,7 +266,7 @@ class StepCaches:
     async def _hold(self, item: _Taken) -> None:
         plan = item.plan
         owner = next((t for t in self.taken if t is not item and t.plan.id == plan.id
-                      and t.plan.sharing != "private" and t.fd is not None), None)
+                      and t.instance == 1 and t.fd is not None), None)
         if plan.sharing != "private" and owner is not None:  # one id mounted twice
             item.instance, item.key = owner.instance, owner.key
             return

@@ -102,6 +102,15 @@ def test_one_id_mounted_twice_by_a_locked_step_does_not_wait_for_itself(rig: Rig
     assert [m.target for m in _kept(spec)] == ["/a", "/b"]
 
 
+def test_a_shared_mount_of_an_id_the_step_holds_privately_does_not_wait_for_itself(
+    rig: Rig,
+) -> None:
+    rig.build("FROM scratch\nRUN --mount=type=cache,target=/a,id=x,sharing=private "
+              "--mount=type=cache,target=/b,id=x fill\n")
+    [spec] = rig.executor.specs
+    assert [m.target for m in _kept(spec)] == ["/a", "/b"]
+
+
 def test_only_the_unsupported_mount_kind_is_named(rig: Rig) -> None:
     rig.fails("FROM scratch\nRUN --mount=type=cache,target=/c --mount=type=ssh true\n",
               StepError, r"^Dockerfile:2: RUN --mount=type=ssh: not supported yet$")
