@@ -127,7 +127,9 @@ class LayerMount:
     def from_json(cls, data: Any) -> LayerMount:
         lowers = tuple(LowerLayer(Path(_str(lo, "tree")), Path(_str(lo, "meta")))
                        for lo in _list(data, "lowers"))
-        keep = None if _field(data, "keep") is None else Path(_str(data, "keep"))
+        keep = None  # optional: a mount whose changes are thrown away may leave it out
+        if isinstance(data, dict) and data.get("keep") is not None:
+            keep = Path(_str(data, "keep"))
         return cls(lowers, _str(data, "source"), _str(data, "target"),
                    _bool(data, "readonly"), _str(data, "snapshotter"), keep)
 
