@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove the step cache and blobs and layers no image uses")
     _add_root(p)
     p.add_argument("--keep-storage", metavar="SIZE",
-                   help="keep the most recently used step cache up to SIZE (e.g. 2GB)")
+                   help="keep the most recently used step cache and cache mounts up to "
+                        "SIZE (e.g. 2GB)")
 
     sub.add_parser("doctor", help="check that RUN steps can work here, and say how to fix it")
     return parser
@@ -418,6 +419,20 @@ def _print_cache(store: Store) -> None:
         step = e.description if len(e.description) <= 60 else e.description[:57] + "..."
         size = _human(e.size) if e.layer is not None else "-"
         print(f"{e.key.removeprefix('sha256:')[:12]:<14} {size:>9}  {used:<20} {step}")
+    _print_cache_mounts(store)
+
+
+def _print_cache_mounts(store: Store) -> None:
+    """RUN --mount=type=cache contents, most recently used first (``buildx du``'s
+    "exec.cachemount" records)."""
+    from rootbuild.cache.mounts import CacheMounts
+
+    infos = CacheMounts(store.root).list()
+    print(f"\nCACHE MOUNTS: {len(infos)}, {_human(sum(i.size for i in infos))}")
+    print(f"{'ID':<40} {'SIZE':>9}  {'LAST USED':<20} INSTANCE")
+    for i in infos:
+        used = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(i.last_used))
+        print(f"{i.id:<40} {_human(i.size):>9}  {used:<20} {i.instance}")
 
 
 def _human(size: int) -> str:
@@ -474,6 +489,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             raise UsageError(f"prune --keep-storage: {exc}") from None
     result = prune(Store.open(args.root), keep)
     print(f"removed {result.removed} step cache entries, kept {result.kept}")
+    print(f"removed {result.mounts_removed} cache mounts, kept {result.mounts_kept}")
     print(f"reclaimed {result.freed} bytes")
     return 0
 

@@ -10,6 +10,9 @@ Rules (``docker buildx prune``, ``docker builder prune --keep-storage``):
   so no build adds or uses entries meanwhile; kept entries keep their blobs and trees.
 - When a tagged image keeps a layer blob, the blob's tree stays too, even if that image's
   config cannot be read (a cache entry still says which diffID the blob has).
+- Cache mounts (``RUN --mount=type=cache``, ``cache/mounts.py``) are cache records too,
+  as in BuildKit: without ``keep_storage`` they all go; with it they compete for the same
+  budget by last use, their cost being their size.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 from rootbuild.cache.entry import CacheEntry
 from rootbuild.cache.index import CacheIndex
+from rootbuild.cache.mounts import CacheMountInfo, CacheMounts
 from rootbuild.image.store import Store, tree_size
 
 
@@ -28,6 +32,8 @@ class PruneResult:
     freed: int  # bytes
     removed: int  # cache entries
     kept: int
+    mounts_removed: int = 0  # cache mounts
+    mounts_kept: int = 0
 
 
 def choose_kept(
@@ -36,12 +42,31 @@ def choose_kept(
 ) -> list[CacheEntry]:
     """The entries to keep: ``entries`` most recently used first, ``cost`` by layer
     digest, ``held`` the layer digests tagged images keep anyway."""
+    return choose_kept_with_mounts(entries, cost, held, (), keep_storage)[0]
+
+
+def choose_kept_with_mounts(
+    entries: Sequence[CacheEntry], cost: Mapping[str, int], held: Iterable[str],
+    mounts: Sequence[CacheMountInfo], keep_storage: int | None,
+) -> tuple[list[CacheEntry], list[CacheMountInfo]]:
+    """``choose_kept`` with the cache mounts in the same budget, by last use."""
     if keep_storage is None:
-        return []
+        return [], []
     counted = set(held)
     used = 0
     kept: list[CacheEntry] = []
-    for entry in sorted(entries, key=lambda e: (-e.last_used, e.key)):
+    kept_mounts: list[CacheMountInfo] = []
+    records: list[tuple[float, str, CacheEntry | CacheMountInfo]] = [
+        *((e.last_used, "e" + e.key, e) for e in entries),
+        *((m.last_used, "m" + m.key, m) for m in mounts),
+    ]
+    for _, _, record in sorted(records, key=lambda r: (-r[0], r[1])):
+        if isinstance(record, CacheMountInfo):
+            if used + record.size <= keep_storage:
+                used += record.size
+                kept_mounts.append(record)
+            continue
+        entry = record
         digest = entry.layer.digest if entry.layer is not None else None
         extra = 0 if digest is None or digest in counted else cost.get(digest, 0)
         if used + extra > keep_storage:
@@ -50,13 +75,14 @@ def choose_kept(
         if digest is not None:
             counted.add(digest)
         kept.append(entry)
-    return kept
+    return kept, kept_mounts
 
 
 def prune(store: Store, keep_storage: int | None = None, wait: bool = True) -> PruneResult:
     """Prune the store and its step cache (see the module rules)."""
     index = CacheIndex(store.root)
-    counts = {"removed": 0, "kept": 0}
+    mounts = CacheMounts(store.root)
+    counts = {"removed": 0, "kept": 0, "mounts_removed": 0, "mounts_kept": 0, "freed": 0}
 
     def also_keep() -> tuple[set[str], set[str]]:
         entries = index.entries()
@@ -69,7 +95,17 @@ def prune(store: Store, keep_storage: int | None = None, wait: bool = True) -> P
             with contextlib.suppress(OSError):
                 size += tree_size(store.layer_dir(entry.diff_id))
             cost[entry.layer.digest] = size
-        kept = choose_kept(entries, cost, held_blobs, keep_storage)
+        infos = mounts.list()
+        kept, kept_mounts = choose_kept_with_mounts(
+            entries, cost, held_blobs, infos, keep_storage
+        )
+        kept_mount_keys = {m.key for m in kept_mounts}
+        for info in infos:
+            if info.key not in kept_mount_keys:
+                counts["freed"] += mounts.remove(info.key)
+        counts["freed"] += mounts.remove_broken()
+        counts["mounts_removed"] = len(infos) - len(kept_mounts)
+        counts["mounts_kept"] = len(kept_mounts)
         kept_keys = {e.key for e in kept}
         index.remove(e.key for e in entries if e.key not in kept_keys)
         counts["removed"] = len(entries) - len(kept)
@@ -84,7 +120,8 @@ def prune(store: Store, keep_storage: int | None = None, wait: bool = True) -> P
         freed = store.prune(wait=wait, also_keep=also_keep)
     finally:
         index.close()
-    return PruneResult(freed, counts["removed"], counts["kept"])
+    return PruneResult(freed + counts["freed"], counts["removed"], counts["kept"],
+                       counts["mounts_removed"], counts["mounts_kept"])
 
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -7,7 +7,9 @@ BuildKit's registry cache also uses with ``image-manifest=true``)::
     manifest  application/vnd.oci.image.manifest.v1+json
       config  application/vnd.rootbuild.cache.config.v1+json
               {"version": 1, "entries": [CacheEntry.to_json(), ...]}   (canonical JSON)
-      layers  the distinct layer blobs the entries name, as stored (their media types)
+      layers  the distinct layer blobs the entries name, as stored (their media types),
+              then one zstd tar per exported cache mount (``mount_export.py``), which the
+              config lists under "mounts" (absent when there are none)
 
 Rules:
 - Exports carry exactly the entries given (the caller chooses them by ``mode``: min = the
@@ -37,6 +39,7 @@ import trio
 
 from rootbuild.cache.entry import CacheEntry
 from rootbuild.cache.local_cache import LocalCacheSource, write_local_cache
+from rootbuild.cache.mount_export import MountRecord
 from rootbuild.cache.registry_cache import RegistryCacheSource, push_cache
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.errors import ImageError, RegistryError, StoreError
@@ -64,8 +67,10 @@ class CacheDocuments:
     entries: tuple[CacheEntry, ...]
 
 
-def cache_documents(entries: Sequence[CacheEntry]) -> CacheDocuments:
-    """The config and manifest for ``entries`` (see module docstring). Pure."""
+def cache_documents(
+    entries: Sequence[CacheEntry], mounts: Sequence[MountRecord] = ()
+) -> CacheDocuments:
+    """The config and manifest for ``entries`` and ``mounts`` (see module docstring). Pure."""
     by_key: dict[str, CacheEntry] = {}
     for entry in entries:
         by_key.setdefault(entry.key, entry)
@@ -74,21 +79,26 @@ def cache_documents(entries: Sequence[CacheEntry]) -> CacheDocuments:
     for entry in ordered:
         if entry.layer is not None:
             layers.setdefault(entry.layer.digest, entry.layer)
-    config_bytes = canonical_json(
-        {"version": CACHE_VERSION, "entries": [entry.to_json() for entry in ordered]}
-    )
+    doc: dict[str, Any] = {"version": CACHE_VERSION,
+                           "entries": [entry.to_json() for entry in ordered]}
+    ordered_mounts = sorted({m.id: m for m in mounts}.values(), key=lambda m: m.id)
+    if ordered_mounts:
+        doc["mounts"] = [m.to_json() for m in ordered_mounts]
+    config_bytes = canonical_json(doc)
     config = Descriptor(CACHE_CONFIG, sha256_digest(config_bytes), len(config_bytes))
     manifest_bytes = canonical_json(
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "config": config.to_json(),
-            "layers": [layer.to_json() for layer in layers.values()],
+            "layers": [layer.to_json() for layer in layers.values()]
+            + [m.descriptor.to_json() for m in ordered_mounts],
         }
     )
     manifest = Descriptor(OCI_MANIFEST, sha256_digest(manifest_bytes), len(manifest_bytes))
     return CacheDocuments(
-        config, config_bytes, manifest, manifest_bytes, tuple(layers.values()), ordered
+        config, config_bytes, manifest, manifest_bytes,
+        (*layers.values(), *(m.layer for m in ordered_mounts)), ordered,
     )
 
 
@@ -144,6 +154,24 @@ def parse_cache_config(data: bytes, manifest: CacheManifest, where: str) -> dict
     return out
 
 
+def parse_cache_mounts(data: bytes, manifest: CacheManifest, where: str
+                       ) -> tuple[MountRecord, ...]:
+    """The cache mounts a cache config lists; each blob must be a manifest layer."""
+    obj = parse_json_object(data, f"cache config of {where}")
+    raw: Any = obj.get("mounts", [])
+    if not isinstance(raw, list):
+        raise ImageError(f"read cache {where}: mounts must be a list")
+    listed = {(layer.digest, layer.size) for layer in manifest.layers}
+    records = tuple(MountRecord.from_json(item, where) for item in raw)
+    for record in records:
+        if (record.layer.digest, record.layer.size) not in listed:
+            raise ImageError(
+                f"read cache {where}: cache mount {record.id!r} names blob "
+                f"{record.layer.digest}, which the manifest does not list"
+            )
+    return records
+
+
 # -- transports -----------------------------------------------------------------------------
 
 
@@ -188,8 +216,10 @@ class ImportedCache:
         entries: Mapping[str, CacheEntry],
         source: CacheSource | None = None,
         spec: CacheSpec | None = None,
+        mounts: Sequence[MountRecord] = (),
     ) -> None:
         self.entries: Mapping[str, CacheEntry] = dict(entries)
+        self.mounts: tuple[MountRecord, ...] = tuple(mounts)
         self._source = source
         self._spec = spec
         self._layers = {e.layer.digest for e in self.entries.values() if e.layer is not None}
@@ -206,6 +236,19 @@ class ImportedCache:
             )
         try:
             await self._source.fetch_layer(staging, entry.layer, entry.diff_id)
+        except ImageError as exc:
+            raise _wrap(exc, self._spec) from exc
+
+    async def fetch_mount(self, staging: Staging, record: MountRecord) -> None:
+        """Put a cache mount's blob into ``staging``, verified as ``fetch`` does."""
+        if staging.has_blob(record.layer.digest):
+            return
+        if self._source is None or self._spec is None or record not in self.mounts:
+            raise StoreError(
+                f"fetch cache mount {record.id!r}: not part of this imported cache"
+            )
+        try:
+            await self._source.fetch_layer(staging, record.layer, record.diff_id)
         except ImageError as exc:
             raise _wrap(exc, self._spec) from exc
 
@@ -235,12 +278,15 @@ async def import_cache(
         manifest = parse_cache_manifest(data, source.where)
         config = await source.read_config(manifest.config)
         entries = parse_cache_config(config, manifest, source.where)
+        mounts = parse_cache_mounts(config, manifest, source.where)
     except ImageError as exc:
         raise _wrap(exc, spec) from exc
     finally:
         await source.aclose()
     say(f"imported {len(entries)} cache entries from {source.where} ({sha256_digest(data)})")
-    return ImportedCache(entries, source, spec)
+    if mounts:
+        say(f"imported {len(mounts)} cache mounts: {', '.join(m.id for m in mounts)}")
+    return ImportedCache(entries, source, spec, mounts)
 
 
 async def export_cache(
@@ -250,11 +296,13 @@ async def export_cache(
     *,
     transport: TransportOptions,
     say: Say,
+    mounts: Sequence[MountRecord] = (),
 ) -> str:
-    """Export ``entries`` (and their layers, from ``store``) to ``spec``; return the cache
-    manifest's digest. Registry: blobs first (those the repository has are not sent again),
-    manifest last. Directory: an OCI layout, blobs first, ``index.json`` replaced last."""
-    docs = cache_documents(entries)
+    """Export ``entries`` (and their layers, from ``store``) and the cache ``mounts``
+    (blobs in ``store``) to ``spec``; return the cache manifest's digest. Registry: blobs
+    first (those the repository has are not sent again), manifest last. Directory: an OCI
+    layout, blobs first, ``index.json`` replaced last."""
+    docs = cache_documents(entries, mounts)
     with store.shared_lock():  # keeps prune() from removing layers while they are sent
         for layer in docs.layers:
             if not store.has_blob(layer.digest):
@@ -284,4 +332,6 @@ async def export_cache(
             say(f"cache {spec.ref}: {copied} blobs written, {present} already there")
             digest = docs.manifest.digest
     say(f"exported {len(docs.entries)} cache entries to {spec.ref}: {digest}")
+    if mounts:
+        say(f"exported {len(mounts)} cache mounts: {', '.join(m.id for m in mounts)}")
     return digest

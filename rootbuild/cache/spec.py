@@ -18,15 +18,22 @@ backends, docs.docker.com/build/cache/backends/):
   ``force-compression=false`` and ``ignore-error=false``. Their other values
   (``oci-mediatypes=false``, ``force-compression=true``, ``ignore-error=true``) ask for
   behaviour rootbuild lacks and are refused rather than silently ignored.
+- rootbuild's own ``--cache-to`` attributes for ``RUN --mount=type=cache`` contents
+  (``mount_export.py``): ``cache-mounts=true|false`` (default true: every cache mount the
+  build used travels with the cache) and ``cache-mounts-max-size=SIZE`` (``512MB``, ``2GB``:
+  the most recently used mounts go while their total size fits; the others are skipped
+  with a warning).
 This module is pure.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from rootbuild.cache.prune import parse_size
 from rootbuild.errors import UsageError
 from rootbuild.image.refs import parse_reference
 
@@ -53,6 +60,8 @@ class CacheSpec:
     kind: CacheKind
     ref: str
     mode: CacheMode = "min"
+    mounts: bool = True  # cache-mounts=: export RUN --mount=type=cache contents
+    mounts_max_size: int | None = None  # cache-mounts-max-size=, bytes
 
 
 def _fail(flag: str, text: str, cause: str) -> UsageError:
@@ -110,12 +119,14 @@ def _parse(flag: str, text: str, *, to: bool) -> CacheSpec:
     if kind not in _KNOWN_TYPES:
         raise _fail(flag, text, "not supported (rootbuild supports type=registry and type=local)")
     mode: CacheMode = "min"
+    mounts, max_size = True, None
     if to:
         _no_ops(flag, text, fields)
         raw_mode = fields.pop("mode", "min").lower()
         if raw_mode not in ("min", "max"):
             raise _fail(flag, text, f"mode must be min or max, got {raw_mode!r}")
         mode = "max" if raw_mode == "max" else "min"
+        mounts, max_size = _mount_attributes(flag, text, fields)
     if kind == "registry":
         spec = CacheSpec(
             "registry", _registry_ref(flag, text, fields.pop("ref", ""), push=to), mode
@@ -128,7 +139,22 @@ def _parse(flag: str, text: str, *, to: bool) -> CacheSpec:
         spec = CacheSpec("local", path, mode)
     if fields:
         raise _fail(flag, text, f"unknown attribute {sorted(fields)[0]!r}")
+    if to:
+        spec = dataclasses.replace(spec, mounts=mounts, mounts_max_size=max_size)
     return spec
+
+
+def _mount_attributes(flag: str, text: str, fields: dict[str, str]) -> tuple[bool, int | None]:
+    raw = fields.pop("cache-mounts", "true").lower()
+    if raw not in _BOOL:
+        raise _fail(flag, text, f"cache-mounts must be true or false, got {raw!r}")
+    size = fields.pop("cache-mounts-max-size", None)
+    if size is None:
+        return raw == "true", None
+    try:
+        return raw == "true", parse_size(size)
+    except ValueError as exc:
+        raise _fail(flag, text, f"cache-mounts-max-size: {exc}") from exc
 
 
 def parse_cache_to(text: str) -> CacheSpec:

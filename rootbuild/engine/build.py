@@ -28,11 +28,13 @@ from pathlib import Path
 import trio
 
 from rootbuild.cache.index import CacheIndex
+from rootbuild.cache.mounts import CacheMounts
 from rootbuild.cache.remote import export_cache, import_cache
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.context import BuildContext, find_dockerfile, load_ignore
 from rootbuild.dockerfile.parser import parse_dockerfile
 from rootbuild.engine.bases import StoreBaseImages
+from rootbuild.engine.cache_mounts import BuildCacheMounts, export_cache_mounts
 from rootbuild.engine.entitlements import check_entitlements
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.exporter import StoreExporter
@@ -147,6 +149,7 @@ async def build(
             idmap=read_host_plan(), warn_once=warn_once,
             named=open_contexts(options.build_contexts, named),
             sources=BuildSources(options.secrets),
+            cache_mounts=BuildCacheMounts(CacheMounts(store.root), staging, progress.note),
         )
 
         async def run_stage(stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:
@@ -158,6 +161,8 @@ async def build(
                                                                          sockets=sockets))
             async with contextlib.AsyncExitStack() as remotes:
                 work.cache.remote = await _import_caches(store, options, progress, remotes)
+                if work.cache_mounts is not None:  # RUN --mount=type=cache contents
+                    work.cache_mounts.offer(work.cache.remote)
                 results = await run_plan(the_plan, run_stage, jobs=options.jobs)
             final = results[the_plan.target]
             image = await trio.to_thread.run_sync(_commit_image, store, work, env, final)
@@ -264,9 +269,10 @@ async def _export_cache(
             index = base
     entries = work.cache.entries_of(stages)
     handle = progress.start(f"exporting cache to {_describe(spec)}")
+    mounts = await export_cache_mounts(store, work.cache_mounts, spec, progress.warn)
     await export_cache(
         store, entries, spec, transport=options.transport,
-        say=functools.partial(progress.output, handle),
+        say=functools.partial(progress.output, handle), mounts=mounts,
     )
     progress.done(handle)
 

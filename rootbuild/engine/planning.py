@@ -33,7 +33,7 @@ from rootbuild.stages.scheduler import unwrap_group
 #: what this engine carries out beyond plain RUN/COPY/ADD (``stages.features`` names)
 SUPPORTED: frozenset[str] = frozenset({
     "copy.parents", "chmod.symbolic", "source.remote", "run.heredoc.shebang",
-    "run.mount.bind", "run.mount.tmpfs",
+    "run.mount.bind", "run.mount.tmpfs", "run.mount.cache",
     "run.mount.secret", "run.mount.ssh",  # engine/run_mounts.py, engine/secrets.py
     "run.security.insecure",  # an entitlement: engine/entitlements.py
 })

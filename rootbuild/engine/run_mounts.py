@@ -30,6 +30,11 @@ Rules (Docker's Dockerfile reference, ``RUN --mount``; BuildKit's dockerfile2llb
   secret's value changes). A secret needs no target (``env=`` alone, or its default).
 - A variable set by several mounts is the first one's (``SSH_AUTH_SOCK``: the first ssh
   mount's); the step's own environment wins over them (``Stage.run_command``).
+- ``type=cache``: a writable ``LayerMount`` of a snapshot of the cache's instance whose
+  changes the sandbox keeps (``keep``) and ``engine/cache_mounts.py`` folds back into the
+  store after the step (held on ``held``, with the instance's sharing lock). The key is
+  the options only (the step's fields), never the contents; a ``from=``/``source=`` seed
+  is checked when the key is computed, before the step cache or the store is touched.
 - Nothing of a mount reaches the layer (the sandbox removes the targets it created).
 - ``prepare`` may hold things until the step ends (a lock, a file it wrote in the step's
   ``MountEnv.scratch``) by entering them on the ``held`` stack it is given; the engine
@@ -55,6 +60,13 @@ import trio
 
 from rootbuild.cache.keys import Scalar
 from rootbuild.context import BuildContext
+from rootbuild.engine.cache_mounts import (
+    BuildCacheMounts,
+    Seed,
+    plan_cache_mount,
+    seed_source,
+    seed_tree,
+)
 from rootbuild.engine.copy import CopyPlan, context_sources, copy_entries
 from rootbuild.engine.layers import Layer, LayerTrees
 from rootbuild.engine.secrets import BuildSources, secret_mount, ssh_mount
@@ -139,6 +151,7 @@ class MountEnv:
     scratch: Path | None = None
     named: Mapping[str, BuildContext] = dataclasses.field(default_factory=dict)
     secrets: BuildSources = dataclasses.field(default_factory=BuildSources)  # --secret/--ssh
+    caches: BuildCacheMounts | None = None  # type=cache: the build's cache mounts
 
     def context_of(self, ref: StageBase | None) -> tuple[str, BuildContext] | None:
         """The directory a bind reads (``name``, context): the build context when ``ref``
@@ -305,12 +318,48 @@ async def _ssh_prepare(mount: StepMount, env: MountEnv, held: contextlib.AsyncEx
     return Prepared(socket, {"SSH_AUTH_SOCK": target})
 
 
+# -- type=cache ------------------------------------------------------------------------------
+
+
+async def _cache_seed(mount: StepMount, env: MountEnv) -> Seed | None:
+    """What seeds a new instance: the directory ``source`` of ``from=`` (checked here)."""
+    if mount.source is None:
+        return None
+    ref = mount.source
+    plan = plan_cache_mount(mount, env.where)
+    what = mount.mount.from_ or str(ref)
+    layers = await env.sources.source_layers(ref, env.where)
+    source = await trio.to_thread.run_sync(
+        lambda: seed_source(env.trees.view(layers), plan.source, what, env.where)
+    )
+    return lambda tree: seed_tree(source, tree, f"{what}:{plan.source}")
+
+
+async def _cache_key(mount: StepMount, env: MountEnv) -> None:
+    await _cache_seed(mount, env)  # a bad seed fails before the step cache is asked
+    return None
+
+
+async def _cache_prepare(mount: StepMount, env: MountEnv, held: contextlib.AsyncExitStack
+                         ) -> Prepared:
+    target = target_of(mount, env.where)
+    plan = plan_cache_mount(mount, env.where)
+    if env.caches is None or env.scratch is None:
+        raise StepError(f"{describe(mount)}: this build has no store for cache mounts",
+                        env.where)
+    seed = await _cache_seed(mount, env)
+    lower, keep = await env.caches.step(held, env.scratch).take(plan, seed)
+    return Prepared(LayerMount((lower,), "/", target, plan.readonly, env.snapshotter(),
+                               keep=None if plan.readonly else keep))
+
+
 #: every ``--mount`` type this engine carries out (``planning.SUPPORTED`` names them)
 MOUNT_TYPES: dict[str, MountType] = {
     "bind": MountType(_bind_key, _bind_prepare),
     "tmpfs": MountType(_no_key, _tmpfs_prepare),
     "secret": MountType(_no_key, _secret_prepare, needs_target=False),
     "ssh": MountType(_no_key, _ssh_prepare),
+    "cache": MountType(_cache_key, _cache_prepare),
 }
 
 

@@ -35,6 +35,7 @@ from rootbuild.cache.keys import Scalar, base_key, chain_key, step_key
 from rootbuild.context import BuildContext
 from rootbuild.dockerfile.instructions import Instruction, StageSpec
 from rootbuild.engine.archive_source import add_archive_or_file
+from rootbuild.engine.cache_mounts import BuildCacheMounts
 from rootbuild.engine.chmod import parse_chmod
 from rootbuild.engine.copy import (
     CopyPlan,
@@ -97,6 +98,7 @@ class Workspace:
     named: Mapping[str, BuildContext] = field(default_factory=dict)  # directory contexts
     context_layer: ContextLayer = field(default_factory=ContextLayer)  # RUN --mount source
     sources: BuildSources = field(default_factory=BuildSources)  # --secret/--ssh
+    cache_mounts: BuildCacheMounts | None = None  # RUN --mount=type=cache's store
 
 
 @dataclass(frozen=True)
@@ -332,7 +334,7 @@ class Stage:
         work = self.work
         return MountEnv(self, work.trees, work.context, work.context_layer, work.cache.hasher,
                         work.work_dir, self.seams.snapshotter, where, scratch, work.named,
-                        work.sources)
+                        work.sources, caches=work.cache_mounts)
 
     def context_digest(self, action: CopyStep, where: Location,
                        context: BuildContext | None = None) -> str:

@@ -55,6 +55,7 @@ class MergedCache:
     """Several ``--cache-from`` sources as one; the first that has a key wins."""
 
     def __init__(self, caches: Sequence[RemoteCache]) -> None:
+        self.caches = tuple(caches)
         self._owner: dict[str, RemoteCache] = {}
         for cache in caches:
             for key in cache.entries:

@@ -256,7 +256,8 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
     mountpoint.mkdir(mode=0o700)
     with provider_for(spec.rootfs)(mountpoint) as mounted, contextlib.ExitStack() as trees:
         # RUN --mount trees first: their FUSE servers are among the processes reported
-        run_mounts = step_mounts.mount_trees(spec, trees)
+        kept_trees: step_mounts.Kept = []  # RUN --mount=type=cache: kept after the step
+        run_mounts = step_mounts.mount_trees(spec, trees, kept_trees)
         keep = children(os.getpid())  # the FUSE server: the builder kills it if the init dies
         status.send(event="mounted", pids=sorted(keep))
         rootfd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -297,6 +298,8 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
                 if host_bind:
                     _kill_descendants(keep)
             code = _exit_code(wait_status)
+            if not killed:  # a failed step's writes to a cache mount are kept, as BuildKit's
+                step_mounts.keep_changes(kept_trees)
         finally:
             # on every path, so that a failed set-up leaves no stubs in a DirRoot either
             kept = mounts.remove_created(rootfd, created)

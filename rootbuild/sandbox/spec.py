@@ -100,31 +100,47 @@ class LayerMount:
     snapshotter named ``snapshotter`` in the step's scratch, read-only (``view``) or, when
     not ``readonly``, writable over an upper that is thrown away after the step; its path
     ``source`` (resolved inside that tree: no symlink or '..' leaves it) is bound at
-    ``target``, whose kind (file or directory) follows the source's."""
+    ``target``, whose kind (file or directory) follows the source's. ``keep`` (a writable
+    mount whose changes are kept: ``RUN --mount=type=cache``): an existing directory of the
+    builder where, after the step ran (any exit status, not killed), the init leaves the
+    changes: ``KEPT_TREE`` (the upper's tree) and ``KEPT_META`` (its ``LayerMeta``)."""
 
     lowers: tuple[LowerLayer, ...]
     source: str
     target: str
     readonly: bool = True
     snapshotter: str = "fuse"
+    keep: Path | None = None
 
     def validate(self) -> None:
         check_target(self.target)
         if "\0" in self.source:
             raise SandboxError(f"run step: mount source {self.source!r} holds a NUL byte")
+        if self.keep is not None and (self.readonly or not self.keep.is_absolute()):
+            raise SandboxError(f"run step: mount at {self.target}: the changes of a "
+                               "read-only mount cannot be kept, nor kept at a relative path")
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "layers", "source": self.source, "target": self.target,
                 "readonly": self.readonly, "snapshotter": self.snapshotter,
                 "lowers": [{"tree": str(lo.tree), "meta": str(lo.meta_path)}
-                           for lo in self.lowers]}
+                           for lo in self.lowers],
+                "keep": None if self.keep is None else str(self.keep)}
 
     @classmethod
     def from_json(cls, data: Any) -> LayerMount:
         lowers = tuple(LowerLayer(Path(_str(lo, "tree")), Path(_str(lo, "meta")))
                        for lo in _list(data, "lowers"))
+        keep = None  # optional: a mount whose changes are thrown away may leave it out
+        if isinstance(data, dict) and data.get("keep") is not None:
+            keep = Path(_str(data, "keep"))
         return cls(lowers, _str(data, "source"), _str(data, "target"),
-                   _bool(data, "readonly"), _str(data, "snapshotter"))
+                   _bool(data, "readonly"), _str(data, "snapshotter"), keep)
+
+
+#: what ``LayerMount.keep`` holds after the step: the changes' tree and their metadata
+KEPT_TREE = "changes"
+KEPT_META = "changes.meta.json"
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,12 @@ the step's process mounts them under its root.
 
 Job: ``mount_trees`` (in the init, before it reports its processes): mount the tree of each
 ``LayerMount`` through its snapshotter in the step's scratch (one FUSE server process per
-tree, read-only ``view`` or a writable ``mount`` whose upper is never collected) and
-resolve its ``source`` inside that tree; ``prepare_targets`` (in the init, before the step
-exists): check or create every target in the root, of the kind its source has;
+tree, read-only ``view`` or a writable ``mount`` whose upper is never collected, unless
+the mount says where to ``keep`` it) and resolve its ``source`` inside that tree;
+``keep_changes`` (in the init, after the step exited and was not killed): leave the
+changes of every such mount in its ``keep`` directory, for the builder to take;
+``prepare_targets`` (in the init, before the step exists): check or create every target
+in the root, of the kind its source has;
 ``mount_one`` (in the step's process, after /proc and the sandbox's /etc binds): bind the
 source (or mount the tmpfs) at its target, made first inside an earlier mount that covers
 it (``ensure_nested_target``).
@@ -22,6 +25,8 @@ Rules (SECURITY.md rule 1; Docker's reference for ``RUN --mount``):
   by target).
 - A read-only bind is made read-only recursively after the bind, on top of the read-only
   tree itself.
+- Changes are kept only through ``keep_changes``: a failed set-up or a killed step leaves
+  the tree's context unfinished, which throws the upper away.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from rootbuild.errors import StepError
 from rootbuild.sandbox import mounts
 from rootbuild.sandbox.secrets import SecretFiles
 from rootbuild.sandbox.spec import (
+    KEPT_META,
+    KEPT_TREE,
     Bind,
     BindKind,
     LayerMount,
@@ -45,7 +52,7 @@ from rootbuild.sandbox.spec import (
     StepSpec,
     TmpfsMount,
 )
-from rootbuild.snapshot import snapshotter_named
+from rootbuild.snapshot import MountedStep, snapshotter_named
 
 SOURCE_RESOLVE = mounts.RESOLVE_IN_ROOT | mounts.RESOLVE_NO_MAGICLINKS
 EAGAIN_RETRIES = 64
@@ -120,11 +127,16 @@ def _resolve(tree: Path, item: LayerMount) -> TreeBind:
     return TreeBind(str(tree), item.source, item.target, kind, item.readonly)
 
 
-def mount_trees(spec: StepSpec, stack: contextlib.ExitStack) -> list[Prepared]:
+#: the writable trees whose changes are kept, with their mounts (``keep_changes``)
+Kept = list[tuple[LayerMount, MountedStep]]
+
+
+def mount_trees(spec: StepSpec, stack: contextlib.ExitStack, kept: Kept | None = None
+                ) -> list[Prepared]:
     """Mount the tree of every ``LayerMount`` of ``spec`` in its scratch (unmounted, and
     its server gone, when ``stack`` closes) and write every ``SecretMount``'s file on the
     init's tmpfs (``secrets.SecretFiles``: a read-only ``Bind`` of it); returns every mount
-    of the step, in order."""
+    of the step, in order. The mounts that ``keep`` their changes are added to ``kept``."""
     out: list[Prepared] = []
     files = SecretFiles(spec.scratch / "secrets")
     for number, item in enumerate(ordered(spec.mounts)):
@@ -142,7 +154,9 @@ def mount_trees(spec: StepSpec, stack: contextlib.ExitStack) -> list[Prepared]:
         if item.readonly:
             stack.enter_context(snapshotter.view(item.lowers, place / "work", tree))
         else:  # writable; leaving the context without finish() keeps none of the writes
-            stack.enter_context(snapshotter.mount(item.lowers, place / "work", tree))
+            mounted = stack.enter_context(snapshotter.mount(item.lowers, place / "work", tree))
+            if item.keep is not None and kept is not None:
+                kept.append((item, mounted))
         out.append(_resolve(tree, item))
     return out
 
@@ -153,6 +167,22 @@ def target_kind(item: Prepared) -> BindKind:
     if isinstance(item, TmpfsMount):
         return "dir"
     return "file" if item.kind == "socket" else item.kind
+
+
+def keep_changes(kept: Kept) -> None:
+    """Unmount each kept tree and move its changes into its ``keep`` directory (the step's
+    processes are gone; the tree's server has flushed everything)."""
+    for item, mounted in kept:
+        assert item.keep is not None
+        changes = mounted.finish()
+        try:
+            os.rename(changes.tree, item.keep / KEPT_TREE)
+        except OSError as exc:
+            raise StepError(
+                f"keep the changes of the mount at {item.target}: {exc.strerror}"
+            ) from exc
+        changes.meta.save(item.keep / KEPT_META)
+    kept.clear()
 
 
 def prepare_targets(rootfd: int, items: list[Prepared], created: list[mounts.Created]
