@@ -149,7 +149,10 @@ async def build(
             idmap=read_host_plan(), warn_once=warn_once,
             named=open_contexts(options.build_contexts, named),
             sources=BuildSources(options.secrets),
-            cache_mounts=BuildCacheMounts(CacheMounts(store.root), staging, progress.note),
+            cache_mounts=BuildCacheMounts(
+                CacheMounts(store.root), staging, progress.note,
+                options.build_args.get("BUILDKIT_CACHE_MOUNT_NS", ""),
+            ),
         )
 
         async def run_stage(stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:

@@ -28,6 +28,7 @@ Rules (Docker's reference, "RUN --mount=type=cache"):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 import weakref
@@ -134,10 +135,12 @@ class BuildCacheMounts:
     before the first step that mounts them; see ``cache/mount_export.py``)."""
 
     def __init__(self, store: CacheMounts, staging: Staging,
-                 say: Callable[[str], None] = lambda line: None) -> None:
+                 say: Callable[[str], None] = lambda line: None, namespace: str = "") -> None:
         self.store = store
         self.staging = staging
         self.say = say  # restore notes and warnings
+        # BuildKit's BUILDKIT_CACHE_MOUNT_NS build arg: every id becomes "NS/id"
+        self.namespace = namespace
         self._steps: weakref.WeakKeyDictionary[contextlib.AsyncExitStack, StepCaches] = (
             weakref.WeakKeyDictionary()
         )
@@ -255,6 +258,8 @@ class StepCaches:
     async def take(self, plan: CacheMountPlan, seed: Seed | None) -> tuple[LowerLayer, Path]:
         """Hold an instance for ``plan``; returns its snapshot (the overlay's lower) and the
         directory where the sandbox leaves the step's changes."""
+        if self.build.namespace:
+            plan = dataclasses.replace(plan, id=f"{self.build.namespace}/{plan.id}")
         n = len(self.taken)
         item = _Taken(plan, seed, self.scratch / f"cache-{n}-lower", self.scratch / f"cache-{n}")
         self.taken.append(item)  # close() lets go of what it holds, whatever happens next

@@ -111,6 +111,18 @@ def test_a_shared_mount_of_an_id_the_step_holds_privately_does_not_wait_for_itse
     assert [m.target for m in _kept(spec)] == ["/a", "/b"]
 
 
+def test_buildkit_cache_mount_ns_namespaces_every_id(rig: Rig) -> None:
+    """BuildKit's dockerfile frontend: the BUILDKIT_CACHE_MOUNT_NS build arg is the
+    namespace of every cache id ("NS/id"), so two projects sharing a store keep apart."""
+    rig.build(DOCKERFILE, build_args={"N": "1", "BUILDKIT_CACHE_MOUNT_NS": "proj-a"})
+    rig.build(DOCKERFILE, build_args={"N": "2", "BUILDKIT_CACHE_MOUNT_NS": "proj-b"})
+    store = CacheMounts(rig.store.root)
+    for ns in ("proj-a", "proj-b"):
+        tree = store.path(mount_key(f"{ns}//root/.cache")) / "tree"
+        assert sorted(p.name for p in tree.iterdir()) == ["run0"]  # each its own instance
+    assert not store.path(mount_key("/root/.cache")).exists()
+
+
 def test_two_steps_taking_two_locked_ids_in_opposite_orders_do_not_deadlock(
     tmp_path: Path,
 ) -> None:
