@@ -160,6 +160,7 @@ async def build(
 
         try:
             sockets = await trio.to_thread.run_sync(agents.start)
+            seams.remote.forward_ssh(sockets)  # ADD git@/ssh:// authenticates with them
             work = dataclasses.replace(work, sources=dataclasses.replace(work.sources,
                                                                          sockets=sockets))
             async with contextlib.AsyncExitStack() as remotes:

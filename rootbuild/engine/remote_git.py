@@ -5,7 +5,7 @@ Rules (SECURITY.md rules 3 and 6; BuildKit's Git source):
   config (``GIT_CONFIG_NOSYSTEM``, ``GIT_CONFIG_GLOBAL=/dev/null``), no prompts
   (``GIT_TERMINAL_PROMPT=0``, ssh in batch mode), only the proxy variables passed on, TLS
   as for registries (``--tls-verify``, ``--cert-dir`` added to the system CAs); ssh uses
-  no key, agent or ssh config of the user, only their known_hosts, strictly; hooks
+  no key file or ssh config of the user, only their known_hosts, strictly; hooks
   are off (``core.hooksPath=/dev/null``, an empty template), only the ``https``, ``http``,
   ``git`` and ``ssh`` transports are allowed (never ``ext::`` or ``file://``).
 - The ref is fetched shallowly (``--depth=1``) into a fresh repository; a commit id the
@@ -13,7 +13,17 @@ Rules (SECURITY.md rules 3 and 6; BuildKit's Git source):
   The URL is given on the command line, never stored in ``.git/config``; with
   ``--keep-git-dir`` the kept ``.git`` names ``origin`` without credentials and holds no
   ``FETCH_HEAD`` or reflog.
-- A missing ref or an unreachable remote is one line with git's own reason.
+- ssh authenticates only through the agent the build was given as ``--ssh default``
+  (Docker's reference, "Adding private Git repositories": "This Dockerfile can be built
+  with docker build --ssh or buildctl build --ssh"; BuildKit's Git source mounts the ssh
+  id ``default``): its socket, read when git runs (the build starts its agents after
+  the fetcher is made), is ``SSH_AUTH_SOCK`` of git's environment and ssh's
+  ``IdentityAgent``. Without it ssh has no agent at all (``IdentityAgent=none``): a
+  Dockerfile must not make the builder use the user's keys on a host of its choosing.
+  Never a key file (``IdentityFile=none``: not even ``~/.ssh/id_*``), never agent
+  forwarding to the server.
+- A missing ref or an unreachable remote is one line with git's own reason (ssh's, when
+  ssh failed); an ssh login refused without ``--ssh default`` says to give it.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,16 +59,20 @@ _SAFE_CONFIG = (
 )
 
 
-def git_env(home: Path, transport: TransportOptions, remote: str) -> dict[str, str]:
-    """The whole environment git runs with (``home``: a private directory)."""
+def git_env(home: Path, transport: TransportOptions, remote: str,
+            agent: Path | None = None) -> dict[str, str]:
+    """The whole environment git runs with (``home``: a private directory; ``agent``: the
+    socket of ``--ssh default``, else None)."""
     env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env |= {
         "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
         "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
         "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "",
-        "GIT_SSH_COMMAND": ssh_command(), "LC_ALL": "C",
+        "GIT_SSH_COMMAND": ssh_command(agent=agent is not None), "LC_ALL": "C",
     }
+    if agent is not None:
+        env["SSH_AUTH_SOCK"] = str(agent)
     if not transport.tls_verify:
         env["GIT_SSL_NO_VERIFY"] = "1"
     else:
@@ -67,17 +82,27 @@ def git_env(home: Path, transport: TransportOptions, remote: str) -> dict[str, s
     return env
 
 
-def ssh_command() -> str:
-    """ssh for ``git@``/``ssh://`` sources: no user ssh config, no key files and no agent
-    (a Dockerfile must not make the builder use the user's keys on a host of its
-    choosing), the user's known_hosts checked strictly, never a prompt."""
+def ssh_command(*, agent: bool = False) -> str:
+    """ssh for ``git@``/``ssh://`` sources: no user ssh config, no key files, the user's
+    known_hosts checked strictly, never a prompt. ``agent``: the keys of the agent at
+    ``$SSH_AUTH_SOCK`` (git's environment holds the ``--ssh default`` socket), else no
+    agent at all.
+
+    With the agent, ``IdentitiesOnly`` is off: it makes ssh use only the identities
+    ``IdentityFile`` configures "even if ssh-agent(1) [...] offers more identities"
+    (ssh_config(5)), and ``IdentityFile=none`` configures none, so the agent's keys
+    would never be offered. No key file is read either way. The socket is named through
+    the variable, not on the command line: ssh expands ``%`` and ``${}`` in an
+    ``IdentityAgent`` path, never in the variable's value."""
     try:
         home = pwd.getpwuid(os.getuid()).pw_dir  # ssh's own notion of ~, not $HOME
     except KeyError:
         home = "/nonexistent"
     known = Path(home) / ".ssh" / "known_hosts"
-    return (f"ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=none "
-            f"-o IdentityAgent=none -o StrictHostKeyChecking=yes "
+    auth = ("-o IdentitiesOnly=no -o IdentityAgent=SSH_AUTH_SOCK -o ForwardAgent=no"
+            if agent else "-o IdentitiesOnly=yes -o IdentityAgent=none")
+    return (f"ssh -F /dev/null -o BatchMode=yes -o IdentityFile=none {auth} "
+            f"-o StrictHostKeyChecking=yes "
             f"-o UserKnownHostsFile={shlex.quote(str(known))}")
 
 
@@ -107,29 +132,35 @@ def ca_bundle(home: Path, transport: TransportOptions, remote: str) -> Path | No
 
 
 class GitBinaryFetcher:
-    """``GitFetcher`` through ``git`` (found on the builder's PATH)."""
+    """``GitFetcher`` through ``git`` (found on the builder's PATH). ``agent`` gives the
+    socket of the build's ``--ssh default`` agent (None: no agent) when git runs."""
 
-    def __init__(self, transport: TransportOptions, timeout: float = GIT_TIMEOUT) -> None:
+    def __init__(self, transport: TransportOptions, timeout: float = GIT_TIMEOUT,
+                 agent: Callable[[], Path | None] = lambda: None) -> None:
         self.transport = transport
         self.timeout = timeout
+        self.agent = agent
 
     async def resolve(self, source: GitSource) -> str | None:
         git = shutil.which("git")
         if git is None:
             raise StepError("ADD: Git sources need the git command on the builder's PATH")
+        agent = self.agent()
         with tempfile.TemporaryDirectory(prefix="git-home-") as home:
             argv = [git, *(a for kv in _SAFE_CONFIG for a in ("-c", kv)), "ls-remote",
                     source.remote, *_candidates(source.ref)]
             with trio.move_on_after(self.timeout) as scope:
                 done = await trio.run_process(
-                    argv, env=git_env(Path(home), self.transport, source.remote), cwd=home,
+                    argv, env=git_env(Path(home), self.transport, source.remote, agent),
+                    cwd=home,
                     stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
                     check=False,
                 )
         if scope.cancelled_caught:
             raise StepError(f"ADD: fetch {source.shown}: git timed out after {self.timeout:g}s")
         if done.returncode != 0:
-            raise StepError(f"ADD: fetch {source.shown}: {_reason(done.stderr, source)}")
+            raise StepError(
+                f"ADD: fetch {source.shown}: {_reason(done.stderr, source, agent)}")
         return pick_ref(done.stdout.decode("utf-8", "replace"), source.ref)
 
     async def fetch(self, source: GitSource, dest: Path, *, keep_git_dir: bool) -> Checkout:
@@ -138,7 +169,8 @@ class GitBinaryFetcher:
             raise StepError("ADD: Git sources need the git command on the builder's PATH")
         home, repo = dest / "home", dest / "repo"
         home.mkdir()
-        env = git_env(home, self.transport, source.remote)
+        agent = self.agent()
+        env = git_env(home, self.transport, source.remote, agent)
         shown = source.shown
 
         async def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -152,7 +184,7 @@ class GitBinaryFetcher:
             if scope.cancelled_caught:
                 raise StepError(f"ADD: fetch {shown}: git timed out after {self.timeout:g}s")
             if check and done.returncode != 0:
-                raise StepError(f"ADD: fetch {shown}: {_reason(done.stderr, source)}")
+                raise StepError(f"ADD: fetch {shown}: {_reason(done.stderr, source, agent)}")
             return done
 
         await run("init", "-q", "--template=", str(repo))
@@ -169,7 +201,7 @@ class GitBinaryFetcher:
                 raise StepError(f'ADD: fetch {shown}: no commit "{ref}" in the repository')
             commit = found.stdout
         else:
-            raise StepError(f"ADD: fetch {shown}: {_reason(fetched.stderr, source)}")
+            raise StepError(f"ADD: fetch {shown}: {_reason(fetched.stderr, source, agent)}")
         sha = commit.decode().strip()
         await run("checkout", "-q", "--detach", sha)
         when = int((await run("log", "-1", "--format=%ct", sha)).stdout.decode().strip() or 0)
@@ -228,14 +260,29 @@ def _looks_like_commit(ref: str) -> bool:
     return 7 <= len(ref) <= 64 and all(c in "0123456789abcdef" for c in ref.lower())
 
 
-def _reason(stderr: bytes, source: GitSource) -> str:
-    """git's last meaningful line, without credentials."""
-    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+def _reason(stderr: bytes, source: GitSource, agent: Path | None = None) -> str:
+    """git's last meaningful line, without credentials: ssh's own line when ssh failed
+    (git then only says it could not read from the remote, and gives advice), with a
+    hint at ``--ssh default`` when the server refused a build without an agent."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines()
+             if ln.strip() and ln.strip() not in _GIT_ADVICE]
     line = lines[-1] if lines else "git failed"
+    if line == _NO_REMOTE and len(lines) > 1:
+        line = lines[-2].rstrip(".")
+        if "Permission denied (publickey" in line and agent is None:
+            line += " (no ssh agent for the build: forward one with --ssh default)"
+        elif "Host key verification failed" in line:
+            line += " (the host's key must be in ~/.ssh/known_hosts)"
     line = line.removeprefix("fatal: ").removeprefix("error: ")
     if source.remote in line:
         line = line.replace(source.remote, redact(source.remote))
     return _USERINFO.sub("://xxxxx@", line)
+
+
+_NO_REMOTE = "fatal: Could not read from remote repository."
+_GIT_ADVICE = frozenset((
+    "Please make sure you have the correct access rights", "and the repository exists.",
+))
 
 
 def _remove(path: Path) -> None:

@@ -8,6 +8,9 @@ Git sources):
 - The fetching is behind two Protocols, ``HttpFetcher`` (``remote_http``: httpx, the
   registry client's proxy and CA handling) and ``GitFetcher`` (``remote_git``: the host's
   ``git`` binary in a clean environment); engine tests pass fakes.
+- A Git source over ssh authenticates with the agent of ``--ssh default`` (BuildKit's
+  Git source mounts that ssh id): the build hands its agents' sockets over with
+  ``forward_ssh`` once they run, and the fetcher asks for the socket when git runs.
 - A URL's step cache key is its content digest: the ``--checksum`` itself when given (no
   request at all), else the digest of what the fetch streamed. The ETag of every fetch
   is remembered in the store (``<root>/remote-sources/``, one file per URL hash: no URL,
@@ -30,7 +33,7 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -139,10 +142,13 @@ def _default_http(transport: TransportOptions) -> HttpFetcher:
     return HttpxFetcher(transport)
 
 
-def _default_git(transport: TransportOptions) -> GitFetcher:
+def _default_git(transport: TransportOptions, agent: Callable[[], Path | None]) -> GitFetcher:
     from rootbuild.engine.remote_git import GitBinaryFetcher
 
-    return GitBinaryFetcher(transport)
+    return GitBinaryFetcher(transport, agent=agent)
+
+
+GIT_SSH_ID = "default"  # the --ssh id a Git source authenticates with (BuildKit's)
 
 
 @dataclass
@@ -153,6 +159,7 @@ class RemoteSources:
     git: GitFetcher | None = None
     records_dir: Path | None = None
     transport: TransportOptions = DEFAULT_TRANSPORT
+    ssh_sockets: Mapping[str, Path] = field(default_factory=dict)  # --ssh id -> socket
     _records: Records = field(init=False)
     _downloads: dict[str, Download] = field(init=False, default_factory=dict)
     _checkouts: dict[tuple[str, bool], Checkout] = field(init=False, default_factory=dict)
@@ -169,8 +176,16 @@ class RemoteSources:
 
     def _git(self) -> GitFetcher:
         if self.git is None:
-            self.git = _default_git(self.transport)
+            self.git = _default_git(self.transport, self.ssh_agent)
         return self.git
+
+    def forward_ssh(self, sockets: Mapping[str, Path]) -> None:
+        """The agent sockets of the build's ``--ssh`` ids, once its agents run."""
+        self.ssh_sockets = dict(sockets)
+
+    def ssh_agent(self) -> Path | None:
+        """The socket Git sources authenticate with now (None: no ``--ssh default``)."""
+        return self.ssh_sockets.get(GIT_SSH_ID)
 
     def _lock(self, key: object) -> trio.Lock:
         return self._locks.setdefault(key, trio.Lock())

@@ -1,7 +1,8 @@
 """``ADD <url>`` and ``ADD <git source>`` through the real executable, as the unprivileged
 build user, against servers on 127.0.0.1 only: a small HTTP(S) server in this process
 (files with ETag and Last-Modified, request counting, Git's smart HTTP through
-``git http-backend``, a Basic-auth area) and ``git daemon`` for ``git://``.
+``git http-backend``, a Basic-auth area), ``git daemon`` for ``git://``, and an sshd of the
+build user for ``ssh://`` (authenticated by the agent of ``--ssh default``).
 
 Expectations come from Docker's Dockerfile reference
 (https://docs.docker.com/reference/dockerfile/#add), quoted in each test.
@@ -14,6 +15,7 @@ import email.utils
 import gzip
 import hashlib
 import http.server
+import os
 import re
 import shutil
 import socket
@@ -29,6 +31,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from conftest import require_tool
 from registry_fixtures import free_port, make_certs
 from test_build import build, file_at, make_tar, read_image, tree_of
 
@@ -555,3 +558,176 @@ def test_copy_refuses_urls(rb: Any, web: Server) -> None:
         rb, ctx, r"rootbuild: Dockerfile:2: COPY: source can't be a URL or git ref: .*")
     assert web.statuses("/x") == []
 
+
+
+# -- Git over ssh with --ssh default -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SshServer:
+    """An sshd of the build user on 127.0.0.1 serving ``repo.git``, and an ssh-agent of the
+    build user holding the one key the server accepts."""
+
+    url: str  # ssh://USER@127.0.0.1:PORT/.../repo.git
+    agent: Path  # the agent's socket
+    key: Path  # the client's private key (also the build user's ~/.ssh/id_ed25519)
+    fingerprint: str  # SHA256:... of the client key
+    log: Path  # sshd's log (LogLevel DEBUG1: every key a client offers)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"{what} did not start")
+            time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def sshd(rb: Any, web: Server) -> Iterator[SshServer]:
+    """``/usr/sbin/sshd`` run AS the build user (an unprivileged sshd logs in only its own
+    user) with a host key and authorized_keys made here; the host key in the build user's
+    ~/.ssh/known_hosts for ``[127.0.0.1]:PORT`` and the client key as its
+    ~/.ssh/id_ed25519 (what an ssh without rootbuild's rules would use), both restored
+    after; sshd and the agent stopped after the test."""
+    assert web.repos is not None
+    keygen = require_tool("ssh-keygen")
+    base = rb.workdir / "sshd"
+    base.mkdir()
+    _git("clone", "-q", "--bare", str(web.repos / "repo.git"), str(base / "repo.git"),
+         cwd=rb.workdir)
+    rb._own(base)
+    host_key, key = base / "host_key", base / "id_client"
+    for path in (host_key, key):
+        rb.as_user([keygen, "-q", "-t", "ed25519", "-N", "", "-C", "rootbuild-test", "-f",
+                    str(path)])
+    fingerprint = rb.as_user([keygen, "-lf", f"{key}.pub"]).stdout.split()[1]
+    (base / "authorized_keys").write_bytes(Path(f"{key}.pub").read_bytes())
+    port = free_port()
+    config = base / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+        f"AuthorizedKeysFile {base / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
+        "PidFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "AllowAgentForwarding no\nLogLevel DEBUG1\n"
+    )
+    rb._own(base)
+    home_ssh = Path(rb.user.home) / ".ssh"
+    saved = {name: (home_ssh / name).read_bytes() if (home_ssh / name).exists() else None
+             for name in ("known_hosts", "id_ed25519")}
+    had_dir = home_ssh.exists()
+    log = base / "sshd.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        home_ssh.mkdir(mode=0o700, exist_ok=True)
+        host_pub = Path(f"{host_key}.pub").read_text().split()
+        (home_ssh / "known_hosts").write_text(
+            f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+        shutil.copyfile(key, home_ssh / "id_ed25519")
+        (home_ssh / "id_ed25519").chmod(0o600)
+        for path in (home_ssh, home_ssh / "known_hosts", home_ssh / "id_ed25519"):
+            os.chown(path, rb.user.uid, rb.user.gid)
+        with log.open("wb") as out:
+            procs.append(subprocess.Popen(
+                rb.command([require_tool("/usr/sbin/sshd"), "-D", "-e", "-f", str(config)]),
+                stdout=out, stderr=out))
+        _wait_for_port(port, procs[0], "sshd")
+        sock = rb.workdir / "agent.sock"
+        procs.append(subprocess.Popen(
+            rb.command([require_tool("ssh-agent"), "-D", "-a", str(sock)]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for _ in range(250):
+            if sock.exists():
+                break
+            time.sleep(0.02)
+        subprocess.run(rb.command([require_tool("ssh-add"), "-q", str(key)],
+                                  {"SSH_AUTH_SOCK": str(sock)}), check=True,
+                       capture_output=True)
+        url = f"ssh://{rb.user.name}@127.0.0.1:{port}{base / 'repo.git'}"
+        yield SshServer(url, sock, key, fingerprint, log)
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        for name, data in saved.items():
+            if data is None:
+                (home_ssh / name).unlink(missing_ok=True)
+            else:
+                (home_ssh / name).write_bytes(data)
+        if not had_dir:
+            shutil.rmtree(home_ssh, ignore_errors=True)
+
+
+def test_git_over_ssh_authenticates_with_the_ssh_default_agent(
+    rb: Any, sshd: SshServer
+) -> None:
+    """Reference, "Adding private Git repositories": "To add a private repository via SSH,
+    create a Dockerfile with the following form: ADD git@git.example.com:foo/bar.git /bar
+    [...] This Dockerfile can be built with docker build --ssh or buildctl build --ssh,
+    e.g., docker build --ssh default". The files arrive; the server saw the agent's key;
+    the key reaches neither the image nor the store.
+    https://docs.docker.com/reference/dockerfile/#adding-private-git-repositories"""
+    repo = REPO["repo"]
+    ctx = rb.make_context("ctx", {"Dockerfile": (
+        f"FROM scratch\nADD {sshd.url}#v1 /src/\n"
+        f"ADD --keep-git-dir=true {sshd.url}#main /kept/\n"
+    )})
+    proc = build(rb, ctx, "img", f"--ssh=default={sshd.agent}")
+    tree = tree_of(rb, "img")
+    assert file_at(tree, "src/README.md") == b"v1\n"
+    assert file_at(tree, "src/docs/guide.md") == b"guide\n"
+    assert tree["src/bin/tool.sh"].mode == 0o755
+    assert "src/.git/HEAD" not in tree
+    assert file_at(tree, "kept/README.md") == b"v2\n"
+    assert repo.main.encode() in file_at(tree, "kept/.git/HEAD")
+    assert f"Accepted publickey for {rb.user.name} from 127.0.0.1" in sshd.log.read_text()
+    assert sshd.fingerprint in sshd.log.read_text()
+    private = sshd.key.read_text().splitlines()
+    needles = [line.encode() for line in private[1:-1]]  # the base64 body of the key
+    needles.append(Path(f"{sshd.key}.pub").read_text().split()[1].encode())
+    leaks = [str(p) for root in (rb.workdir / "img.oci", rb.store)
+             for p, data in _all_bytes(root) if any(n in data for n in needles)]
+    assert leaks == []
+    assert not any(n.decode() in proc.stderr + proc.stdout for n in needles)
+
+
+def test_git_over_ssh_without_ssh_default_uses_no_key(rb: Any, sshd: SshServer) -> None:
+    """Without ``--ssh`` the build has no agent: Docker's reference makes ``--ssh`` the way
+    to give the build access ("This Dockerfile can be built with docker build --ssh").
+    Neither the user's ~/.ssh/id_ed25519 nor the agent in the builder's own
+    ``SSH_AUTH_SOCK`` is offered (sshd logs every key a client offers: none was); the
+    build fails in one line naming the Dockerfile line and saying to give --ssh default,
+    the store unchanged.
+    https://docs.docker.com/reference/dockerfile/#adding-private-git-repositories"""
+    ctx = rb.make_context("ctx", {"Dockerfile": f"FROM scratch\nADD {sshd.url}#v1 /src/\n"})
+    rb.run("images")
+    before = rb.store_snapshot()
+    out = rb.workdir / "bad.oci"
+    proc = rb.run("build", "--progress=plain", "--output", f"oci:{out}:bad", str(ctx),
+                  check=False, env={"SSH_AUTH_SOCK": str(sshd.agent)})
+    assert proc.returncode != 0, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("rootbuild: ")]
+    assert len(errors) == 1, proc.stderr
+    assert re.fullmatch(
+        rf"rootbuild: Dockerfile:2: ADD: fetch {re.escape(sshd.url)}#v1: "
+        rf"{re.escape(rb.user.name)}@127\.0\.0\.1: Permission denied \(publickey\) "
+        r"\(no ssh agent for the build: forward one with --ssh default\)", errors[0]), errors
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+    assert rb.store_snapshot() == before
+    log = sshd.log.read_text()
+    assert f"userauth-request for user {rb.user.name} service ssh-connection" in log
+    assert sshd.fingerprint not in log
+    assert "publickey test pkalg" not in log  # no key at all was offered
