@@ -12,6 +12,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+# The packages below must not start system daemons (docker-registry on :5000, sshd on :22):
+# the tests start their own on loopback. invoke-rc.d and deb-systemd-invoke ask policy-rc.d.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 0755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
 apt-get update -qq
 # python3-venv/python3-dev/gcc: the venv and packages that compile; libfuse3-dev fuse3
 # pkg-config: pyfuse3 and the FUSE overlay; uidmap: newuidmap/newgidmap; skopeo umoci:
