@@ -24,7 +24,7 @@ from registry_fixtures import (  # noqa: F401 (pytest fixtures)
     registry_fixture,
 )
 from test_build_run import Image, assert_nothing_left, build, build_to_layout, busybox_context
-from test_registry import push_tiny
+from test_registry import push_tiny, skopeo_raw
 
 pytestmark = pytest.mark.integration
 
@@ -257,6 +257,21 @@ def test_metadata_file_in_a_missing_directory_fails_clearly(rb: Harness) -> None
     assert "write metadata-file" in lines[0] and "No such file or directory" in lines[0]
 
 
+def test_metadata_file_after_push_names_the_pushed_manifest(rb: Harness,
+                                                            registry: Registry) -> None:
+    """Docs (--metadata-file): ``containerimage.digest`` is the image's manifest digest;
+    after ``--push`` it is the digest the registry holds, and ``image.name`` the name."""
+    ref = registry.ref(f"metapush-{uuid.uuid4().hex[:8]}:1")
+    ctx = rb.make_context("metapush", {"Dockerfile": "FROM scratch\nCOPY a /a\n", "a": "a\n"})
+    meta = rb.workdir / "push.json"
+    build(rb, ctx, "--tls-verify=false", "-t", ref, "--push", "--metadata-file", str(meta))
+    doc = json.loads(meta.read_text())
+    _manifest, digest = skopeo_raw(rb, ref, "--tls-verify=false")
+    assert doc["containerimage.digest"] == digest
+    assert doc["containerimage.descriptor"]["digest"] == digest
+    assert doc["image.name"] == ref
+
+
 # -- --pull --------------------------------------------------------------------------------------
 
 
@@ -285,6 +300,10 @@ def test_pull_looks_the_base_up_again(rb: Harness, registry: Registry) -> None:
     meta = rb.workdir / "pull.json"
     build(rb, ctx, tls, "--pull", "-t", "out:3", "--metadata-file", str(meta))
     assert _base_layer(rb, "out:3") == v2["layer"]
+    doc = json.loads(meta.read_text())
+    assert doc["image.name"] == "out:3"
+    assert doc["containerimage.config.digest"] == json.loads(
+        rb.run("inspect", "out:3").stdout)["Id"]
     assert json.loads(rb.run("inspect", ref).stdout)["ManifestDigest"] == v2["manifest"]
 
     gets = registry.blob_gets(repo)
