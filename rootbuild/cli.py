@@ -136,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="media types of pushed images (docker: Docker schema 2)")
     b.add_argument("--digestfile", type=Path,
                    help="write the pushed manifest digest to this file")
+    b.add_argument("--metadata-file", type=Path,
+                   help="write the build result's metadata (digests, names) as JSON")
+    b.add_argument("--pull", action="store_true",
+                   help="always look base images up in their registry again")
+    b.add_argument("--add-host", dest="add_hosts", action="append", default=[],
+                   metavar="HOST:IP", help="an /etc/hosts entry for RUN (or HOST=IP)")
+    b.add_argument("--shm-size", metavar="SIZE", help="size of RUN's /dev/shm (default 64m)")
+    b.add_argument("--ulimit", dest="ulimits", action="append", default=[],
+                   metavar="TYPE=SOFT[:HARD]", help="a resource limit for RUN")
     _add_transport(b)
 
     pl = sub.add_parser("pull", help="pull an image from a registry into the store")
@@ -247,6 +256,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         build_contexts=tuple(parse_build_context(text) for text in args.build_contexts),
     )
     options = _with_secrets(options, args)
+    options = _with_run_flags(options, args)
     options.validate()  # before the store is opened; build() checks again
     if args.call not in ("build", "check"):
         raise UsageError(f"build: --call={args.call}: only build and check are supported "
@@ -266,6 +276,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
         if not result.pushed:
             raise UsageError("build: --digestfile needs --push or a docker:// output")
         _write_file(args.digestfile, result.pushed[-1][1], "digestfile")
+    if args.metadata_file:
+        from rootbuild.engine.metadata import build_metadata
+
+        doc = build_metadata(result, options.tags)
+        _write_file(args.metadata_file, json.dumps(doc, indent=2) + "\n", "metadata-file")
     if args.quiet:
         print(result.image_id)
     else:
@@ -302,6 +317,24 @@ def _with_secrets(options: BuildOptions, args: argparse.Namespace) -> BuildOptio
         options, secrets=load_secrets(sources, os.environ),
         ssh=tuple(parse_ssh(text, os.environ) for text in args.ssh),
         allow=parse_allow(args.allow),
+    )
+
+
+def _with_run_flags(options: BuildOptions, args: argparse.Namespace) -> BuildOptions:
+    """``--add-host``, ``--shm-size``, ``--ulimit`` (engine/run_flags.py) and ``--pull``."""
+    import dataclasses
+
+    from rootbuild.engine.run_flags import (
+        merge_ulimits,
+        parse_add_host,
+        parse_shm_size,
+        parse_ulimit,
+    )
+
+    return dataclasses.replace(
+        options, add_hosts=tuple(h for text in args.add_hosts for h in parse_add_host(text)),
+        shm_size=None if args.shm_size is None else parse_shm_size(args.shm_size),
+        ulimits=merge_ulimits(parse_ulimit(text) for text in args.ulimits), pull=args.pull,
     )
 
 

@@ -3,7 +3,9 @@
 
 Rules:
 - A name in the store wins when it is for the build's platform (as ``docker build`` uses
-  local images); any other name is pulled from its registry; ``oci:``, ``oci-archive:``
+  local images), unless ``always_pull`` (``--pull``): then every name is looked up in its
+  registry again (a new digest is pulled, the same one reuses the store's blobs); any
+  other name is pulled from its registry; ``oci:``, ``oci-archive:``
   and ``docker-archive:`` references are imported.
 - Each (reference, platform) is fetched once per build. A lock per reference, not one for
   all: stages on different bases pull at the same time, two stages on one base wait for
@@ -33,8 +35,10 @@ def platform_of(image: StoredImage) -> Platform | None:
 
 
 class StoreBaseImages:
-    def __init__(self, store: Store, transport: TransportOptions, progress: Progress) -> None:
+    def __init__(self, store: Store, transport: TransportOptions, progress: Progress,
+                 always_pull: bool = False) -> None:
         self.store = store
+        self.always_pull = always_pull  # --pull: look the reference up in its registry
         self.transport = transport
         self.progress = progress
         self._images: dict[tuple[str, str], StoredImage] = {}
@@ -57,7 +61,7 @@ class StoreBaseImages:
             return await trio.to_thread.run_sync(import_image, self.store, ref, platform)
         assert ref.name is not None
         local = await trio.to_thread.run_sync(self.store.resolve, ref.name)
-        if local is not None and platform_of(local) == platform:
+        if local is not None and platform_of(local) == platform and not self.always_pull:
             return local
         handle = self.progress.start(f"pulling {text}")
         try:
@@ -66,7 +70,9 @@ class StoreBaseImages:
                 progress=lambda line: self.progress.output(handle, line),
             )
         except RootbuildError as exc:
-            have = "for another platform only" if local is not None else "not in the store"
+            have = "not in the store" if local is None else (
+                "--pull: the stored copy is not used" if platform_of(local) == platform
+                else "for another platform only")
             error = RegistryError(
                 f"pull {text} for {platform} ({have}): "
                 f"{exc.message.removeprefix(f'pull {text}: ')}"

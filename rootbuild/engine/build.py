@@ -69,7 +69,7 @@ def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Se
     """The real seams: the RUN sandbox, the store's base images and exporter."""
     return Seams(
         executor=SandboxExecutor(read_host_plan()),
-        base_images=StoreBaseImages(store, options.transport, progress),
+        base_images=StoreBaseImages(store, options.transport, progress, options.pull),
         exporter=StoreExporter(store, options.transport, docker_format=options.docker_format,
                                warn=progress.warn),
         remote=RemoteSources(records_dir=store.root / "remote-sources",

@@ -15,12 +15,14 @@ from pathlib import Path
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.engine.layers import Compression
 from rootbuild.engine.named_contexts import NamedContext, check_contexts
+from rootbuild.engine.run_flags import RunFlags, check_run_flags, sandbox_hostname
 from rootbuild.engine.secrets import SshSource
 from rootbuild.errors import UsageError
 from rootbuild.image.oci import StoredImage
 from rootbuild.image.refs import OutputRef
 from rootbuild.platform import Platform, host_platform
 from rootbuild.registry.client import TransportOptions
+from rootbuild.sandbox.rlimits import Ulimit
 from rootbuild.sandbox.spec import NETWORK_MODES, PROC_MODES
 from rootbuild.stages.checks import CheckWarning
 
@@ -55,6 +57,16 @@ class BuildOptions:
     secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     ssh: tuple[SshSource, ...] = ()
     allow: frozenset[str] = frozenset()
+    # RUN's sandbox (engine/run_flags.py): --add-host, --shm-size bytes, --ulimit;
+    # --pull: look every registry base up again instead of using the stored copy
+    add_hosts: tuple[tuple[str, str], ...] = ()
+    shm_size: int | None = None
+    ulimits: tuple[Ulimit, ...] = ()
+    pull: bool = False
+
+    def run_flags(self) -> RunFlags:
+        return RunFlags(sandbox_hostname(self.build_args), self.add_hosts, self.shm_size,
+                        self.ulimits)
 
     def validate(self) -> None:
         """Refuse what no build may run with (``UsageError``, exit code 2)."""
@@ -74,6 +86,7 @@ class BuildOptions:
         if self.step_timeout is not None and self.step_timeout <= 0:
             raise UsageError(f"build: --timeout must be positive, not {self.step_timeout:g}")
         check_contexts(self.build_contexts)
+        check_run_flags(self.run_flags())
 
 
 @dataclass(frozen=True)

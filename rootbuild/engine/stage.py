@@ -260,6 +260,7 @@ class Stage:
         }
         if isinstance(action, RunStep):
             inputs |= {"network": self.network(action), "idmap": self.work.idmap.mode}
+            inputs |= options.run_flags().key_inputs()  # --add-host, --ulimit, ...
             if action.mounts:
                 inputs |= await mount_keys(action.mounts, self.mount_env(where))
         elif isinstance(action, CopyStep):
@@ -396,6 +397,7 @@ class Stage:
             binds=heredoc_binds(action.heredoc_files, scratch / "heredocs"),
             secret_env=mounts.secret_env, insecure=action.security == "insecure",
             devices=host_devices(action.devices),
+            **options.run_flags().step_fields(),  # --add-host, --shm-size, --ulimit
         )
         mask = mask_of(mounts.mounts, mounts.secret_env)  # no secret value in the output
         try:

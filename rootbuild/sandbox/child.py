@@ -33,6 +33,7 @@ from typing import NoReturn
 
 from rootbuild.sandbox import mounts, step_mounts
 from rootbuild.sandbox.devices import bind_devices
+from rootbuild.sandbox.rlimits import Ulimit, apply_ulimits
 from rootbuild.sandbox.spec import Bind
 from rootbuild.sandbox.users import Identity
 
@@ -60,6 +61,8 @@ class ChildPlan:
     mounts: tuple[step_mounts.Prepared, ...] = ()  # every RUN --mount, in order
     insecure: bool = False  # RUN --security=insecure: keep the user namespace's capabilities
     devices: tuple[str, ...] = ()  # RUN --device: host nodes bound into /dev (devices.py)
+    shm_size: int | None = None  # --shm-size (None: 64 MiB)
+    ulimits: tuple[Ulimit, ...] = ()  # --ulimit, set just before exec
 
 
 def proc_refused_message(submounts: list[str]) -> str:
@@ -80,7 +83,7 @@ def _mount_all(plan: ChildPlan) -> int:
     mounts.unshare(mounts.CLONE_NEWNS)
     # fds opened before unshare name mounts of the init's namespace: open the root again
     rootfd = os.open(plan.mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    mounts.mount_dev(rootfd, [], plan.tty_gid_mapped)
+    mounts.mount_dev(rootfd, [], plan.tty_gid_mapped, plan.shm_size)
     bind_devices(rootfd, plan.devices)
     mounts.mount_sys(rootfd, [], plan.own_netns)
     try:
@@ -254,6 +257,7 @@ def child_main(plan: ChildPlan, err_fd: int) -> NoReturn:
         os.setresuid(ident.uid, ident.uid, ident.uid)
         # after the uid change, which clears it: the step dies with the init
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        apply_ulimits(plan.ulimits)
         _exec(plan.argv, plan.env)
     except _StepFault as exc:
         message = f"step:{exc}"

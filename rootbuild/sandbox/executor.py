@@ -46,11 +46,13 @@ def placement_from_env() -> bool:
     return os.environ.get(PLACEMENT_ENV, "") != "off"
 
 
-def _hosts(hostname: str) -> str:
+def _hosts(hostname: str, extra: tuple[tuple[str, str], ...] = ()) -> str:
+    """BuildKit's hosts file; ``--add-host`` entries after it, one ``IP<TAB>HOST`` line
+    each (as Docker writes them), in the builder's scratch only: never in a layer."""
     return (
         f"127.0.0.1\tlocalhost {hostname}\n"
         "::1\tlocalhost ip6-localhost ip6-loopback\n"
-    )
+    ) + "".join(f"{ip}\t{host}\n" for host, ip in extra)
 
 
 def _resolv_conf(network: str) -> str:
@@ -70,7 +72,8 @@ def prepare_scratch(spec: StepSpec) -> StepSpec:
         spec.scratch.mkdir(mode=0o700)
         etc = spec.scratch / "etc"
         etc.mkdir()
-        contents = {"hosts": _hosts(spec.hostname), "resolv.conf": _resolv_conf(spec.network),
+        contents = {"hosts": _hosts(spec.hostname, spec.extra_hosts),
+                    "resolv.conf": _resolv_conf(spec.network),
                     "hostname": spec.hostname + "\n"}
         for name in ETC_FILES:
             (etc / name).write_text(contents[name])

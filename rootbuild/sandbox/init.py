@@ -278,6 +278,7 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
                 own_netns=spec.network == "none", host_bind=host_bind,
                 tty_gid_mapped=plan.maps_gid(5), mounts=tuple(run_mounts),
                 insecure=spec.insecure, devices=spec.devices,
+                shm_size=spec.shm_size, ulimits=spec.ulimits,
             )
             if host_bind:
                 import ctypes

@@ -224,9 +224,11 @@ def bind(source: str, target_fd: int, flags: int = 0) -> None:
     mount(source, fd_path(target_fd), None, MS_BIND | flags)
 
 
-def mount_dev(rootfd: int, created: list[Created], gid_tty_mapped: bool) -> None:
+def mount_dev(rootfd: int, created: list[Created], gid_tty_mapped: bool,
+              shm_size: int | None = None) -> None:
     """/dev: a tmpfs with runc's device nodes bound from the host, a private devpts
-    instance, /dev/shm and the fd links (runc libcontainer/rootfs_linux.go)."""
+    instance, /dev/shm (``shm_size`` bytes; None: 64 MiB, Docker's default) and the fd
+    links (runc libcontainer/rootfs_linux.go)."""
     target = ensure_target(rootfd, "dev", "dir", created)
     try:
         mount("tmpfs", fd_path(target), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
@@ -250,7 +252,7 @@ def mount_dev(rootfd: int, created: list[Created], gid_tty_mapped: bool) -> None
             opts = "newinstance,ptmxmode=0666,mode=0620" + (",gid=5" if gid_tty_mapped else "")
             mount("devpts", fd_path(pts), "devpts", MS_NOSUID | MS_NOEXEC, opts)
             mount("shm", fd_path(shm), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                  "mode=1777,size=65536k")
+                  f"mode=1777,size={shm_size or 65536 * 1024}")
         finally:
             os.close(pts)
             os.close(shm)

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from rootbuild.errors import SandboxError, StepError
 from rootbuild.sandbox.idmap import IdMapPlan
+from rootbuild.sandbox.rlimits import Ulimit
 from rootbuild.snapshot import LowerLayer, StepChanges
 
 #: PATH when the image and build args set none (Docker's default for Linux containers)
@@ -295,6 +296,11 @@ class StepSpec:
     secret_env: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
     insecure: bool = False
     devices: tuple[str, ...] = ()
+    # --add-host (host, ip) lines appended to the sandbox's /etc/hosts; --shm-size: bytes
+    # of /dev/shm (None: 64 MiB, Docker's default); --ulimit: set before exec (rlimits.py)
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    shm_size: int | None = None
+    ulimits: tuple[Ulimit, ...] = ()
 
     def validate(self) -> None:
         if not self.argv:
@@ -316,6 +322,13 @@ class StepSpec:
             bind.validate()
         for mount in self.mounts:
             mount.validate()
+        if any(not h or not ip or any(c.isspace() for c in h + ip)
+               for h, ip in self.extra_hosts):
+            raise SandboxError("run step: invalid extra /etc/hosts entry")
+        if self.shm_size is not None and self.shm_size <= 0:
+            raise SandboxError(f"run step: /dev/shm size {self.shm_size} is not positive")
+        for limit in self.ulimits:
+            limit.validate()
         for name, value in self.secret_env.items():
             if not name or "=" in name or "\0" in name:
                 raise SandboxError(f"run step: invalid secret variable name {name!r}")
@@ -332,6 +345,8 @@ class StepSpec:
             "mounts": [mount_to_json(m) for m in self.mounts],
             "secret_env": sorted(self.secret_env), "insecure": self.insecure,
             "devices": list(self.devices),
+            "extra_hosts": [list(pair) for pair in self.extra_hosts],
+            "shm_size": self.shm_size, "ulimits": [u.to_json() for u in self.ulimits],
         }
 
     @classmethod
@@ -358,7 +373,30 @@ class StepSpec:
             # names only: secrets.with_values puts the memfd's values in
             secret_env=dict.fromkeys(_strs(data, "secret_env"), b""),
             insecure=_bool(data, "insecure"), devices=tuple(_strs(data, "devices")),
+            **_run_flags(data),
         )
+
+
+def _run_flags(data: Any) -> dict[str, Any]:
+    """``extra_hosts``, ``shm_size``, ``ulimits``: optional in the wire form (absent: the
+    defaults)."""
+    flags: dict[str, Any] = {}
+    hosts = data.get("extra_hosts") or []
+    if not isinstance(hosts, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+        for p in hosts
+    ):
+        raise SandboxError("read step spec: extra_hosts is not a list of [host, ip]")
+    flags["extra_hosts"] = tuple((h, ip) for h, ip in hosts)
+    shm = data.get("shm_size")
+    if shm is not None and (isinstance(shm, bool) or not isinstance(shm, int)):
+        raise SandboxError("read step spec: shm_size is not a number")
+    flags["shm_size"] = shm
+    limits = data.get("ulimits") or []
+    if not isinstance(limits, list):
+        raise SandboxError("read step spec: ulimits is not a list")
+    flags["ulimits"] = tuple(Ulimit.from_json(u) for u in limits)
+    return flags
 
 
 @dataclass(frozen=True)
