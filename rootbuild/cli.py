@@ -522,7 +522,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             raise UsageError(f"prune --keep-storage: {exc}") from None
     result = prune(Store.open(args.root), keep)
     print(f"removed {result.removed} step cache entries, kept {result.kept}")
-    print(f"removed {result.mounts_removed} cache mounts, kept {result.mounts_kept}")
+    if result.mounts_removed or result.mounts_kept:  # a store that never had one: no line
+        print(f"removed {result.mounts_removed} cache mounts, kept {result.mounts_kept}")
     print(f"reclaimed {result.freed} bytes")
     return 0
 

@@ -386,21 +386,21 @@ class Stage:
         env = dict(item.partition("=")[::2] for item in action.env)
         held = contextlib.AsyncExitStack()  # what the mounts keep until the step ends
         mounts = await prepare_mounts(action.mounts, self.mount_env(where, scratch), held)
-        spec = StepSpec(
-            argv=action.command,
-            rootfs=OverlayRoot(lowers, scratch / "overlay", snapshotter),
-            scratch=scratch / "sandbox",
-            # the step's own variables win over a mount's (BuildKit: SSH_AUTH_SOCK)
-            env=mounts.env | env, user=action.user, workdir=action.workdir or "/",
-            network=self.network(action), proc=options.proc, untrusted=options.untrusted,
-            timeout=options.step_timeout, mounts=mounts.mounts,
-            binds=heredoc_binds(action.heredoc_files, scratch / "heredocs"),
-            secret_env=mounts.secret_env, insecure=action.security == "insecure",
-            devices=host_devices(action.devices),
-            **options.run_flags().step_fields(),  # --add-host, --shm-size, --ulimit
-        )
-        mask = mask_of(mounts.mounts, mounts.secret_env)  # no secret value in the output
-        try:
+        try:  # held is closed on every path from here
+            spec = StepSpec(
+                argv=action.command,
+                rootfs=OverlayRoot(lowers, scratch / "overlay", snapshotter),
+                scratch=scratch / "sandbox",
+                # the step's own variables win over a mount's (BuildKit: SSH_AUTH_SOCK)
+                env=mounts.env | env, user=action.user, workdir=action.workdir or "/",
+                network=self.network(action), proc=options.proc, untrusted=options.untrusted,
+                timeout=options.step_timeout, mounts=mounts.mounts,
+                binds=heredoc_binds(action.heredoc_files, scratch / "heredocs"),
+                secret_env=mounts.secret_env, insecure=action.security == "insecure",
+                devices=host_devices(action.devices),
+                **options.run_flags().step_fields(),  # --add-host, --shm-size, --ulimit
+            )
+            mask = mask_of(mounts.mounts, mounts.secret_env)  # no secret value in the output
             result = await self.seams.executor.run(
                 spec, mask.wrap(lambda line: work.progress.output(handle, line))
             )
