@@ -125,20 +125,9 @@ def _bind(rootfd: int, item: Bind) -> None:
             raise RuntimeError(
                 f"bind {item.source} at {item.target}: the source is not a {what[item.kind]}"
             )
-        target = mounts.open_in_root(rootfd, item.target)
-        try:
-            recursive = mounts.MS_REC if item.kind == "dir" else 0
-            mounts.bind(mounts.fd_path(source), target, recursive)
-        finally:
-            os.close(target)
+        mounts.bind_at(rootfd, source, item.target, item.kind == "dir", item.readonly)
     finally:
         os.close(source)
-    if item.readonly:
-        again = mounts.open_in_root(rootfd, item.target)
-        try:
-            mounts.make_readonly_recursive(again)
-        finally:
-            os.close(again)
 
 
 def _open_workdir(path: str) -> int:

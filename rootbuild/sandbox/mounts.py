@@ -328,3 +328,19 @@ def loopback_up() -> None:
         req = struct.pack("16sh22x", b"lo", 0)
         flags = struct.unpack("16sh22x", fcntl.ioctl(s.fileno(), siocgifflags, req))[1]
         fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sh22x", b"lo", flags | iff_up))
+
+
+def bind_at(rootfd: int, source: int, target: str, directory: bool, readonly: bool) -> None:
+    """Bind the O_PATH fd ``source`` over ``target`` under the root (opened with no symlink
+    followed), recursively for a directory, then make it read-only when asked."""
+    fd = open_in_root(rootfd, target)
+    try:
+        bind(fd_path(source), fd, MS_REC if directory else 0)
+    finally:
+        os.close(fd)
+    if readonly:
+        again = open_in_root(rootfd, target)
+        try:
+            make_readonly_recursive(again)
+        finally:
+            os.close(again)

@@ -242,17 +242,6 @@ def _tree_bind(rootfd: int, item: TreeBind) -> None:
     try:
         if _kind_of(source) != item.kind:
             raise OSError(errno.ESTALE, f"source {item.source} changed kind")
-        target = mounts.open_in_root(rootfd, item.target)
-        try:
-            recursive = mounts.MS_REC if item.kind == "dir" else 0
-            mounts.bind(mounts.fd_path(source), target, recursive)
-        finally:
-            os.close(target)
+        mounts.bind_at(rootfd, source, item.target, item.kind == "dir", item.readonly)
     finally:
         os.close(source)
-    if item.readonly:
-        again = mounts.open_in_root(rootfd, item.target)
-        try:
-            mounts.make_readonly_recursive(again)
-        finally:
-            os.close(again)
