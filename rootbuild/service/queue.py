@@ -31,6 +31,7 @@ from rootbuild.service import scripts
 from rootbuild.service.jobs import (
     FailureInfo,
     Heartbeat,
+    JobQueue,
     JobRecord,
     JobState,
     Lease,
@@ -169,3 +170,8 @@ class RedisQueue:
                  block: float | None = None) -> list[LogEntry]:
         """Log entries after entry id ``after``, waiting up to ``block`` seconds for one."""
         return read_log(self, check_job_id(job_id), after, count, block)
+
+
+def as_job_queue(queue: RedisQueue) -> JobQueue:
+    """``RedisQueue`` as the worker's seam (mypy checks that it implements ``JobQueue``)."""
+    return queue

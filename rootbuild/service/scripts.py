@@ -3,7 +3,8 @@
 Job: the text of every script ``queue.py`` registers. Keys (prefix ``P``, "rb" by default):
 ``P:job:<id>`` (hash: the job record), ``P:q:<tenant>`` (stream of job ids, consumer group
 ``workers``), ``P:log:<id>`` (stream: the job's log), ``P:ring`` (list: tenants with
-backlog, rotated by each claim), ``P:backlog:<tenant>`` (entries not yet delivered),
+backlog, rotated by each claim; a tenant leaves it when its stream has no undelivered
+entry and rejoins at its next submit or reap),
 ``P:active:<tenant>`` (set: the tenant's WORKING jobs), ``P:busy`` (set: tenants with
 WORKING jobs), ``P:tenants`` (set), ``P:caps`` (hash: per-tenant concurrency caps),
 channel ``P:cancel`` (a cancelled running job's id).
@@ -81,7 +82,6 @@ local now = now_ms()
 local entry = redis.call('XADD', q, '*', 'job', id)
 redis.call('HSET', job, 'tenant', tenant, 'state', 'QUEUED', 'spec', spec,
            'credentials_ref', cred, 'queued_at', now, 'attempt', 0, 'entry', entry)
-redis.call('INCR', P .. ':backlog:' .. tenant)
 if not redis.call('LPOS', P .. ':ring', tenant) then
   redis.call('RPUSH', P .. ':ring', tenant)
 end
@@ -144,19 +144,16 @@ for _ = 1, redis.call('LLEN', ring) do
   local cap = tonumber(redis.call('HGET', P .. ':caps', tenant) or default_cap)
   if redis.call('SCARD', P .. ':active:' .. tenant) < cap then
     local q = qkey(tenant)
-    local backlog = P .. ':backlog:' .. tenant
     while true do
       local r = redis.call('XREADGROUP', 'GROUP', G, worker, 'COUNT', 1, 'STREAMS', q, '>')
       if not r or #r[1][2] == 0 then
         redis.call('LREM', ring, 0, tenant)
-        redis.call('DEL', backlog)
         break
       end
       local entry = r[1][2][1][1]
       local id = entry_job(r[1][2][1][2])
-      if redis.call('DECR', backlog) <= 0 then
-        redis.call('LREM', ring, 0, tenant)
-        redis.call('DEL', backlog)
+      if #redis.call('XRANGE', q, '(' .. entry, '+', 'COUNT', 1) == 0 then
+        redis.call('LREM', ring, 0, tenant)  -- that was the tenant's last queued entry
       end
       local h = redis.call('HMGET', jkey(id), 'state', 'queued_at')
       if h[1] ~= 'QUEUED' then
@@ -218,7 +215,8 @@ return state
 
 # ARGV: P, reclaim_ms, max_deliveries, queue_ttl_ms, retention_ms. Returns jobs ended.
 # What a claim would decide about jobs no worker has room to claim: poison leases ->
-# INTERNAL_ERROR, cancelled lost leases -> CANCELLED, expired or cancelled queue heads.
+# INTERNAL_ERROR, cancelled lost leases -> CANCELLED, expired or cancelled queue heads;
+# and every tenant with queued work is put back in the ring if it is missing there.
 REAP = _PRELUDE + """
 local reclaim, max_deliveries = tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, retention = tonumber(ARGV[4]), ARGV[5]
@@ -246,10 +244,9 @@ for _, tenant in ipairs(redis.call('SMEMBERS', P .. ':busy')) do
   end
 end
 local ring = P .. ':ring'
-for _, tenant in ipairs(redis.call('LRANGE', ring, 0, -1)) do
+for _, tenant in ipairs(redis.call('SMEMBERS', P .. ':tenants')) do
   local q = qkey(tenant)
-  local backlog = P .. ':backlog:' .. tenant
-  while true do
+  while redis.call('EXISTS', q) == 1 do
     local last = nil
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', q)) do
       local name, id = nil, nil
@@ -260,11 +257,18 @@ for _, tenant in ipairs(redis.call('LRANGE', ring, 0, -1)) do
       if name == G then last = id end
     end
     local head = redis.call('XRANGE', q, '(' .. last, '+', 'COUNT', 1)[1]
-    if not head then break end
+    if not head then
+      redis.call('LREM', ring, 0, tenant)
+      break
+    end
     local id = entry_job(head[2])
     local h = redis.call('HMGET', jkey(id), 'state', 'queued_at')
     local expired = h[1] == 'QUEUED' and tonumber(now) - tonumber(h[2]) > ttl
-    if h[1] == 'QUEUED' and not expired then break end
+    if h[1] == 'QUEUED' and not expired then
+      -- work waits: the tenant belongs in the ring (heals a ring an AOF loss cut short)
+      if not redis.call('LPOS', ring, tenant) then redis.call('RPUSH', ring, tenant) end
+      break
+    end
     redis.call('XREADGROUP', 'GROUP', G, 'reaper', 'COUNT', 1, 'STREAMS', q, '>')
     if expired then
       finish(id, tenant, head[1], 'EXPIRED', now, 'expired',
@@ -273,11 +277,6 @@ for _, tenant in ipairs(redis.call('LRANGE', ring, 0, -1)) do
       finish(id, tenant, head[1], h[1] or 'CANCELLED', now, '', '', '', retention)
     end
     ended = ended + 1
-    if redis.call('DECR', backlog) <= 0 then
-      redis.call('LREM', ring, 0, tenant)
-      redis.call('DEL', backlog)
-      break
-    end
   end
 end
 return ended

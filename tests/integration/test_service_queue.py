@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -410,3 +411,39 @@ def test_queued_and_running_jobs_survive_a_redis_restart(server: RedisServer) ->
     assert [e.data for e in q.read_log(running)] == [b"before the restart\n",
                                                      b"after the restart\n"]
     assert q.status(running).credentials_ref == "acme-push"
+
+
+def test_reap_puts_a_tenant_with_queued_work_back_in_the_ring(server: RedisServer) -> None:
+    # the ring is derived state: if it loses a tenant (a write lost with the AOF's last
+    # second), reap restores it from the streams, so no tenant's queue is forgotten
+    q = _queue(server)
+    job = q.submit("acme", {"n": 1})
+    q.client.delete("rb:ring")
+    assert q.claim("worker-1") is None
+    assert q.reap() == 0
+    lease = q.claim("worker-1")
+    assert lease is not None and lease.job_id == job
+
+
+def test_caps_hold_under_concurrent_claims(server: RedisServer) -> None:
+    # 8 workers claim at once (each its own connection): the claim script is atomic, so
+    # no tenant ever runs more than its cap and no job is handed out twice
+    q = _queue(server, QueueConfig(heartbeat=10, tenant_cap=3))
+    for tenant in ["tenant-a", "tenant-b"]:
+        for i in range(10):
+            q.submit(tenant, {"n": i})
+
+    def worker(name: str) -> list[Lease]:
+        mine = RedisQueue(connect(server.url), q.config)
+        got = []
+        for _ in range(5):
+            lease = mine.claim(name)
+            if lease is not None:
+                got.append(lease)
+        return got
+
+    with ThreadPoolExecutor(8) as pool:
+        leases = [lease for got in pool.map(worker, [f"w{i}" for i in range(8)])
+                  for lease in got]
+    assert Counter(lease.tenant for lease in leases) == {"tenant-a": 3, "tenant-b": 3}
+    assert len({lease.job_id for lease in leases}) == 6
