@@ -38,6 +38,8 @@ def append_log(queue: RedisQueue, lease: Lease, data: bytes) -> bool:
         if "STALE" in str(exc):
             return False
         raise QueueError(f"log {lease.job_id}: {exc}") from exc
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise QueueError(f"log {lease.job_id}: cannot reach redis: {exc}") from exc
     return bool(entry)
 
 

@@ -20,9 +20,10 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import redis
@@ -45,6 +46,17 @@ from rootbuild.service.jobs import (
     encode_spec,
 )
 from rootbuild.service.logs import append_log, read_log
+
+
+@contextlib.contextmanager
+def _redis_errors() -> Iterator[None]:
+    """Redis failures as the one-line errors the CLI prints."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise QueueError(f"queue: cannot reach redis: {exc}") from exc
+    except redis.ResponseError as exc:
+        raise QueueError(f"queue: redis refused: {exc}") from exc
 
 
 def connect(url: str) -> redis.Redis:
@@ -82,16 +94,15 @@ class RedisQueue:
         return self.config.prefix
 
     def _run(self, script: Any, *args: object) -> Any:
-        try:
+        with _redis_errors():
             return script(args=[self.prefix, *args])
-        except redis.ConnectionError as exc:
-            raise QueueError(f"queue: cannot reach redis: {exc}") from exc
 
     def set_tenant_cap(self, tenant: str, cap: int) -> None:
         """The tenant's concurrency cap (default ``config.tenant_cap``)."""
         if cap < 1:
             raise QueueError(f"tenant {tenant}: cap must be at least 1, not {cap}")
-        self.client.hset(f"{self.prefix}:caps", check_tenant(tenant), cap)
+        with _redis_errors():
+            self.client.hset(f"{self.prefix}:caps", check_tenant(tenant), cap)
 
     def submit(self, tenant: str, spec: Mapping[str, Any],
                credentials_ref: str | None = None) -> str:
@@ -148,8 +159,9 @@ class RedisQueue:
         return JobState(state.decode())
 
     def status(self, job_id: str) -> JobRecord:
-        raw = cast(dict[bytes, bytes],
-                   self.client.hgetall(f"{self.prefix}:job:{check_job_id(job_id)}"))
+        with _redis_errors():
+            raw = cast(dict[bytes, bytes],
+                       self.client.hgetall(f"{self.prefix}:job:{check_job_id(job_id)}"))
         if not raw:
             raise QueueError(f"status: no job {job_id}")
         return JobRecord.from_hash(job_id, raw)
@@ -169,7 +181,8 @@ class RedisQueue:
     def read_log(self, job_id: str, after: str = "0-0", count: int = 1000,
                  block: float | None = None) -> list[LogEntry]:
         """Log entries after entry id ``after``, waiting up to ``block`` seconds for one."""
-        return read_log(self, check_job_id(job_id), after, count, block)
+        with _redis_errors():
+            return read_log(self, check_job_id(job_id), after, count, block)
 
 
 def as_job_queue(queue: RedisQueue) -> JobQueue:

@@ -2,7 +2,8 @@
 
 Job: ``TrioQueue`` wraps a ``RedisQueue`` (``redis.asyncio`` does not run under trio: "no
 running event loop"); ``claim_wait`` polls the claim script until a job comes or the
-timeout passes; ``follow_log`` yields a job's log until the job ends.
+timeout passes; ``keep_lease`` heartbeats beside a build and says when to kill it;
+``follow_log`` yields a job's log until the job ends.
 
 Rules:
 - Every Redis call runs through ``trio.to_thread.run_sync`` and is short (claim and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Callable, Mapping
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import trio
@@ -25,10 +27,19 @@ from rootbuild.service.jobs import (
     JobState,
     Lease,
     LogEntry,
+    QueueError,
 )
 from rootbuild.service.queue import RedisQueue
 
 T = TypeVar("T")
+
+
+class LeaseEnd(StrEnum):
+    """Why ``keep_lease`` returned: each one means "kill the build now"."""
+
+    CANCELLED = "cancelled"  # complete the job CANCELLED
+    LOST = "lost"  # someone else owns the job; complete nothing
+    UNREACHABLE = "unreachable"  # Redis gone for the reclaim time; complete nothing
 
 
 class TrioQueue:
@@ -37,7 +48,10 @@ class TrioQueue:
         self.poll = poll
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+        # abandon_on_cancel: a cancelled caller stops waiting at once; the thread ends
+        # with its (short) Redis call and nobody reads its result
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
+                                             abandon_on_cancel=True)
 
     async def submit(self, tenant: str, spec: Mapping[str, Any],
                      credentials_ref: str | None = None) -> str:
@@ -58,6 +72,32 @@ class TrioQueue:
 
     async def heartbeat(self, lease: Lease) -> Heartbeat:
         return await self._call(self.queue.heartbeat, lease)
+
+    async def keep_lease(self, lease: Lease) -> LeaseEnd:
+        """Heartbeat every ``config.heartbeat`` seconds until the worker must stop the
+        build: the job was cancelled, the lease was lost (reclaimed, or the job ended), or
+        Redis could not be reached for the reclaim time (counted from the last good
+        heartbeat's sending, so the worker gives up no later than another worker may take
+        the job over). Run it beside the build; when it returns, kill the build."""
+        config = self.queue.config
+        grace = config.reclaim_ms / 1000
+        last_ok = trio.current_time()
+        with trio.move_on_at(last_ok + grace) as scope:
+            while True:
+                sent = trio.current_time()
+                try:
+                    beat = await self.heartbeat(lease)
+                except QueueError:
+                    beat = None  # keep trying until the deadline
+                if beat is not None:
+                    if not beat.alive:
+                        return LeaseEnd.LOST
+                    if beat.cancel_requested:
+                        return LeaseEnd.CANCELLED
+                    last_ok = sent
+                    scope.deadline = last_ok + grace
+                await trio.sleep(config.heartbeat)
+        return LeaseEnd.UNREACHABLE
 
     async def complete(self, lease: Lease, state: JobState,
                        result: Mapping[str, Any] | None = None,

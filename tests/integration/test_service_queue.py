@@ -28,7 +28,7 @@ import trio
 
 from rootbuild.service.jobs import FailureInfo, JobState, Lease, QueueConfig
 from rootbuild.service.queue import RedisQueue, connect
-from rootbuild.service.trio_queue import TrioQueue
+from rootbuild.service.trio_queue import LeaseEnd, TrioQueue
 
 pytestmark = pytest.mark.integration
 
@@ -447,3 +447,37 @@ def test_caps_hold_under_concurrent_claims(server: RedisServer) -> None:
                   for lease in got]
     assert Counter(lease.tenant for lease in leases) == {"tenant-a": 3, "tenant-b": 3}
     assert len({lease.job_id for lease in leases}) == 6
+
+
+async def test_keep_lease_says_when_to_kill_the_build(server: RedisServer) -> None:
+    tq = TrioQueue(_queue(server))
+    cancelled_job = await tq.submit("acme", {"n": 1})
+    lost_job = await tq.submit("beta", {"n": 2})
+    first = await tq.claim("worker-1")
+    second = await tq.claim("worker-1")
+    assert first is not None and second is not None
+    assert first.job_id == cancelled_job and second.job_id == lost_job
+
+    async def cancel_soon() -> None:
+        await trio.sleep(0.5)
+        assert await tq.cancel(cancelled_job) is JobState.WORKING
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cancel_soon)
+        with trio.fail_after(3):
+            assert await tq.keep_lease(first) is LeaseEnd.CANCELLED
+    assert await tq.complete(first, JobState.CANCELLED)
+
+    # a worker that stalls past the reclaim time finds its job taken over
+    await trio.sleep(0.4)
+    taken = await tq.claim("worker-2")
+    assert taken is not None and taken.attempt == 2
+    with trio.fail_after(3):
+        assert await tq.keep_lease(second) is LeaseEnd.LOST
+
+    # Redis goes away for good: the worker gives up within the reclaim time
+    server.kill()
+    start = trio.current_time()
+    with trio.fail_after(5):
+        assert await tq.keep_lease(taken) is LeaseEnd.UNREACHABLE
+    assert trio.current_time() - start <= FAST.reclaim_ms / 1000 + 0.2
