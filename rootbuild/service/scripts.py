@@ -216,7 +216,8 @@ return state
 # ARGV: P, reclaim_ms, max_deliveries, queue_ttl_ms, retention_ms. Returns jobs ended.
 # What a claim would decide about jobs no worker has room to claim: poison leases ->
 # INTERNAL_ERROR, cancelled lost leases -> CANCELLED, expired or cancelled queue heads;
-# and every tenant with queued work is put back in the ring if it is missing there.
+# every tenant with queued work is put back in the ring if it is missing there; consumers
+# with nothing pending, idle past the reclaim time, are deleted.
 REAP = _PRELUDE + """
 local reclaim, max_deliveries = tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, retention = tonumber(ARGV[4]), ARGV[5]
@@ -246,6 +247,16 @@ end
 local ring = P .. ':ring'
 for _, tenant in ipairs(redis.call('SMEMBERS', P .. ':tenants')) do
   local q = qkey(tenant)
+  -- consumers (one per worker name) with nothing pending, idle a while: forget them
+  if redis.call('EXISTS', q) == 1 then
+    for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', q, G)) do
+      local info = {}
+      for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+      if tonumber(info['pending']) == 0 and tonumber(info['idle']) > reclaim then
+        redis.call('XGROUP', 'DELCONSUMER', q, G, info['name'])
+      end
+    end
+  end
   while redis.call('EXISTS', q) == 1 do
     local last = nil
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', q)) do

@@ -481,3 +481,22 @@ async def test_keep_lease_says_when_to_kill_the_build(server: RedisServer) -> No
     with trio.fail_after(5):
         assert await tq.keep_lease(taken) is LeaseEnd.UNREACHABLE
     assert trio.current_time() - start <= FAST.reclaim_ms / 1000 + 0.2
+
+
+def test_reap_forgets_idle_consumers(server: RedisServer) -> None:
+    # a worker name is a consumer of each stream it claimed from; workers come and go, so
+    # consumers with nothing pending are deleted once idle (an XREADGROUP recreates them)
+    q = _queue(server)
+    q.submit("acme", {"n": 1})
+    lease = q.claim("worker-gone")
+    assert lease is not None and q.complete(lease, JobState.SUCCESS)
+    busy = q.submit("acme", {"n": 2})
+    running = q.claim("worker-busy")
+    assert running is not None and running.job_id == busy
+    time.sleep(0.2)
+    assert q.heartbeat(running).alive
+    time.sleep(0.2)
+    assert q.heartbeat(running).alive
+    assert q.reap() == 0
+    names = {c["name"] for c in q.client.xinfo_consumers("rb:q:acme", "workers")}
+    assert names == {b"worker-busy"}
