@@ -30,13 +30,15 @@ apt-get update -qq
 # registry tests make a CA and a server certificate; buildah fuse-overlayfs: the peers
 # bench/peers.py measures rootbuild against in the same run; openssh-client: ssh-agent and
 # ssh-add for `--ssh ID=KEYFILE` (and the ssh forwarding tests); openssh-server: the sshd
-# the tests run as the test user to serve `ADD ssh://...` with `--ssh default`.
+# the tests run as the test user to serve `ADD ssh://...` with `--ssh default`;
+# redis-server: the build service's queue (Redis Streams); the tests start their own on a
+# unix socket, and policy-rc.d above keeps the package from starting a system one on :6379.
 apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-dev gcc libc6-dev \
     libfuse3-dev fuse3 pkg-config uidmap \
     skopeo umoci docker-registry busybox-static python3-seccomp debootstrap \
     util-linux procps git ca-certificates openssl buildah fuse-overlayfs \
-    openssh-client openssh-server >/dev/null
+    openssh-client openssh-server redis-server >/dev/null
 
 if [ ! -x "$venv/bin/python" ]; then
     /usr/bin/python3 -m venv "$venv"
