@@ -34,7 +34,7 @@ from rootbuild.snapshot import LowerLayer, StepChanges
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: BuildKit's hostname for build containers
 DEFAULT_HOSTNAME = "buildkitsandbox"
-NETWORK_MODES = ("host", "none")
+NETWORK_MODES = ("host", "none", "isolated")  # isolated: sandbox/usernet.py
 PROC_MODES = ("fresh", "host-bind")
 BindKind = Literal["file", "dir", "socket"]
 #: "socket": a unix socket of the builder (RUN --mount=type=ssh: the agent's)
@@ -309,6 +309,8 @@ class StepSpec:
             raise SandboxError(f"run step: unknown network mode {self.network!r}")
         if self.proc not in PROC_MODES:
             raise SandboxError(f"run step: unknown proc mode {self.proc!r}")
+        if self.network == "host" and self.untrusted:
+            raise SandboxError("run step: the host network is refused for untrusted builds")
         if self.proc == "host-bind" and self.untrusted:
             raise SandboxError(
                 "run step: --proc=host-bind is refused for untrusted builds: it lets RUN "
