@@ -35,6 +35,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +198,49 @@ def denied_for_host() -> tuple[str, ...]:
     except OSError as exc:
         raise SandboxError(f"RUN --network=isolated: read the host's addresses: {exc}") from exc
     return netdeny.denied_prefixes(addresses, CIDR)
+
+
+def probe() -> str:
+    """Try ``--network=isolated`` for real in a throw-away user and network namespace
+    (``rootbuild doctor`` runs this in a child: ``python -I -m rootbuild.sandbox.usernet``).
+    Returns "" when it works, else why not. Changes this process's namespaces."""
+    import tempfile
+
+    from rootbuild.sandbox import mounts
+
+    reason = unavailable()
+    if reason is not None:
+        return reason
+    uid, gid = os.getuid(), os.getgid()
+    denied = denied_for_host()
+    with tempfile.TemporaryDirectory(prefix="rootbuild-netprobe-") as tmp:
+        mounts.unshare(mounts.CLONE_NEWUSER)
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                           ("gid_map", f"0 {gid} 1")):
+            Path(f"/proc/self/{name}").write_text(text)
+        net = UserNet(Path(tmp) / "slirp4netns.log")
+        try:
+            net.fork_helper()
+            mounts.unshare(mounts.CLONE_NEWNET)
+            mounts.loopback_up()
+            net.attach(denied)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect(("1.1.1.1", 53))  # UDP: no packet is sent
+                if s.getsockname()[0] != ADDRESS:
+                    return f"public destinations are not routed through slirp4netns: {s}"
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    s.connect(("169.254.169.254", 80))
+                except PermissionError:
+                    return ""
+                return "the metadata address 169.254.169.254 is not denied"
+        except (SandboxError, OSError) as exc:
+            return str(exc)
+        finally:
+            net.close()
+
+
+if __name__ == "__main__":
+    problem = probe()
+    print(problem or "ok", flush=True)
+    os._exit(1 if problem else 0)
