@@ -309,13 +309,13 @@ class StepSpec:
             raise SandboxError(f"run step: unknown network mode {self.network!r}")
         if self.proc not in PROC_MODES:
             raise SandboxError(f"run step: unknown proc mode {self.proc!r}")
-        if self.network == "host" and self.untrusted:
-            raise SandboxError("run step: the host network is refused for untrusted builds")
         if self.proc == "host-bind" and self.untrusted:
             raise SandboxError(
                 "run step: --proc=host-bind is refused for untrusted builds: it lets RUN "
                 "see and signal the builder's processes"
             )
+        if self.network == "host" and self.untrusted:  # engine/network.py never asks it
+            raise SandboxError("run step: the host network is refused for untrusted builds")
         if not self.workdir.startswith("/"):
             raise SandboxError(f"run step: WORKDIR {self.workdir!r} is not absolute")
         if any("=" in k or "\0" in k or "\0" in v or not k for k, v in self.env.items()):

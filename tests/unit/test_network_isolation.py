@@ -130,3 +130,16 @@ def test_untrusted_host_network_is_refused(tmp_path: Path) -> None:
 def test_default_for() -> None:
     assert network.default_for(True) == "isolated"
     assert network.default_for(False) == "host"
+
+
+def test_step_spec_refuses_the_host_network_for_untrusted_steps(tmp_path: Path) -> None:
+    from rootbuild.errors import SandboxError
+    from rootbuild.sandbox.spec import DirRoot, StepSpec
+
+    spec = StepSpec(argv=("true",), rootfs=DirRoot(tmp_path), scratch=tmp_path / "s",
+                    untrusted=True)
+    with pytest.raises(SandboxError, match=r"^run step: the host network is refused for "
+                                           r"untrusted builds$"):
+        spec.validate()
+    StepSpec(argv=("true",), rootfs=DirRoot(tmp_path), scratch=tmp_path / "s",
+             untrusted=True, network="isolated").validate()
