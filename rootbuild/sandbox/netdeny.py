@@ -22,9 +22,10 @@ Rules:
   forwards to the host's resolver on any port), split in two /25s so that the connected
   /24 route, which the default route's gateway needs, stays.
 - 127/8 needs no route: the step's loopback is its own (the local table is consulted
-  first). IPv6 needs none either: the step's namespace gets no IPv6 address or route
-  besides ``::1`` (slirp4netns runs without ``--enable-ipv6``), so fc00::/7, fe80::/10
-  and the host's IPv6 addresses have no route at all.
+  first). IPv6 needs none either: the step's namespace keeps no IPv6 address besides
+  ``::1`` (slirp4netns runs without ``--enable-ipv6``, and ``usernet`` disables IPv6 on
+  its tap, removing the link-local address), so fc00::/7, fe80::/10 and the host's IPv6
+  addresses have no route at all.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from rootbuild.sandbox import netdeny
 #: where slirp4netns is looked for (the init's PATH is the builder's; Debian's is /usr/bin)
 SEARCH_PATH = "/usr/local/bin:/usr/bin:/bin"
 TUN = "/dev/net/tun"
+TAP = "tap0"
 CIDR = "10.0.2.0/24"
 ADDRESS = "10.0.2.100"  # slirp4netns --configure gives the namespace this address
 MTU = 65520
@@ -75,7 +76,7 @@ def slirp_argv(binary: str, pid: int, exit_fd: int, ready_fd: int) -> list[str]:
     return [
         binary, "--configure", f"--mtu={MTU}", f"--cidr={CIDR}", "--disable-host-loopback",
         "--disable-dns", "--enable-sandbox", "--enable-seccomp",
-        f"--exit-fd={exit_fd}", f"--ready-fd={ready_fd}", str(pid), "tap0",
+        f"--exit-fd={exit_fd}", f"--ready-fd={ready_fd}", str(pid), TAP,
     ]
 
 
@@ -143,9 +144,11 @@ class UserNet:
                 + (f" within {READY_SECONDS:g}s" if not ready else "") + f": {self._log_tail()}"
             )
         try:
+            # tap0's automatic IPv6 link-local address: the step's only IPv6 then is ::1
+            Path(f"/proc/sys/net/ipv6/conf/{TAP}/disable_ipv6").write_text("1\n")
             netdeny.install(denied)
         except OSError as exc:
-            raise SandboxError(f"RUN --network=isolated: {exc.strerror}") from exc
+            raise SandboxError(f"RUN --network=isolated: {exc.strerror or exc}") from exc
 
     def _log_tail(self) -> str:
         try:

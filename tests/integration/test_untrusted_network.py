@@ -166,12 +166,15 @@ def test_untrusted_run_reaches_no_host_service(rb: Harness, probe: bytes,
     # every probe is negated: the step fails if any of them connected
     run = "RUN set -e; " + " && ".join(
         [*(f"! {c}" for c in checks), f"! /netprobe abstract {name}", "! /netprobe packet",
-         "/netprobe loopback", "/netprobe route 1.1.1.1", "echo all-denied"])
+         "/netprobe loopback", "/netprobe route 1.1.1.1",
+         "echo v6-beyond-lo: $(grep -v -c ' lo$' /proc/net/if_inet6 || true)",
+         "echo all-denied"])
     ctx = probe_context(rb, probe, "untrusted", run)
     proc = build(rb, ctx, "--untrusted", check=False)
     lines = probe_lines(proc.stderr)
     assert proc.returncode == 0, proc.stderr
     assert "all-denied" in proc.stderr
+    assert "v6-beyond-lo: 0" in proc.stderr  # IPv6: only ::1, no link-local on tap0
     assert canary.hits == [], canary.hits
     for target in targets:
         host, port_text = target.split()
@@ -190,7 +193,7 @@ def test_untrusted_run_reaches_no_host_service(rb: Harness, probe: bytes,
     assert "Operation not permitted" in lines["packet socket"]
     assert lines["loopback 127.0.0.1"] == "connected"
     assert lines["route 1.1.1.1"] == "via 10.0.2.100"  # slirp4netns's tap: public egress
-    assert slirp_processes(rb) == []
+    assert slirp_processes(rb) == []  # after success too
 
 
 def test_trusted_build_keeps_the_host_network(rb: Harness, probe: bytes,
