@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from test_engine import Rig
 
 from rootbuild.engine import network
 from rootbuild.engine.options import BuildOptions
@@ -143,3 +144,48 @@ def test_step_spec_refuses_the_host_network_for_untrusted_steps(tmp_path: Path) 
         spec.validate()
     StepSpec(argv=("true",), rootfs=DirRoot(tmp_path), scratch=tmp_path / "s",
              untrusted=True, network="isolated").validate()
+
+
+# -- the engine: which network each RUN step's spec carries -----------------------------------
+
+@pytest.fixture(name="rig")
+def _rig(tmp_path: Path) -> Rig:
+    return Rig(tmp_path)
+
+
+DOCKERFILE = "FROM scratch\nRUN default-step\nRUN --network=none none-step\n"
+
+
+def _networks(rig: Rig) -> dict[str, str]:
+    return {spec.argv[-1]: spec.network for spec in rig.executor.specs}
+
+
+def test_trusted_build_runs_on_the_host_network(rig: Rig) -> None:
+    rig.build(DOCKERFILE)
+    assert _networks(rig) == {"default-step": "host", "none-step": "none"}
+
+
+def test_untrusted_build_runs_isolated(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(usernet, "unavailable", lambda: None)
+    rig.build(DOCKERFILE, untrusted=True)
+    assert _networks(rig) == {"default-step": "isolated", "none-step": "none"}
+    assert all(spec.untrusted for spec in rig.executor.specs)
+    assert rig.progress.of("warn") == []
+
+
+def test_untrusted_build_without_slirp4netns_falls_back_to_none_and_says_so(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(usernet, "unavailable", lambda: "slirp4netns is not installed")
+    rig.build(DOCKERFILE, untrusted=True)
+    assert _networks(rig) == {"default-step": "none", "none-step": "none"}
+    assert ("warn", "warning: --untrusted: RUN gets --network=none (no network at all), not "
+            "the isolated public-egress network: slirp4netns is not installed"
+            ) in rig.progress.of("warn")
+
+
+def test_isolated_and_host_runs_are_cached_apart(rig: Rig,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(usernet, "unavailable", lambda: None)
+    rig.build("FROM scratch\nRUN step\n")
+    rig.build("FROM scratch\nRUN step\n", untrusted=True)
+    assert [spec.network for spec in rig.executor.specs] == ["host", "isolated"]
