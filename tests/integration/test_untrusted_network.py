@@ -166,7 +166,7 @@ def test_untrusted_run_reaches_no_host_service(rb: Harness, probe: bytes,
     # every probe is negated: the step fails if any of them connected
     run = "RUN set -e; " + " && ".join(
         [*(f"! {c}" for c in checks), f"! /netprobe abstract {name}", "! /netprobe packet",
-         "/netprobe loopback", "/netprobe route 1.1.1.1",
+         "! /netprobe route 169.254.169.254", "/netprobe loopback", "/netprobe route 1.1.1.1",
          "echo v6-beyond-lo: $(grep -v -c ' lo$' /proc/net/if_inet6 || true)",
          "echo all-denied"])
     ctx = probe_context(rb, probe, "untrusted", run)
@@ -193,6 +193,7 @@ def test_untrusted_run_reaches_no_host_service(rb: Harness, probe: bytes,
     assert "Operation not permitted" in lines["packet socket"]
     assert lines["loopback 127.0.0.1"] == "connected"
     assert lines["route 1.1.1.1"] == "via 10.0.2.100"  # slirp4netns's tap: public egress
+    assert lines["route 169.254.169.254"] == "failed: Permission denied"  # UDP as well
     assert slirp_processes(rb) == []  # after success too
 
 
@@ -255,6 +256,14 @@ def test_run_network_none_in_an_untrusted_build(rb: Harness, probe: bytes) -> No
 def test_no_slirp4netns_left_after_a_failed_step(rb: Harness, probe: bytes) -> None:
     ctx = probe_context(rb, probe, "fails", "RUN /netprobe loopback && exit 3")
     proc = build(rb, ctx, "--untrusted", check=False)
+    assert proc.returncode != 0
+    assert probe_lines(proc.stderr)["loopback 127.0.0.1"] == "connected"
+    assert slirp_processes(rb) == []
+
+
+def test_no_slirp4netns_left_after_a_step_timeout(rb: Harness, probe: bytes) -> None:
+    ctx = probe_context(rb, probe, "timeout", "RUN /netprobe loopback && sleep 60")
+    proc = build(rb, ctx, "--untrusted", "--timeout", "2", check=False)
     assert proc.returncode != 0
     assert probe_lines(proc.stderr)["loopback 127.0.0.1"] == "connected"
     assert slirp_processes(rb) == []
