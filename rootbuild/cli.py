@@ -113,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compression", choices=COMPRESSIONS, default="gzip")
     b.add_argument("--platform", help="target platform (default: the host's)")
     b.add_argument("--iidfile", type=Path, help="write the image ID to this file")
-    b.add_argument("--network", choices=("host", "none"), default="host",
-                   help="RUN's network (default: host, as docker build)")
+    b.add_argument("--network", choices=("host", "none", "isolated"), default="",
+                   help="RUN's network (default: host, as docker build; with --untrusted: "
+                        "isolated, public egress only, or none where slirp4netns cannot "
+                        "run; host is refused with --untrusted)")
     b.add_argument("--proc", choices=("fresh", "host-bind"), default="fresh",
                    help="RUN's /proc: fresh (default), or host-bind, the explicit weaker "
                         "fallback where a fresh /proc cannot be mounted (RUN can then see "

@@ -215,9 +215,31 @@ def check_kernel() -> Check:
     return Check("kernel", "ok", release)
 
 
+def check_network() -> Check:
+    """What RUN of an untrusted build gets: tried for real (rootbuild.sandbox.usernet
+    in a child: slirp4netns on a throw-away network namespace, the deny routes checked)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-m", "rootbuild.sandbox.usernet"], capture_output=True,
+            text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+        )
+        found = (proc.stdout.strip().splitlines() or [proc.stderr.strip()])[-1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        found = str(exc)
+    if found == "ok":
+        return Check("network isolation", "ok",
+                     "--untrusted RUN gets --network=isolated: slirp4netns, public egress "
+                     "only (no host loopback, host addresses, link-local or private ranges)")
+    return Check(
+        "network isolation", "warn",
+        f"--untrusted RUN gets --network=none (no network at all): {found}",
+        "apt-get install slirp4netns, and /dev/net/tun mode 0666, for public egress",
+    )
+
+
 def run_doctor(write: Callable[[str], object] = print) -> int:
     checks: list[Check] = [check_kernel(), *check_namespaces(), check_fuse(), *check_idmap(),
-                           check_cgroups()]
+                           check_cgroups(), check_network()]
     for check in checks:
         write(check.line())
     failed = [c for c in checks if c.status == "FAIL"]

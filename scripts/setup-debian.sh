@@ -32,13 +32,20 @@ apt-get update -qq
 # ssh-add for `--ssh ID=KEYFILE` (and the ssh forwarding tests); openssh-server: the sshd
 # the tests run as the test user to serve `ADD ssh://...` with `--ssh default`;
 # redis-server: the build service's queue (Redis Streams); the tests start their own on a
-# unix socket, and policy-rc.d above keeps the package from starting a system one on :6379.
+# unix socket, and policy-rc.d above keeps the package from starting a system one on :6379;
+# slirp4netns: the user-mode network stack of `--network=isolated`, untrusted builds'
+# default (public egress only; without it untrusted RUN gets no network at all).
 apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-dev gcc libc6-dev \
     libfuse3-dev fuse3 pkg-config uidmap \
     skopeo umoci docker-registry busybox-static python3-seccomp debootstrap \
     util-linux procps git ca-certificates openssl buildah fuse-overlayfs \
-    openssh-client openssh-server redis-server >/dev/null
+    openssh-client openssh-server redis-server slirp4netns >/dev/null
+# slirp4netns opens /dev/net/tun as the build user: udev makes it 0666; without udev (a
+# container, a minimal VM) it is 0600 root and --network=isolated cannot start.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+    chmod 0666 /dev/net/tun
+fi
 
 if [ ! -x "$venv/bin/python" ]; then
     /usr/bin/python3 -m venv "$venv"

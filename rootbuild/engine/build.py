@@ -41,6 +41,7 @@ from rootbuild.engine.exporter import StoreExporter
 from rootbuild.engine.layers import LayerTrees
 from rootbuild.engine.lint import lint, violation
 from rootbuild.engine.named_contexts import open_contexts, plan_contexts
+from rootbuild.engine.network import resolve as resolve_network
 from rootbuild.engine.options import BuildOptions, BuildResult
 from rootbuild.engine.planning import plan_build
 from rootbuild.engine.remote_source import RemoteSources
@@ -108,6 +109,9 @@ async def build(
     """Run one build and return the image it stored (tagged with ``options.tags``).
     ``seams`` replaces the real executor, base images and exporter (tests)."""
     options.validate()
+    options, network_warning = resolve_network(options)  # engine/network.py
+    if network_warning:
+        progress.warn(network_warning)
     text, name, path = _read_dockerfile(options)
     dockerfile = parse_dockerfile(text, name)
     if dockerfile.directives.syntax:

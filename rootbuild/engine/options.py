@@ -45,7 +45,9 @@ class BuildOptions:
     compression: Compression = "gzip"
     target_platform: Platform = field(default_factory=host_platform)
     source_date_epoch: int | None = None
-    network: str = "host"  # RUN's network unless RUN --network says otherwise
+    # RUN's network unless RUN --network says otherwise; "": host, or for untrusted builds
+    # isolated (none where slirp4netns cannot run): engine/network.py
+    network: str = ""
     proc: str = "fresh"  # "host-bind": the explicit, weaker /proc fallback
     untrusted: bool = False  # refuse every weakening (host-bind /proc, ...)
     step_timeout: float | None = None  # seconds a RUN step may take
@@ -72,8 +74,14 @@ class BuildOptions:
         """Refuse what no build may run with (``UsageError``, exit code 2)."""
         if self.jobs < 1:
             raise UsageError(f"build: --jobs must be at least 1, not {self.jobs}")
-        if self.network not in NETWORK_MODES:
+        if self.network not in ("", *NETWORK_MODES):
             raise UsageError(f"build: unknown --network {self.network!r}")
+        if self.network == "host" and self.untrusted:
+            raise UsageError(
+                "build: --network=host is refused with --untrusted: RUN would reach the "
+                "host's loopback, its other addresses and the cloud metadata service; "
+                "use --network=isolated (public egress only) or none"
+            )
         if self.proc not in PROC_MODES:
             raise UsageError(f"build: unknown --proc {self.proc!r}")
         if self.push and not self.tags:

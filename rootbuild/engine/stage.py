@@ -52,6 +52,7 @@ from rootbuild.engine.copy import (
 from rootbuild.engine.entitlements import host_devices
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
+from rootbuild.engine.network import default_for as default_network
 from rootbuild.engine.remote_ref import redact_text
 from rootbuild.engine.run_files import heredoc_binds
 from rootbuild.engine.run_mounts import ContextLayer, MountEnv, mount_keys, prepare_mounts
@@ -369,7 +370,8 @@ class Stage:
         """RUN's network: its own ``--network`` when host or none, else the build's."""
         if action.network in ("host", "none"):
             return action.network
-        return self.env.options.network
+        # resolved by build() (engine/network.py); never "" here, but never host either
+        return self.env.options.network or default_network(self.env.options.untrusted)
 
     async def run_command(
         self, action: RunStep, where: Location, handle: int

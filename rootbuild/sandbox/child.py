@@ -60,6 +60,7 @@ class ChildPlan:
     tty_gid_mapped: bool = False
     mounts: tuple[step_mounts.Prepared, ...] = ()  # every RUN --mount, in order
     insecure: bool = False  # RUN --security=insecure: keep the user namespace's capabilities
+    no_net_raw: bool = False  # --network=isolated: CAP_NET_RAW goes too (sandbox/netdeny.py)
     devices: tuple[str, ...] = ()  # RUN --device: host nodes bound into /dev (devices.py)
     shm_size: int | None = None  # --shm-size (None: 64 MiB)
     ulimits: tuple[Ulimit, ...] = ()  # --ulimit, set just before exec
@@ -204,13 +205,17 @@ DOCKER_DEFAULT_CAPS = frozenset({
 })
 
 
-def _drop_capabilities() -> None:
-    """Shrink the bounding set to Docker's defaults (root's capabilities after exec are
-    exactly its bounding set). Stops at the kernel's last capability (EINVAL)."""
+CAP_NET_RAW = 13
+
+
+def _drop_capabilities(keep: frozenset[int] = DOCKER_DEFAULT_CAPS) -> None:
+    """Shrink the bounding set to ``keep``, Docker's defaults unless told (root's
+    capabilities after exec are exactly its bounding set). Stops at the kernel's last
+    capability (EINVAL)."""
     libc = ctypes.CDLL(None, use_errno=True)
     cap = 0
     while True:
-        if cap not in DOCKER_DEFAULT_CAPS and libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+        if cap not in keep and libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             err = ctypes.get_errno()
             if err == errno.EINVAL:
                 return
@@ -238,7 +243,8 @@ def child_main(plan: ChildPlan, err_fd: int) -> NoReturn:
         os.fchdir(cwd)
         os.close(cwd)
         if not plan.insecure:
-            _drop_capabilities()
+            _drop_capabilities(DOCKER_DEFAULT_CAPS - {CAP_NET_RAW} if plan.no_net_raw
+                               else DOCKER_DEFAULT_CAPS)
         ident = plan.identity
         if plan.setgroups:
             os.setgroups(list(ident.groups))

@@ -29,9 +29,11 @@ from collections.abc import Callable, Iterable
 
 from rootbuild.errors import SandboxError
 from rootbuild.sandbox.idmap import IdMapPlan
+from rootbuild.sandbox.netdeny import isolated_resolv_conf
 from rootbuild.sandbox.placement import CpuSlots
 from rootbuild.sandbox.run import run_init
 from rootbuild.sandbox.spec import Bind, InitRequest, StepResult, StepSpec
+from rootbuild.sandbox.usernet import denied_for_host
 
 PLACEMENT_ENV = "ROOTBUILD_CPU_PLACEMENT"  # "off": steps start on every CPU
 #: the files the sandbox provides in /etc, bound read-only over the image's
@@ -60,9 +62,12 @@ def _resolv_conf(network: str) -> str:
         return ""
     try:
         with open("/etc/resolv.conf", encoding="utf-8", errors="replace") as f:
-            return f.read(64 * 1024)
+            text = f.read(64 * 1024)
     except OSError:
         return ""
+    if network == "isolated":  # only resolvers the step can reach (sandbox/netdeny.py)
+        return isolated_resolv_conf(text, denied_for_host())
+    return text
 
 
 def prepare_scratch(spec: StepSpec) -> StepSpec:

@@ -4,10 +4,11 @@
 Job: one RUN step's life (SPEC: an ``InitRequest`` as JSON), in a fresh interpreter started
 by ``run.run_init`` (never a fork of the multithreaded builder): new user namespace (mapped
 by the builder through newuidmap/newgidmap, or by itself with the single mapping), new
-mount, uts, ipc (and, for ``network="none"``, net) namespaces; the root filesystem mounted
-by its provider (the FUSE server starts here, inside the user namespace); then a new pid
-namespace whose pid 1 is the step (``child.py``). The init and the FUSE server stay outside
-that pid namespace.
+mount, uts, ipc (and, for ``network="none"`` or ``"isolated"``, net) namespaces, for
+``isolated`` slirp4netns (``usernet.py``); the root filesystem mounted by its provider
+(the FUSE server starts here, inside the user namespace); then a new pid namespace whose
+pid 1 is the step (``child.py``). The init and the FUSE server stay outside that pid
+namespace.
 
 Protocol: JSON lines on STATUS_FD (init -> builder): ``{"event": "unshared"}`` (map my ids,
 then write ``mapped`` on CTL_FD), ``{"event": "started"}``, and last one of
@@ -46,7 +47,7 @@ from typing import Any, NoReturn
 
 from rootbuild.errors import RootbuildError, SandboxError, StepError
 from rootbuild.image.layermeta import LayerMeta
-from rootbuild.sandbox import mounts, secrets, step_mounts
+from rootbuild.sandbox import mounts, secrets, step_mounts, usernet
 from rootbuild.sandbox.affinity import StepCpu, children
 from rootbuild.sandbox.child import ChildPlan, child_main
 from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
@@ -111,7 +112,8 @@ USERNS_REFUSED = (
 )
 
 
-def _enter_namespaces(spec: StepSpec, plan: IdMapPlan, status: Status, ctl: int) -> None:
+def _enter_namespaces(spec: StepSpec, plan: IdMapPlan, status: Status, ctl: int,
+                      net: usernet.UserNet | None = None) -> None:
     try:
         mounts.unshare(mounts.CLONE_NEWUSER)
     except OSError as exc:
@@ -125,12 +127,19 @@ def _enter_namespaces(spec: StepSpec, plan: IdMapPlan, status: Status, ctl: int)
     else:
         write_own_maps(plan)
     flags = mounts.CLONE_NEWNS | mounts.CLONE_NEWUTS | mounts.CLONE_NEWIPC
-    if spec.network == "none":
+    if spec.network != "host":
         flags |= mounts.CLONE_NEWNET
+    # isolated: the host's addresses are read, and slirp4netns's helper forked, while
+    # still in the host's network namespace (sandbox/usernet.py)
+    denied = usernet.denied_for_host() if net is not None else ()
+    if net is not None:
+        net.fork_helper()
     mounts.unshare(flags)
     mounts.mount("none", "/", None, mounts.MS_REC | mounts.MS_PRIVATE)
-    if spec.network == "none":
+    if spec.network != "host":
         mounts.loopback_up()
+    if net is not None:
+        net.attach(denied)
     mounts.sethostname(spec.hostname)
 
 
@@ -244,14 +253,15 @@ def _start_child(plan: ChildPlan) -> tuple[int, str]:
     return pid, message
 
 
-def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
+def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
+        net: usernet.UserNet | None = None) -> None:
     spec = request.step
     plan = request.idmap
     host_bind = spec.proc == "host-bind"
     warnings: list[str] = list(request.warnings)
     cpu = StepCpu(request.cpu)
     cpu.pin()  # the FUSE server and the step inherit it (sandbox/placement.py)
-    _enter_namespaces(spec, plan, status, ctl)
+    _enter_namespaces(spec, plan, status, ctl, net)
     mountpoint = spec.scratch / "root"
     mountpoint.mkdir(mode=0o700)
     with provider_for(spec.rootfs)(mountpoint) as mounted, contextlib.ExitStack() as trees:
@@ -275,7 +285,8 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status) -> None:
                 env=_env(spec, request.default_path, identity) | secrets.env_of(spec),
                 workdir=spec.workdir, identity=identity, setgroups=plan.mode == "subid",
                 mountpoint=str(mountpoint), out_fd=out_fd, binds=tuple(binds),
-                own_netns=spec.network == "none", host_bind=host_bind,
+                own_netns=spec.network != "host", host_bind=host_bind,
+                no_net_raw=spec.network == "isolated",
                 tty_gid_mapped=plan.maps_gid(5), mounts=tuple(run_mounts),
                 insecure=spec.insecure, devices=spec.devices,
                 shm_size=spec.shm_size, ulimits=spec.ulimits,
@@ -382,7 +393,9 @@ def main(argv: list[str]) -> NoReturn:
         # the fifth argument: a memfd with the step's secret values (sandbox/secrets.py)
         values = secrets.read_payload(int(argv[4])) if len(argv) > 4 else secrets.Payload()
         request = dataclasses.replace(request, step=secrets.with_values(request.step, values))
-        run(request, out_fd, ctl, status)
+        # isolated: slirp4netns ends and is reaped before the init exits (usernet.py)
+        with usernet.for_step(request.step.network, request.step.scratch) as net:
+            run(request, out_fd, ctl, status, net)
     except Terminated:
         status.send(event="error", kind="sandbox", message="run step: interrupted")
         code = 3

@@ -34,7 +34,7 @@ from rootbuild.snapshot import LowerLayer, StepChanges
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: BuildKit's hostname for build containers
 DEFAULT_HOSTNAME = "buildkitsandbox"
-NETWORK_MODES = ("host", "none")
+NETWORK_MODES = ("host", "none", "isolated")  # isolated: sandbox/usernet.py
 PROC_MODES = ("fresh", "host-bind")
 BindKind = Literal["file", "dir", "socket"]
 #: "socket": a unix socket of the builder (RUN --mount=type=ssh: the agent's)
@@ -314,6 +314,8 @@ class StepSpec:
                 "run step: --proc=host-bind is refused for untrusted builds: it lets RUN "
                 "see and signal the builder's processes"
             )
+        if self.network == "host" and self.untrusted:  # engine/network.py never asks it
+            raise SandboxError("run step: the host network is refused for untrusted builds")
         if not self.workdir.startswith("/"):
             raise SandboxError(f"run step: WORKDIR {self.workdir!r} is not absolute")
         if any("=" in k or "\0" in k or "\0" in v or not k for k, v in self.env.items()):

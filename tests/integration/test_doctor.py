@@ -38,7 +38,7 @@ def test_doctor_passes_on_this_machine(rb: Harness) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     for name in ("kernel", "user namespaces", "mounts", "fresh /proc", "/dev/fuse",
-                 "id mapping"):
+                 "id mapping", "network isolation"):
         assert any(line.startswith(f"ok   {name}:") for line in lines), (name, lines)
     assert lines[-1] == "RUN steps can work here."
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 #: Docker's default capability set (what every RUN keeps), as /proc/self/status shows it
 DEFAULT_CAPS = "00000000a80425fb"
 CAP_SYS_ADMIN = 21
+CAP_NET_RAW = 13
 
 
 def context(rb: Harness, name: str, run_line: str) -> Path:
@@ -119,9 +120,15 @@ def test_default_and_sandbox_security_drop_to_dockers_capabilities(rb: Harness) 
     ctx = context(rb, "sandbox", "RUN --security=sandbox grep CapBnd /proc/self/status"
                                  " > /caps && (mount -t tmpfs none /tmp || echo refused"
                                  " > /refused)")
-    layout, _ = build_to_layout(rb, ctx, "--untrusted")
+    layout, _ = build_to_layout(rb, ctx)
     image = Image(rb, layout)
     assert image.text("caps").split()[1] == DEFAULT_CAPS
+    assert image.text("refused") == "refused\n"
+    # --untrusted (--network=isolated): CAP_NET_RAW goes too, a packet socket would write
+    # frames to the user-mode stack past the step's deny routes (sandbox/netdeny.py)
+    layout, _ = build_to_layout(rb, ctx, "--untrusted", "--no-cache")
+    image = Image(rb, layout)
+    assert int(image.text("caps").split()[1], 16) == int(DEFAULT_CAPS, 16) & ~(1 << CAP_NET_RAW)
     assert image.text("refused") == "refused\n"
 
 
