@@ -32,6 +32,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -176,6 +177,15 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=verify, network_backend=backend, http1=True, http2=False,
         )
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """The host (an IPv6 literal in brackets) and port an http(s) URL connects to;
+    ``ValueError`` for a malformed port."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    host = host[: host.index("]") + 1] if host.startswith("[") else host.partition(":")[0]
+    return host, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def git_pin(remote_host: str, port: int, address: str) -> list[str]:

@@ -47,7 +47,13 @@ from urllib.parse import urlsplit
 
 import trio
 
-from rootbuild.engine.fetch_guard import DeniedDestination, DestinationGuard, git_pin, refusal
+from rootbuild.engine.fetch_guard import (
+    DeniedDestination,
+    DestinationGuard,
+    git_pin,
+    host_port,
+    refusal,
+)
 from rootbuild.engine.remote_ref import GitSource, redact, strip_credentials
 from rootbuild.engine.remote_source import Checkout
 from rootbuild.errors import StepError
@@ -161,10 +167,8 @@ class GitBinaryFetcher:
             raise StepError(
                 f"ADD: {source.shown}: {kind} remotes are refused in untrusted builds (the "
                 "builder cannot check where they connect); use an https:// remote")
-        host = parts.netloc.rpartition("@")[2]
-        host = host[: host.index("]") + 1] if host.startswith("[") else host.partition(":")[0]
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            host, port = host_port(source.remote)
             addresses = await self.guard.check(host, port)
         except DeniedDestination as exc:
             raise StepError(refusal(f"ADD: {source.shown}", exc)) from exc

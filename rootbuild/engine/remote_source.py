@@ -205,6 +205,8 @@ class RemoteSources:
         """What the step cache keys ``src`` by (see the module rules)."""
         source = parse_remote(src, where)
         expected = check_checksum(source, checksum, where) if checksum else None
+        if self.untrusted:
+            await _check_destination(source, self.transport, where)
         if isinstance(source, GitSource):
             return "git:" + await self._commit(source, keep_git_dir, work_dir, expected)
         if expected is not None:
@@ -311,6 +313,34 @@ class RemoteSources:
     def commit(self) -> None:
         """After the image is committed: the store learns this build's ETags."""
         self._records.commit()
+
+
+async def _check_destination(
+    source: HttpSource | GitSource, transport: TransportOptions, where: Location,
+) -> None:
+    """An untrusted build refuses a denied source before its cache key is made, not only
+    when it fetches: a ``--checksum`` URL or a full commit id makes no request, and the
+    step cached by a trusted build from that destination must not be reused."""
+    from rootbuild.engine.fetch_guard import (
+        DeniedDestination,
+        DestinationGuard,
+        host_port,
+        refusal,
+    )
+    from rootbuild.engine.remote_git import GitBinaryFetcher
+
+    guard = DestinationGuard()
+    try:
+        if isinstance(source, GitSource):
+            await GitBinaryFetcher(transport, guard=guard).pin(source)
+            return
+        await guard.check(*host_port(source.url))
+    except DeniedDestination as exc:
+        raise StepError(refusal(f"ADD: {source.shown}", exc), where) from exc
+    except StepError as exc:
+        raise StepError(exc.message, where) from exc
+    except (OSError, ValueError):
+        pass  # not resolvable now: the fetch, if one is made, says why
 
 
 def _new_file(work_dir: Path) -> Path:

@@ -18,6 +18,7 @@ the repository's HTTP or SSH address as the source."
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import re
 import threading
@@ -143,3 +144,24 @@ def test_untrusted_git_protocol_and_ssh_remotes_are_refused(
     _fails_in_one_line(
         rb, ctx2, rf"rootbuild: Dockerfile:2: ADD: {re.escape(ssh)}: ssh:// remotes are "
         rf"{REFUSED} .*", "--untrusted")
+
+
+def test_untrusted_build_does_not_reuse_a_trusted_fetch_from_loopback(
+        rb: Any, web: Server) -> None:
+    """``ADD --checksum`` makes no request when the step is cached ("ADD --checksum": "The
+    `--checksum` flag lets you verify the checksum of a remote resource"): a step a trusted
+    build fetched from the host's loopback is still refused to an untrusted build on the
+    same store, before any cache lookup."""
+    body = b"fetched by a trusted build\n"
+    web.files["/canary/cached.txt"] = body
+    url = web.url("/canary/cached.txt")
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    ctx = rb.make_context("ctx", {
+        "Dockerfile": f"FROM scratch\nADD --checksum={digest} {url} /c\n"})
+    build(rb, ctx)
+    assert file_at(tree_of(rb, "img"), "c") == body
+    gets = len(_gets(web, "/canary/cached.txt"))
+    _fails_in_one_line(
+        rb, ctx, rf"rootbuild: Dockerfile:2: ADD: {re.escape(url)}: destination 127\.0\.0\.1 "
+        rf"is the host's loopback; {REFUSED}", "--untrusted")
+    assert len(_gets(web, "/canary/cached.txt")) == gets

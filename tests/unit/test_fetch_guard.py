@@ -22,7 +22,7 @@ from rootbuild.engine.remote_git import GitBinaryFetcher, git_env
 from rootbuild.engine.remote_http import HttpxFetcher
 from rootbuild.engine.remote_ref import GitSource
 from rootbuild.engine.remote_source import RemoteSources
-from rootbuild.errors import StepError
+from rootbuild.errors import Location, StepError
 from rootbuild.netrules import DENIED_CLASSES, DENIED_V4, denied_class
 from rootbuild.registry.client import DEFAULT_TRANSPORT
 
@@ -297,3 +297,26 @@ def test_remote_sources_guard_only_untrusted_builds() -> None:
     assert isinstance(git, GitBinaryFetcher) and git.guard is not None
     git = RemoteSources()._git()
     assert isinstance(git, GitBinaryFetcher) and git.guard is None
+
+
+class NoFetch:
+    async def fetch(self, url: str, dest: Path, *, etag: str | None = None) -> None:
+        raise AssertionError(f"fetched {url}")
+
+
+async def test_untrusted_key_refuses_a_denied_checksum_url_without_fetching(
+        tmp_path: Path) -> None:
+    where = Location("Dockerfile", 2)
+    url = "http://127.0.0.1:8080/x"
+    digest = "sha256:" + "ab" * 32
+    trusted = RemoteSources(http=NoFetch())
+    assert await trusted.key(url, digest, False, tmp_path, where) == digest
+    untrusted = RemoteSources(http=NoFetch(), untrusted=True)
+    with pytest.raises(StepError) as caught:
+        await untrusted.key(url, digest, False, tmp_path, where)
+    assert str(caught.value) == (
+        "Dockerfile:2: ADD: http://127.0.0.1:8080/x: destination 127.0.0.1 is the host's "
+        "loopback; refused in untrusted builds")
+    with pytest.raises(StepError, match="git:// remotes are refused"):
+        await untrusted.key("git://127.0.0.1/r.git#" + "a" * 40, None, False, tmp_path,
+                            where)
