@@ -74,7 +74,7 @@ def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Se
         exporter=StoreExporter(store, options.transport, docker_format=options.docker_format,
                                warn=progress.warn),
         remote=RemoteSources(records_dir=store.root / "remote-sources",
-                             transport=options.transport),
+                             transport=options.transport, untrusted=options.untrusted),
     )
 
 

@@ -22,6 +22,11 @@ Rules (SECURITY.md rules 3 and 6; BuildKit's Git source):
   Dockerfile must not make the builder use the user's keys on a host of its choosing.
   Never a key file (``IdentityFile=none``: not even ``~/.ssh/id_*``), never agent
   forwarding to the server.
+- For an untrusted build (``guard``), only ``https://`` and ``http://`` remotes: their host
+  is checked once (``fetch_guard``: the deny list of untrusted RUN) and curl is pinned to
+  the checked address (``http.curloptResolve``), follows no redirect and uses no proxy.
+  ``git://`` and ssh remotes are refused: git and ssh resolve the name themselves, and
+  a connector pinning them would be one more program between the build and the host.
 - A missing ref or an unreachable remote is one line with git's own reason (ssh's, when
   ssh failed); an ssh login refused without ``--ssh default`` says to give it.
 """
@@ -42,6 +47,13 @@ from urllib.parse import urlsplit
 
 import trio
 
+from rootbuild.engine.fetch_guard import (
+    DeniedDestination,
+    DestinationGuard,
+    git_pin,
+    host_port,
+    refusal,
+)
 from rootbuild.engine.remote_ref import GitSource, redact, strip_credentials
 from rootbuild.engine.remote_source import Checkout
 from rootbuild.errors import StepError
@@ -60,10 +72,11 @@ _SAFE_CONFIG = (
 
 
 def git_env(home: Path, transport: TransportOptions, remote: str,
-            agent: Path | None = None) -> dict[str, str]:
+            agent: Path | None = None, proxies: bool = True) -> dict[str, str]:
     """The whole environment git runs with (``home``: a private directory; ``agent``: the
-    socket of ``--ssh default``, else None)."""
-    env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+    socket of ``--ssh default``, else None; ``proxies``: pass the proxy variables on)."""
+    env = {k: os.environ[k] for k in _PASSED_ENV
+           if k in os.environ and (proxies or k == "PATH")}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env |= {
         "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
@@ -136,22 +149,46 @@ class GitBinaryFetcher:
     socket of the build's ``--ssh default`` agent (None: no agent) when git runs."""
 
     def __init__(self, transport: TransportOptions, timeout: float = GIT_TIMEOUT,
-                 agent: Callable[[], Path | None] = lambda: None) -> None:
+                 agent: Callable[[], Path | None] = lambda: None,
+                 guard: DestinationGuard | None = None) -> None:
         self.transport = transport
         self.timeout = timeout
         self.agent = agent
+        self.guard = guard
+
+    async def pin(self, source: GitSource) -> list[str]:
+        """git's options pinning an untrusted build's remote to its checked address (none
+        for a trusted build); ``StepError`` for a denied or unpinnable remote."""
+        if self.guard is None:
+            return []
+        parts = urlsplit(source.remote)
+        if parts.scheme not in ("http", "https"):
+            kind = f"{parts.scheme}://" if "://" in source.remote else "scp-style ssh"
+            raise StepError(
+                f"ADD: {source.shown}: {kind} remotes are refused in untrusted builds (the "
+                "builder cannot check where they connect); use an https:// remote")
+        try:
+            host, port = host_port(source.remote)
+            addresses = await self.guard.check(host, port)
+        except DeniedDestination as exc:
+            raise StepError(refusal(f"ADD: {source.shown}", exc)) from exc
+        except (OSError, ValueError) as exc:
+            raise StepError(f"ADD: fetch {source.shown}: {exc}") from exc
+        return git_pin(host, port, addresses[0])
 
     async def resolve(self, source: GitSource) -> str | None:
         git = shutil.which("git")
         if git is None:
             raise StepError("ADD: Git sources need the git command on the builder's PATH")
         agent = self.agent()
+        pin = await self.pin(source)
         with tempfile.TemporaryDirectory(prefix="git-home-") as home:
-            argv = [git, *(a for kv in _SAFE_CONFIG for a in ("-c", kv)), "ls-remote",
+            argv = [git, *(a for kv in _SAFE_CONFIG for a in ("-c", kv)), *pin, "ls-remote",
                     source.remote, *_candidates(source.ref)]
             with trio.move_on_after(self.timeout) as scope:
                 done = await trio.run_process(
-                    argv, env=git_env(Path(home), self.transport, source.remote, agent),
+                    argv, env=git_env(Path(home), self.transport, source.remote, agent,
+                                      proxies=self.guard is None),
                     cwd=home,
                     stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
                     check=False,
@@ -168,13 +205,14 @@ class GitBinaryFetcher:
         if git is None:
             raise StepError("ADD: Git sources need the git command on the builder's PATH")
         home, repo = dest / "home", dest / "repo"
-        home.mkdir()
         agent = self.agent()
-        env = git_env(home, self.transport, source.remote, agent)
+        pin = await self.pin(source)
+        home.mkdir()
+        env = git_env(home, self.transport, source.remote, agent, proxies=self.guard is None)
         shown = source.shown
 
         async def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-            argv = [git, *(a for kv in _SAFE_CONFIG for a in ("-c", kv)), *args]
+            argv = [git, *(a for kv in _SAFE_CONFIG for a in ("-c", kv)), *pin, *args]
             with trio.move_on_after(self.timeout) as scope:
                 done = await trio.run_process(
                     argv, env=env, cwd=str(repo) if repo.exists() else str(dest),

@@ -10,6 +10,9 @@ Rules:
   conditional request, anything else is ``invalid response status N`` (BuildKit's
   wording). A body over ``MAX_BYTES`` (or a declared length over it) is refused.
 - Errors name the URL without its credentials; the body file is removed on failure.
+- For an untrusted build (``guard``) every connection, the first and each redirect's, goes
+  to an address ``fetch_guard`` checked and pinned, with no proxy; a denied destination
+  is one line naming it (and the redirect that led there).
 """
 
 from __future__ import annotations
@@ -19,8 +22,16 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
+from rootbuild.engine.fetch_guard import (
+    DeniedDestination,
+    DestinationGuard,
+    GuardedBackend,
+    GuardedTransport,
+    refusal,
+)
 from rootbuild.engine.remote_ref import redact
 from rootbuild.engine.remote_source import Download
 from rootbuild.errors import RegistryError, StepError
@@ -37,10 +48,14 @@ class HttpxFetcher:
     def __init__(
         self, transport: TransportOptions, max_bytes: int = MAX_BYTES,
         http_transport: httpx.AsyncBaseTransport | None = None,  # tests of the HTTP logic
+        guard: DestinationGuard | None = None,  # an untrusted build's destination check
+        inner_backend: httpcore.AsyncNetworkBackend | None = None,  # tests of the guard
     ) -> None:
         self.transport = transport
         self.max_bytes = max_bytes
         self.http_transport = http_transport
+        self.guard = guard
+        self.inner_backend = inner_backend
 
     async def fetch(self, url: str, dest: Path, *, etag: str | None = None) -> Download | None:
         shown = redact(url)
@@ -54,10 +69,20 @@ class HttpxFetcher:
         headers = {"User-Agent": "rootbuild"}
         if etag:
             headers["If-None-Match"] = etag
+        http_transport = self.http_transport
+        if self.guard is not None and http_transport is None:
+            http_transport = GuardedTransport(
+                verify, GuardedBackend(self.guard, self.inner_backend))
+        requested: list[str] = []  # the first request's URL, then each redirect's
+
+        async def record(request: httpx.Request) -> None:  # each redirect's URL
+            requested.append(str(request.url))
+
         try:
             async with httpx.AsyncClient(
                 verify=verify, follow_redirects=True, max_redirects=MAX_REDIRECTS,
-                timeout=httpx.Timeout(60.0, connect=15.0), transport=self.http_transport,
+                timeout=httpx.Timeout(60.0, connect=15.0), transport=http_transport,
+                trust_env=self.guard is None, event_hooks={"request": [record]},
             ) as client, client.stream("GET", url, headers=headers) as response:
                 if response.status_code == 304 and etag:
                     return None
@@ -78,6 +103,12 @@ class HttpxFetcher:
                     etag=response.headers.get("etag"),
                     last_modified=response.headers.get("last-modified"),
                 )
+        except DeniedDestination as exc:
+            _unlink(dest)
+            what = f"ADD: {shown}"
+            if len(requested) > 1:
+                what += f": redirected to {redact(requested[-1])}"
+            raise StepError(refusal(what, exc)) from exc
         except httpx.TooManyRedirects as exc:
             _unlink(dest)
             raise StepError(f"ADD: download {shown}: too many redirects") from exc

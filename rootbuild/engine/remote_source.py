@@ -7,7 +7,8 @@ repository", "ADD --checksum", "ADD --keep-git-dir", "ADD --unpack"; BuildKit's 
 Git sources):
 - The fetching is behind two Protocols, ``HttpFetcher`` (``remote_http``: httpx, the
   registry client's proxy and CA handling) and ``GitFetcher`` (``remote_git``: the host's
-  ``git`` binary in a clean environment); engine tests pass fakes.
+  ``git`` binary in a clean environment); engine tests pass fakes. In an untrusted build
+  (``untrusted``) both check and pin every destination (``fetch_guard``).
 - A Git source over ssh authenticates with the agent of ``--ssh default`` (BuildKit's
   Git source mounts that ssh id): the build hands its agents' sockets over with
   ``forward_ssh`` once they run, and the fetcher asks for the socket when git runs.
@@ -136,16 +137,20 @@ class Records:
         self.pending.clear()
 
 
-def _default_http(transport: TransportOptions) -> HttpFetcher:
+def _default_http(transport: TransportOptions, untrusted: bool = False) -> HttpFetcher:
+    from rootbuild.engine.fetch_guard import DestinationGuard
     from rootbuild.engine.remote_http import HttpxFetcher
 
-    return HttpxFetcher(transport)
+    return HttpxFetcher(transport, guard=DestinationGuard() if untrusted else None)
 
 
-def _default_git(transport: TransportOptions, agent: Callable[[], Path | None]) -> GitFetcher:
+def _default_git(transport: TransportOptions, agent: Callable[[], Path | None],
+                 untrusted: bool = False) -> GitFetcher:
+    from rootbuild.engine.fetch_guard import DestinationGuard
     from rootbuild.engine.remote_git import GitBinaryFetcher
 
-    return GitBinaryFetcher(transport, agent=agent)
+    return GitBinaryFetcher(transport, agent=agent,
+                            guard=DestinationGuard() if untrusted else None)
 
 
 GIT_SSH_ID = "default"  # the --ssh id a Git source authenticates with (BuildKit's)
@@ -160,6 +165,7 @@ class RemoteSources:
     records_dir: Path | None = None
     transport: TransportOptions = DEFAULT_TRANSPORT
     ssh_sockets: Mapping[str, Path] = field(default_factory=dict)  # --ssh id -> socket
+    untrusted: bool = False  # the fetches reach only what untrusted RUN reaches
     _records: Records = field(init=False)
     _downloads: dict[str, Download] = field(init=False, default_factory=dict)
     _checkouts: dict[tuple[str, bool], Checkout] = field(init=False, default_factory=dict)
@@ -171,12 +177,12 @@ class RemoteSources:
 
     def _http(self) -> HttpFetcher:
         if self.http is None:
-            self.http = _default_http(self.transport)
+            self.http = _default_http(self.transport, self.untrusted)
         return self.http
 
     def _git(self) -> GitFetcher:
         if self.git is None:
-            self.git = _default_git(self.transport, self.ssh_agent)
+            self.git = _default_git(self.transport, self.ssh_agent, self.untrusted)
         return self.git
 
     def forward_ssh(self, sockets: Mapping[str, Path]) -> None:
@@ -199,6 +205,8 @@ class RemoteSources:
         """What the step cache keys ``src`` by (see the module rules)."""
         source = parse_remote(src, where)
         expected = check_checksum(source, checksum, where) if checksum else None
+        if self.untrusted:
+            await _check_destination(source, self.transport, where)
         if isinstance(source, GitSource):
             return "git:" + await self._commit(source, keep_git_dir, work_dir, expected)
         if expected is not None:
@@ -305,6 +313,34 @@ class RemoteSources:
     def commit(self) -> None:
         """After the image is committed: the store learns this build's ETags."""
         self._records.commit()
+
+
+async def _check_destination(
+    source: HttpSource | GitSource, transport: TransportOptions, where: Location,
+) -> None:
+    """An untrusted build refuses a denied source before its cache key is made, not only
+    when it fetches: a ``--checksum`` URL or a full commit id makes no request, and the
+    step cached by a trusted build from that destination must not be reused."""
+    from rootbuild.engine.fetch_guard import (
+        DeniedDestination,
+        DestinationGuard,
+        host_port,
+        refusal,
+    )
+    from rootbuild.engine.remote_git import GitBinaryFetcher
+
+    guard = DestinationGuard()
+    try:
+        if isinstance(source, GitSource):
+            await GitBinaryFetcher(transport, guard=guard).pin(source)
+            return
+        await guard.check(*host_port(source.url))
+    except DeniedDestination as exc:
+        raise StepError(refusal(f"ADD: {source.shown}", exc), where) from exc
+    except StepError as exc:
+        raise StepError(exc.message, where) from exc
+    except (OSError, ValueError):
+        pass  # not resolvable now: the fetch, if one is made, says why
 
 
 def _new_file(work_dir: Path) -> Path:

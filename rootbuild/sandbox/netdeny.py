@@ -14,7 +14,9 @@ Rules:
   untrusted builds), so it cannot remove them, and a user namespace it creates owns no
   power over this network namespace. It also loses CAP_NET_RAW: a packet socket writes
   frames to the tap device without a route lookup (``child.py``).
-- The list: the host's own addresses, 0/8, private ranges (10/8, 172.16/12, 192.168/16),
+- The list (kept in ``rootbuild.netrules``, which the builder's own fetches for an
+  untrusted build check too): the host's own addresses, 0/8, private ranges (10/8,
+  172.16/12, 192.168/16),
   carrier-grade NAT (100.64/10, where some clouds keep their metadata service),
   link-local (169.254/16, the metadata address 169.254.169.254), IETF protocol
   assignments (192.0.0/24), benchmarking (198.18/15) and reserved space (240/4); and every
@@ -37,11 +39,10 @@ import socket
 import struct
 from collections.abc import Iterable
 
-#: destinations an isolated step never reaches, besides the host's own addresses
-DENIED_V4 = (
-    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12",
-    "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "240.0.0.0/4",
-)
+from rootbuild.netrules import DENIED_V4 as DENIED_V4
+from rootbuild.netrules import denied_prefixes as denied_prefixes
+from rootbuild.netrules import is_denied as is_denied
+from rootbuild.netrules import user_net_prefixes as user_net_prefixes
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 20, 22, 24
@@ -56,39 +57,6 @@ _RTATTR = struct.Struct("=HH")
 
 def _align(n: int) -> int:
     return (n + 3) & ~3
-
-
-def user_net_prefixes(cidr: str) -> tuple[str, ...]:
-    """The user-mode stack's own network as two halves (more specific than its /24)."""
-    net = ipaddress.IPv4Network(cidr)
-    return tuple(str(half) for half in net.subnets(prefixlen_diff=1))
-
-
-def denied_prefixes(host_addresses: Iterable[str], user_net: str = "10.0.2.0/24"
-                    ) -> tuple[str, ...]:
-    """Every IPv4 prefix an isolated step gets a ``prohibit`` route for (see the module
-    docstring), without duplicates, host addresses as /32s."""
-    out: list[str] = [*DENIED_V4, *user_net_prefixes(user_net)]
-    for addr in host_addresses:
-        ip = ipaddress.ip_address(addr)
-        if ip.version != 4 or ip.is_loopback:
-            continue
-        prefix = f"{ip}/32"
-        if prefix not in out:
-            out.append(prefix)
-    return tuple(out)
-
-
-def is_denied(address: str, prefixes: Iterable[str]) -> bool:
-    """Whether ``address`` (IPv4 or IPv6) is one an isolated step cannot reach: in a
-    denied prefix, or IPv6 (no IPv6 route at all), or loopback (the step's own)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return True
-    if ip.version != 4 or ip.is_loopback:
-        return True
-    return any(ip in ipaddress.IPv4Network(p) for p in prefixes)
 
 
 def route_message(seq: int, prefix: str) -> bytes:
