@@ -268,6 +268,7 @@ class Worker:
         self.stopping = False
         self.running: dict[str, trio.CancelScope] = {}
         self.anonymous = config.store / "anonymous-auth.json"
+        self._last_error = ""
 
     def say(self, text: str) -> None:
         sys.stderr.write(f"worker {self.config.name}: {text}\n")
@@ -298,12 +299,18 @@ class Worker:
                 # is leased to this worker without being run
                 lease = await self.tq.claim(self.config.name)
             except QueueError as exc:
-                self.say(str(exc))
+                self._error(exc)
                 lease = None
             if lease is None:
                 await trio.sleep(self.config.poll)
                 continue
             await self.run_job(lease)
+
+    def _error(self, exc: QueueError) -> None:
+        """A queue error, said once until a different one comes (no line per poll)."""
+        if str(exc) != self._last_error:
+            self._last_error = str(exc)
+            self.say(str(exc))
 
     async def _reaper(self) -> None:
         every = self.tq.queue.config.reclaim_ms / 1000
@@ -312,7 +319,7 @@ class Worker:
             try:
                 await self.tq.reap()
             except QueueError as exc:
-                self.say(str(exc))
+                self._error(exc)
 
     async def _signals(self, everything: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -458,3 +458,55 @@ def test_bad_context_uploads_end_in_failure(rb: Harness, service: Service) -> No
     assert "digest mismatch" in done.failure_info.message
     jobs_dir = service.store / "tenants" / "acme" / "jobs"
     assert not jobs_dir.exists() or list(jobs_dir.iterdir()) == []
+
+
+def test_sigterm_stops_claiming_lets_builds_finish_then_cancels_after_the_grace(
+        rb: Harness, service: Service) -> None:
+    """SIGTERM: the worker claims nothing more, a running build finishes within the grace
+    time and is completed; one that outlasts the grace is killed (no step left) and not
+    completed, so its lease lapses for another worker; the worker exits 0."""
+    quick = busybox_context(rb, "quick", "FROM scratch\nCOPY rootfs/ /\nRUN sleep 1.5\n")
+    worker = service.start_worker("w1", "--grace", "20")
+    job = service.submit(quick, "acme")
+    service.wait(job, {JobState.WORKING})
+    time.sleep(0.3)
+    worker.send_signal(signal.SIGTERM)
+    later = service.submit(quick, "acme")
+    assert worker.wait(timeout=60) == 0
+    assert service.queue.status(job).state is JobState.SUCCESS
+    assert service.queue.status(later).state is JobState.QUEUED
+    service.cli("cancel", later)
+
+    mark = marker()
+    worker = service.start_worker("w2", "--grace", "1")
+    slow = service.submit(sleeper(rb, "slow", mark), "acme")
+    wait_until("the step to run", lambda: step_processes_all_users(mark))
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert step_processes_all_users(mark) == []
+    assert mounts_under(rb) == []
+    record = service.queue.status(slow)
+    assert (record.state, record.attempt) == (JobState.WORKING, 1)  # left to a reclaim
+    assert "not completing it" in service.worker_log("w2")
+    service.cli("cancel", slow)
+
+
+def test_a_worker_that_loses_redis_kills_its_own_build(
+        rb: Harness, service: Service, redis_server: RedisServer) -> None:
+    """A worker that cannot reach Redis for the reclaim time kills its build (another
+    worker may own the job by then) and keeps running, without completing anything."""
+    mark = marker()
+    worker = service.start_worker("w1")
+    job = service.submit(sleeper(rb, "cut", mark), "acme")
+    wait_until("the step to run", lambda: step_processes_all_users(mark))
+    redis_server.kill()
+    wait_until("the step to die", lambda: not step_processes_all_users(mark), timeout=20)
+    assert mounts_under(rb) == []
+    assert worker.poll() is None
+    redis_server.start()  # the AOF kept the job: still attempt 1, WORKING, not completed
+    os.chmod(redis_server.socket, 0o777)
+    record = service.queue.status(job)
+    assert (record.state, record.attempt) == (JobState.WORKING, 1)
+    wait_until("the worker to say why",
+               lambda: "build stopped (unreachable)" in service.worker_log("w1"), timeout=20)
+    service.cli("cancel", job)
