@@ -167,7 +167,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     queue = _queue(args)
     spec = JobSpec(packed.digest, packed.dockerfile, tuple(args.tags), args.push,
                    build_args, args.target, args.timeout)
-    upload_context(queue.client, queue.prefix, packed, int(queue.config.retention * 1000))
+    upload_context(queue.client, queue.prefix, packed, queue.config.queue_ttl)
     print(queue.submit(args.tenant, spec.to_json(), args.credentials_ref))
     return 0
 

@@ -3,7 +3,7 @@ by the worker.
 
 Job: ``pack_context`` (the client: the context directory as a gzip tarball, ``.dockerignore``
 applied), ``upload_context`` (the tarball under ``<prefix>:ctx:<sha256>``, size-capped,
-expiring with the job's retention), ``fetch_context`` and ``unpack_context`` (the worker:
+expiring a day after the job's queue_ttl), ``fetch_context`` and ``unpack_context`` (the worker:
 size checked before the read, digest checked before a single byte is used, extracted by
 rootbuild's own layer extractor).
 
@@ -119,12 +119,19 @@ def blob_key(prefix: str, digest: str) -> str:
     return f"{prefix}:ctx:{digest}"
 
 
+BLOB_LIFETIME_AFTER_TTL = 24 * 3600.0  # seconds a blob outlives its job's queue_ttl
+
+
 def upload_context(client: redis.Redis, prefix: str, packed: PackedContext,
-                   retention_ms: int) -> None:
-    """Store the blob (once per digest; a re-upload only extends its life)."""
+                   queue_ttl: float) -> None:
+    """Store the blob under its digest. It expires a day after the job's ``queue_ttl``
+    (time to wait in the queue, build, and be rebuilt after a lost lease), not with the
+    job record's week-long retention: blobs are the big keys of Redis's memory. A
+    re-upload of the same digest only extends its life."""
     key = blob_key(prefix, packed.digest)
+    lifetime_ms = int((queue_ttl + BLOB_LIFETIME_AFTER_TTL) * 1000)
     try:
-        client.set(key, packed.data, px=retention_ms)
+        client.set(key, packed.data, px=lifetime_ms)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise QueueError(f"submit: cannot reach redis: {exc}") from exc
     except redis.ResponseError as exc:

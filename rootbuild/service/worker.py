@@ -1,7 +1,7 @@
 """``rootbuild worker``: claim jobs from the queue and run each one as an in-process build.
 
-Job: the claim loop (``run_worker``: N slots, a reaper, SIGTERM handling) and one job's
-life (``run_job``): fetch and verify the context blob, unpack it, build it untrusted in the
+Job: the claim loop (``Worker.run``: N slots, a reaper, SIGTERM handling) and one job's
+life (``Worker.run_job``): fetch and verify the context blob, unpack it, build it untrusted in the
 tenant's own store with a ``Progress`` that writes to the job's log stream, push with the
 job's own credentials, and complete the job with its outcome, all under a lease kept
 alive beside the build (``TrioQueue.keep_lease``).
@@ -157,10 +157,14 @@ class JobLog:
     job's log stream by ``flush_loop`` (the build never waits on Redis). Lines are cut at
     ``line_max``; the queue's caps bound the whole log."""
 
-    def __init__(self, line_max: int) -> None:
+    def __init__(self, line_max: int, buffer_max: int = 4 << 20) -> None:
         self.line_max = line_max
+        self.buffer_max = buffer_max  # bytes held while Redis is slow; the rest dropped
+        self.capped = False  # the queue refused a line: its log cap is reached
         self._lock = threading.Lock()
         self._lines: list[str] = []
+        self._buffered = 0
+        self._dropped = 0
         self._counter = 0
         self._labels: dict[int, str] = {}
 
@@ -168,11 +172,19 @@ class JobLog:
         if len(text) > self.line_max:
             text = text[: self.line_max] + " [line cut]"
         with self._lock:
+            if self.capped or self._buffered + len(text) > self.buffer_max:
+                self._dropped += 1
+                return
             self._lines.append(text)
+            self._buffered += len(text) + 1
 
     def take(self) -> bytes:
         with self._lock:
-            lines, self._lines = self._lines, []
+            lines, self._lines, self._buffered = self._lines, [], 0
+            dropped, self._dropped = self._dropped, 0
+        if dropped and not self.capped:
+            lines.append(f"note: {dropped} lines of output dropped (written faster than "
+                         "the log could take them)")
         return "".join(line + "\n" for line in lines).encode("utf-8", "replace")
 
     def start(self, label: str) -> int:
@@ -203,10 +215,11 @@ class JobLog:
 
     async def flush(self, tq: TrioQueue, lease: Lease) -> None:
         data = self.take()
-        if data:
+        if data and not self.capped:
             # an unreachable Redis: the lease watcher decides what that means
             with contextlib.suppress(QueueError):
-                await tq.append_log(lease, data)
+                if not await tq.append_log(lease, data):
+                    self.capped = True  # the queue noted it; send nothing more
 
     async def flush_loop(self, tq: TrioQueue, lease: Lease, every: float = 0.2) -> None:
         while True:
@@ -284,7 +297,7 @@ class Worker:
         self.prepare()
         self.say(f"claiming jobs (concurrency {self.config.concurrency})")
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._signals, nursery.cancel_scope)
+            nursery.start_soon(self._signals)
             nursery.start_soon(self._reaper)
             async with trio.open_nursery() as slots:
                 for _ in range(self.config.concurrency):
@@ -321,17 +334,26 @@ class Worker:
             except QueueError as exc:
                 self._error(exc)
 
-    async def _signals(self, everything: trio.CancelScope) -> None:
+    async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                if self.stopping:
-                    break  # a second signal: stop now
-                self.stopping = True
-                self.say(f"stopping: no new jobs; running builds get {self.config.grace:g}s")
-                with trio.move_on_after(self.config.grace):
-                    while self.running:
-                        await trio.sleep(0.1)
-                break
+            async with trio.open_nursery() as nursery:
+                async for _ in signals:
+                    if self.stopping:
+                        self.say("second signal: cancelling running builds now")
+                        break
+                    self.stopping = True
+                    self.say(f"stopping: no new jobs; running builds get {self.config.grace:g}s")
+                    nursery.start_soon(self._grace)
+                nursery.cancel_scope.cancel()
+        self._cancel_running()
+
+    async def _grace(self) -> None:
+        with trio.move_on_after(self.config.grace):
+            while self.running:
+                await trio.sleep(0.1)
+        self._cancel_running()
+
+    def _cancel_running(self) -> None:
         for scope in list(self.running.values()):
             scope.cancel()
 

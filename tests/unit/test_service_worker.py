@@ -110,6 +110,17 @@ def test_job_log_cuts_long_lines() -> None:
     assert log.take() == b""
 
 
+def test_job_log_holds_a_bounded_buffer() -> None:
+    log = JobLog(line_max=100, buffer_max=25)
+    for i in range(10):
+        log.note(f"line {i}")  # 13 bytes each with the newline
+    assert log.take() == (b"note: line 0\nnote: line 1\nnote: 8 lines of output dropped "
+                          b"(written faster than the log could take them)\n")
+    log.capped = True  # the queue's cap was reached: nothing more is kept
+    log.note("late")
+    assert log.take() == b""
+
+
 def test_context_round_trip_applies_dockerignore(tmp_path: Path) -> None:
     ctx = tmp_path / "ctx"
     (ctx / "src").mkdir(parents=True)
