@@ -166,7 +166,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                           args.max_context or DEFAULT_MAX_CONTEXT)
     queue = _queue(args)
     spec = JobSpec(packed.digest, packed.dockerfile, tuple(args.tags), args.push,
-                   build_args, args.target, args.timeout)
+                   build_args, args.target, args.timeout, packed.dockerignore)
     upload_context(queue.client, queue.prefix, packed, queue.config.queue_ttl)
     print(queue.submit(args.tenant, spec.to_json(), args.credentials_ref))
     return 0

@@ -16,8 +16,10 @@ Rules:
   Owners and special bits in the tarball are dropped (the extractor records them as layer
   metadata, which a build context does not use).
 - The client applies the ignore file (``<Dockerfile>.dockerignore`` or ``.dockerignore``)
-  and leaves the ignore file itself out, so the worker sees exactly the filtered context;
-  the Dockerfile travels in the spec, so ``-f`` may name a file outside the context.
+  and sends its text in the spec with the Dockerfile's (so ``-f`` may name a file outside
+  the context); the worker puts both beside, not in, the unpacked context, so the build
+  applies the very same rules again (a no-op) and, as with ``docker build``, the ignore
+  file is part of the context unless it excludes itself.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class PackedContext:
     data: bytes
     digest: str  # "sha256:<hex>" of ``data``
     dockerfile: str  # the Dockerfile's text
+    dockerignore: str = ""  # the text of the ignore file applied ("" for none)
 
 
 def pack_context(context_dir: Path, dockerfile: str | None,
@@ -64,20 +67,20 @@ def pack_context(context_dir: Path, dockerfile: str | None,
         text = path.read_bytes().decode("utf-8", "surrogateescape")
     except OSError as exc:
         raise ContextError(f"read Dockerfile {path}: {exc.strerror}") from exc
-    ignore = load_ignore(context_dir, path)
+    ignore = load_ignore(context_dir, path)  # parsed (and checked) first
     ignore_file = ignore_file_for(context_dir, path)
-    skip = None
+    ignore_text = ""
     if ignore_file is not None:
         try:
-            skip = ignore_file.absolute().relative_to(context_dir.absolute()).as_posix()
-        except ValueError:
-            skip = None
+            ignore_text = ignore_file.read_bytes().decode("utf-8", "surrogateescape")
+        except OSError as exc:
+            raise ContextError(f"read {ignore_file}: {exc.strerror}") from exc
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6) as gz, \
             tarfile.open(fileobj=cast(io.BufferedIOBase, gz), mode="w",
                          format=tarfile.PAX_FORMAT) as tf:
         for rel in _walk(context_dir):
-            if rel == skip or ignore.ignored(rel):
+            if ignore.ignored(rel):
                 continue
             info = tf.gettarinfo(str(context_dir / rel), arcname=rel)
             info.uid = info.gid = 0
@@ -96,7 +99,8 @@ def pack_context(context_dir: Path, dockerfile: str | None,
     if len(data) > max_bytes:
         raise ContextError(f"submit: context {context_dir} is larger than {max_bytes} bytes "
                            "compressed (add a .dockerignore, or raise --max-context)")
-    return PackedContext(data, "sha256:" + hashlib.sha256(data).hexdigest(), text)
+    return PackedContext(data, "sha256:" + hashlib.sha256(data).hexdigest(), text,
+                         ignore_text)
 
 
 def _walk(root: Path) -> list[str]:

@@ -98,12 +98,13 @@ class JobSpec:
     build_args: Mapping[str, str] = field(default_factory=dict)
     target: str | None = None
     timeout: float | None = None  # the job's wall clock, seconds (capped by the worker)
+    dockerignore: str = ""  # the ignore file's text the client applied
 
     def to_json(self) -> dict[str, Any]:
         return {"context": self.context, "dockerfile": self.dockerfile,
                 "tags": list(self.tags), "push": self.push,
                 "build_args": dict(self.build_args), "target": self.target,
-                "timeout": self.timeout}
+                "timeout": self.timeout, "dockerignore": self.dockerignore}
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> JobSpec:
@@ -126,20 +127,23 @@ class JobSpec:
         timeout = spec.get("timeout")
         need(timeout is None or (isinstance(timeout, int | float) and timeout > 0),
              "'timeout' must be a positive number of seconds")
+        ignore = spec.get("dockerignore") or ""
+        need(isinstance(ignore, str), "'dockerignore' must be text")
         push_ = bool(spec.get("push", False))
         need(not push_ or bool(tags), "'push' needs at least one tag")
         assert isinstance(context, str) and isinstance(dockerfile, str)
         return cls(context, dockerfile, tuple(tags), push_, dict(args), target,
-                   None if timeout is None else float(timeout))
+                   None if timeout is None else float(timeout), ignore)
 
 
-def job_options(spec: JobSpec, context_dir: Path, config: WorkerConfig,
+def job_options(spec: JobSpec, context_dir: Path, dockerfile: Path, config: WorkerConfig,
                 anonymous_auth: Path) -> BuildOptions:
     """A job's ``BuildOptions``: the one place a job's spec and the worker's configuration
-    meet. Always untrusted, no network, no credentials of the worker's user."""
+    meet. Always untrusted, no network, no credentials of the worker's user.
+    ``dockerfile`` is the spec's Dockerfile written beside (not in) the context."""
     return BuildOptions(
         context_dir=context_dir,
-        dockerfile_text=spec.dockerfile,
+        dockerfile=str(dockerfile),
         tags=spec.tags,
         build_args=dict(spec.build_args),
         target=spec.target,
@@ -425,7 +429,13 @@ class Worker:
                 await trio.to_thread.run_sync(unpack_context, data, context_dir)
                 del data
                 store = Store.open(tenant_dir / "store")
-                options = job_options(spec, context_dir, self.config, self.anonymous)
+                dockerfile = work / "Dockerfile"  # beside the context, with its ignore file
+                dockerfile.write_text(spec.dockerfile, errors="surrogateescape")
+                if spec.dockerignore:
+                    (work / "Dockerfile.dockerignore").write_text(
+                        spec.dockerignore, errors="surrogateescape")
+                options = job_options(spec, context_dir, dockerfile, self.config,
+                                      self.anonymous)
                 result = await build(options, store, log)
                 pushed: dict[str, str] = {}
                 if spec.push:

@@ -30,7 +30,8 @@ DIGEST = "sha256:" + "a" * 64
 
 
 def test_spec_round_trip_and_refusals() -> None:
-    spec = JobSpec(DIGEST, "FROM scratch\n", ("r/x:1",), True, {"A": "1"}, "final", 60.0)
+    spec = JobSpec(DIGEST, "FROM scratch\n", ("r/x:1",), True, {"A": "1"}, "final", 60.0,
+                   "*.log\n")
     assert JobSpec.parse(json.loads(json.dumps(spec.to_json()))) == spec
     for bad, needle in [
         ({"dockerfile": "x"}, "context"),
@@ -48,11 +49,12 @@ def test_job_options_are_untrusted_offline_and_anonymous(tmp_path: Path) -> None
     config = WorkerConfig(store=tmp_path, step_timeout=12.0,
                           transport=TransportOptions(tls_verify=False))
     spec = JobSpec(DIGEST, "FROM scratch\n", ("r/x:1",), True, {"A": "1"}, None)
-    options = job_options(spec, tmp_path / "ctx", config, tmp_path / "anon.json")
+    options = job_options(spec, tmp_path / "ctx", tmp_path / "Dockerfile", config,
+                          tmp_path / "anon.json")
     options.validate()
     assert options.untrusted and options.network == "none"
     assert options.push is False  # the worker pushes, with the job's credentials
-    assert options.step_timeout == 12.0 and options.dockerfile_text == "FROM scratch\n"
+    assert options.step_timeout == 12.0 and options.dockerfile == str(tmp_path / "Dockerfile")
     assert options.transport == TransportOptions(tls_verify=False,
                                                  auth_file=tmp_path / "anon.json")
     assert dict(options.build_args) == {"A": "1"} and options.tags == ("r/x:1",)
@@ -133,10 +135,12 @@ def test_context_round_trip_applies_dockerignore(tmp_path: Path) -> None:
     again = pack_context(ctx, None)
     assert packed.digest == again.digest  # deterministic
     assert packed.dockerfile == "FROM scratch\nCOPY . /\n"
+    assert packed.dockerignore == "secret.key\n"
     out = tmp_path / "out"
     unpack_context(packed.data, out)
     assert (out / "src/app.py").read_text() == "print(1)\n"
-    assert not (out / "secret.key").exists() and not (out / ".dockerignore").exists()
+    assert not (out / "secret.key").exists()
+    assert (out / ".dockerignore").read_text() == "secret.key\n"  # as docker build sends it
     assert (out / "link").is_symlink() and str((out / "link").readlink()) == "/etc/passwd"
     with pytest.raises(RootbuildError, match="larger than 10 bytes"):
         pack_context(ctx, None, max_bytes=10)
@@ -151,3 +155,20 @@ def test_unpack_refuses_entries_that_climb_out(tmp_path: Path) -> None:
     with pytest.raises(ContextBlobError):
         unpack_context(buf.getvalue(), tmp_path / "out")
     assert not (tmp_path / "escape").exists()
+
+
+def test_a_dockerfile_specific_ignore_file_wins_and_travels_in_the_spec(
+        tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "build.Dockerfile").write_text("FROM scratch\n")
+    (ctx / "build.Dockerfile.dockerignore").write_text("a.txt\n")
+    (ctx / ".dockerignore").write_text("b.txt\n")
+    (ctx / "a.txt").write_text("a")
+    (ctx / "b.txt").write_text("b")
+    packed = pack_context(ctx, str(ctx / "build.Dockerfile"))
+    assert packed.dockerignore == "a.txt\n"
+    out = tmp_path / "out"
+    unpack_context(packed.data, out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".dockerignore", "b.txt", "build.Dockerfile", "build.Dockerfile.dockerignore"]
