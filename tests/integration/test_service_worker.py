@@ -375,7 +375,8 @@ def test_tenants_share_no_step_cache(rb: Harness, service: Service) -> None:
 # -- the commands -----------------------------------------------------------------------------
 
 
-def test_submit_status_logs_follow_and_errors(rb: Harness, service: Service) -> None:
+def test_submit_status_logs_follow_and_errors(
+        rb: Harness, service: Service, redis_server: RedisServer) -> None:
     """``submit`` prints the id, ``status`` and ``status --json`` the record, ``logs`` the
     build output (``--follow`` until the end); bad input is one line and a non-zero exit."""
     token = secrets.token_hex(8)
@@ -385,8 +386,14 @@ def test_submit_status_logs_follow_and_errors(rb: Harness, service: Service) -> 
     ), {"data.txt": "kept\n", "secret.key": "ignored-file\n", ".dockerignore": "secret.key\n"})
     job = service.submit(ctx, "acme", "--build-arg", "A=1")
     assert service.cli("status", job).stdout.startswith(f"{job} QUEUED tenant=acme attempt=0")
-    service.start_worker("w1")
+    worker = service.start_worker("w1")
     follow = service.cli("logs", job, "--follow").stdout
+    # workers pull: no listening socket of any kind (TCP, UDP, unix) after a build
+    listening = subprocess.run(["ss", "-H", "-l", "-n", "-p", "-t", "-u", "-x"],
+                               capture_output=True, text=True, check=True).stdout
+    assert [line for line in listening.splitlines() if f"pid={worker.pid}," in line] == []
+    assert redis_server.proc is not None  # the check sees listeners: redis-server's socket
+    assert any(f"pid={redis_server.proc.pid}," in line for line in listening.splitlines())
     assert f"out-{token}" in follow and "kept" in follow
     record = json.loads(service.cli("status", job, "--json").stdout)
     assert record["state"] == "SUCCESS" and record["attempt"] == 1
