@@ -378,7 +378,11 @@ def test_tenants_share_no_step_cache(rb: Harness, service: Service) -> None:
 def test_submit_status_logs_follow_and_errors(
         rb: Harness, service: Service, redis_server: RedisServer) -> None:
     """``submit`` prints the id, ``status`` and ``status --json`` the record, ``logs`` the
-    build output (``--follow`` until the end); bad input is one line and a non-zero exit."""
+    build output (``--follow`` until the end); bad input is one line and a non-zero exit.
+
+    The upload honours the ignore file as ``docker build`` does: "You can use a
+    .dockerignore file to exclude files or directories from the build context."
+    (https://docs.docker.com/build/building/context/#dockerignore-files)"""
     token = secrets.token_hex(8)
     ctx = busybox_context(rb, "cmds", (
         "FROM scratch\nCOPY rootfs/ /\nCOPY data.txt /\n"
