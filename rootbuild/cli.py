@@ -199,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "SIZE (e.g. 2GB)")
 
     sub.add_parser("doctor", help="check that RUN steps can work here, and say how to fix it")
+
+    from rootbuild.service.commands import add_parsers  # worker, submit, status, logs, cancel
+
+    add_parsers(sub, _add_transport)
     return parser
 
 
@@ -551,9 +555,11 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from rootbuild.service.commands import COMMANDS as SERVICE_COMMANDS
+
     try:
         args = build_parser().parse_args(argv)
-        return _COMMANDS[args.command](args)
+        return {**_COMMANDS, **SERVICE_COMMANDS}[args.command](args)
     except RootbuildError as exc:
         sys.stderr.write(f"rootbuild: {exc}\n")
         return exc.exit_code

@@ -61,6 +61,10 @@ class StepError(RootbuildError):
     """A build step failed while running."""
 
 
+class StepTimeout(StepError):
+    """A RUN step ran longer than its time limit (``--timeout``)."""
+
+
 class UsageError(RootbuildError):
     """The command line is wrong."""
 

@@ -65,6 +65,7 @@ from rootbuild.errors import (
     RootbuildError,
     SandboxError,
     StepError,
+    StepTimeout,
 )
 from rootbuild.image.layer_write import TarEntry
 from rootbuild.image.oci import StoredImage
@@ -416,7 +417,7 @@ class Stage:
             work.warn_once(warning)
         command = " ".join(action.command)
         if result.timed_out:
-            raise StepError(
+            raise StepTimeout(
                 f'RUN: process "{command}" timed out after {options.step_timeout:g}s', where
             )
         if result.exit_code != 0:

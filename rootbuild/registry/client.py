@@ -59,6 +59,10 @@ class TransportOptions:
 
     tls_verify: bool = True
     cert_dir: Path | None = None
+    # The only credentials file consulted (docker config.json format) instead of the
+    # user's usual ones: the build service gives each push its job's own credentials and
+    # every other request an empty file.
+    auth_file: Path | None = None
 
 
 DEFAULT_TRANSPORT = TransportOptions()
@@ -180,6 +184,8 @@ class RegistryClient:
         self.host = api_host(self.registry)
         self.transport = transport
         self._env = env
+        if transport.auth_file is not None:
+            self._env = {"REGISTRY_AUTH_FILE": str(transport.auth_file)}
         self._creds = credentials
         self._creds_looked_up = credentials is not None
         self._retries = max(1, retries)

@@ -32,10 +32,11 @@ EDGES: dict[str, set[str]] = {
         "snapshot", "sandbox", "registry", "cache", "netrules",
     },
     "testing": {"errors", "platform", "image", "sandbox", "snapshot"},
-    "service": {"errors"},
+    "service": {"errors", "context", "image", "registry", "cache", "engine"},
     "doctor": set(),
     "cli": {
         "doctor", "errors", "platform", "progress", "image", "registry", "cache", "engine",
+        "service",
     },
 }
 # Edges that must never appear, whatever the table above says (issue 11's seams).

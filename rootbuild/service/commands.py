@@ -1,0 +1,234 @@
+"""The service's subcommands: ``worker``, ``submit``, ``status``, ``logs``, ``cancel``.
+
+Job: their argument parsers (``add_parsers``, called by ``cli.build_parser``) and the
+functions ``cli.main`` dispatches to (``COMMANDS``). Each turns its arguments into one call
+of the queue or the worker.
+
+Rules:
+- Every command takes ``--redis URL`` (default ``$ROOTBUILD_REDIS``); errors are
+  ``RootbuildError``s, so the CLI prints one line and exits non-zero.
+- Importing this module imports no Redis client: the parsers are built for every
+  ``rootbuild`` run; the queue is imported when a service command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from rootbuild.errors import UsageError
+
+if TYPE_CHECKING:
+    from rootbuild.service.queue import RedisQueue
+
+
+def _add_redis(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="the queue: redis://HOST:PORT/DB or unix:///PATH "
+                             "(default: $ROOTBUILD_REDIS)")
+
+
+def _size(text: str) -> int:
+    from rootbuild.cache.prune import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+                add_transport: Callable[[argparse.ArgumentParser], None]) -> None:
+    w = sub.add_parser("worker", help="run builds from the queue (the build service)")
+    _add_redis(w)
+    w.add_argument("--concurrency", type=int, default=1, help="builds at once (default 1)")
+    w.add_argument("--store", type=Path, default=None,
+                   help="the worker's storage; each tenant's store is STORE/tenants/NAME "
+                        "(default: $ROOTBUILD_ROOT/service, else the default store's)")
+    w.add_argument("--name", default=None, help="worker name (default: HOST-PID)")
+    w.add_argument("--credentials-dir", type=Path, default=None,
+                   help="push credentials: DIR/<credentials_ref>.json (docker config.json)")
+    w.add_argument("--max-context", type=_size, default=None, metavar="SIZE",
+                   help="largest context blob accepted (default 64MiB)")
+    w.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="time limit of each RUN step (default 3600)")
+    w.add_argument("--job-timeout", type=float, default=4 * 3600.0, metavar="SECONDS",
+                   help="time limit of a whole job (default 14400)")
+    w.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
+                   help="after SIGTERM, running builds get this long (default 30)")
+    w.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS",
+                   help="lease renewal interval; a lease is lost after 3 missed (default 2)")
+    add_transport(w)
+
+    s = sub.add_parser("submit", help="queue a build for the build service")
+    _add_redis(s)
+    s.add_argument("context", help="build context directory")
+    s.add_argument("--tenant", required=True)
+    s.add_argument("-f", "--file", dest="dockerfile", help="Dockerfile")
+    s.add_argument("-t", "--tag", dest="tags", action="append", default=[], help="name[:tag]")
+    s.add_argument("--push", action="store_true", help="push every -t name when built")
+    s.add_argument("--build-arg", dest="build_args", action="append", default=[],
+                   metavar="K=V")
+    s.add_argument("--target", help="build only up to this stage")
+    s.add_argument("--credentials-ref", default=None, metavar="NAME",
+                   help="the worker's credentials to push with (a name, never a secret)")
+    s.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="the job's time limit (the worker's own limit still applies)")
+    s.add_argument("--max-context", type=_size, default=None, metavar="SIZE",
+                   help="refuse a context larger than SIZE compressed (default 64MiB)")
+
+    st = sub.add_parser("status", help="a queued build's state")
+    _add_redis(st)
+    st.add_argument("id")
+    st.add_argument("--json", action="store_true", help="the whole job record as JSON")
+
+    lg = sub.add_parser("logs", help="a queued build's log")
+    _add_redis(lg)
+    lg.add_argument("id")
+    lg.add_argument("--follow", action="store_true", help="until the job ends")
+    lg.add_argument("--after", default="0-0", metavar="ENTRY", help="resume after ENTRY")
+
+    c = sub.add_parser("cancel", help="cancel a queued or running build")
+    _add_redis(c)
+    c.add_argument("id")
+
+
+def _queue(args: argparse.Namespace, heartbeat: float | None = None) -> RedisQueue:
+    from rootbuild.service.jobs import QueueConfig
+    from rootbuild.service.queue import RedisQueue, connect
+
+    url = args.redis or os.environ.get("ROOTBUILD_REDIS")
+    if not url:
+        raise UsageError(f"{args.command}: no queue: pass --redis URL or set $ROOTBUILD_REDIS")
+    try:
+        client = connect(url)
+    except ValueError as exc:
+        raise UsageError(f"{args.command}: --redis {url!r}: {exc}") from None
+    config = QueueConfig() if heartbeat is None else QueueConfig(heartbeat=heartbeat)
+    return RedisQueue(client, config)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from rootbuild.image.store import default_root
+    from rootbuild.registry.client import TransportOptions
+    from rootbuild.service.context_blob import DEFAULT_MAX_CONTEXT
+    from rootbuild.service.trio_queue import TrioQueue
+    from rootbuild.service.worker import Worker, WorkerConfig
+
+    if args.concurrency < 1:
+        raise UsageError(f"worker: --concurrency must be at least 1, not {args.concurrency}")
+    for name in ("timeout", "job_timeout", "heartbeat"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"worker: --{name.replace('_', '-')} must be positive")
+    if args.grace < 0:
+        raise UsageError("worker: --grace must not be negative")
+    queue = _queue(args, args.heartbeat)
+    store = args.store or default_root() / "service"
+    fields = {"name": args.name} if args.name else {}
+    config = WorkerConfig(
+        store=store.absolute(), concurrency=args.concurrency,
+        credentials_dir=args.credentials_dir,
+        max_context=args.max_context or DEFAULT_MAX_CONTEXT,
+        step_timeout=args.timeout, job_timeout=args.job_timeout, grace=args.grace,
+        transport=TransportOptions(tls_verify=args.tls_verify == "true",
+                                   cert_dir=args.cert_dir),
+        **fields,
+    )
+    trio.run(Worker(TrioQueue(queue), config).run)
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from rootbuild.service.context_blob import DEFAULT_MAX_CONTEXT, pack_context, upload_context
+    from rootbuild.service.jobs import check_credentials_ref, check_tenant
+    from rootbuild.service.worker import JobSpec
+
+    check_tenant(args.tenant)  # before packing: a bad name fails fast
+    check_credentials_ref(args.credentials_ref)
+    if args.push and not args.tags:
+        raise UsageError("submit: --push needs at least one -t NAME to push to")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError("submit: --timeout must be positive")
+    build_args: dict[str, str] = {}
+    for item in args.build_args:
+        key, sep, value = item.partition("=")
+        if not key or not sep:
+            raise UsageError(f"submit: --build-arg {item!r}: expected K=V")
+        build_args[key] = value
+    packed = pack_context(Path(args.context), args.dockerfile,
+                          args.max_context or DEFAULT_MAX_CONTEXT)
+    queue = _queue(args)
+    spec = JobSpec(packed.digest, packed.dockerfile, tuple(args.tags), args.push,
+                   build_args, args.target, args.timeout, packed.dockerignore)
+    upload_context(queue.client, queue.prefix, packed, queue.config.queue_ttl)
+    print(queue.submit(args.tenant, spec.to_json(), args.credentials_ref))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    record = _queue(args).status(args.id)
+    if args.json:
+        print(json.dumps(record.to_json(), indent=2, sort_keys=True))
+        return 0
+    line = f"{record.id} {record.state.value} tenant={record.tenant} attempt={record.attempt}"
+    if record.worker:
+        line += f" worker={record.worker}"
+    print(line)
+    if record.failure_info is not None:
+        info = record.failure_info
+        where = f" at {info.step}" if info.step else ""
+        print(f"{info.reason}{where}: {info.message}")
+    for ref, digest in sorted(record.result.get("pushed", {}).items()):
+        print(f"pushed {ref}@{digest}")
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    queue.status(args.id)  # an unknown job is an error, not an empty log
+
+    def show(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+    if not args.follow:
+        after = args.after
+        while True:
+            entries = queue.read_log(args.id, after)
+            if not entries:
+                return 0
+            for entry in entries:
+                show(entry.data if entry.kind == "out" else b"# " + entry.data + b"\n")
+                after = entry.id
+
+    async def follow() -> None:
+        from rootbuild.service.trio_queue import TrioQueue
+
+        async for entry in TrioQueue(queue).follow_log(args.id, args.after):
+            show(entry.data if entry.kind == "out" else b"# " + entry.data + b"\n")
+
+    trio.run(follow)
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    state = _queue(args).cancel(args.id)
+    print(f"{args.id} {state.value}" + (" (cancel requested)" if state.value == "WORKING"
+                                         else ""))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "worker": _cmd_worker,
+    "submit": _cmd_submit,
+    "status": _cmd_status,
+    "logs": _cmd_logs,
+    "cancel": _cmd_cancel,
+}
