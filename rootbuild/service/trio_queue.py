@@ -58,17 +58,25 @@ class TrioQueue:
         return await self._call(self.queue.submit, tenant, spec, credentials_ref)
 
     async def claim(self, worker: str) -> Lease | None:
-        return await self._call(self.queue.claim, worker)
+        """One claim, never abandoned half way (shielded, not ``abandon_on_cancel``): a
+        lease the claim script gave out must reach the caller, or the job would sit leased
+        to nobody until it is reclaimed (a delivery counted for nothing)."""
+        lease: Lease | None = None
+        with trio.CancelScope(shield=True):
+            lease = await trio.to_thread.run_sync(self.queue.claim, worker)
+        return lease
 
     async def claim_wait(self, worker: str, timeout: float) -> Lease | None:
         """A job, or None after ``timeout`` seconds without one."""
-        with trio.move_on_after(timeout):
-            while True:
-                lease = await self.claim(worker)
-                if lease is not None:
-                    return lease
-                await trio.sleep(self.poll)
-        return None
+        deadline = trio.current_time() + timeout
+        while True:
+            lease = await self.claim(worker)
+            if lease is not None:
+                return lease
+            left = deadline - trio.current_time()
+            if left <= 0:
+                return None
+            await trio.sleep(min(self.poll, left))
 
     async def heartbeat(self, lease: Lease) -> Heartbeat:
         return await self._call(self.queue.heartbeat, lease)

@@ -8,8 +8,9 @@ alive beside the build (``TrioQueue.keep_lease``).
 
 Rules:
 - A job's ``BuildOptions`` come from one function, ``job_options`` (spec + worker config):
-  new build options (limits, network) are one line there. Jobs are always ``untrusted``
-  with ``network=none``.
+  new build options (limits, network) are one line there. Jobs are always ``untrusted``,
+  so their RUN network is the untrusted default (``isolated``: public egress only, or
+  ``none`` with a warning where slirp4netns cannot run).
 - The lease decides: when ``keep_lease`` returns (cancelled, lost, or Redis unreachable for
   the reclaim time) the build's cancel scope is cancelled, which kills the running step's
   pid namespace; only a cancel completes the job (CANCELLED); a lost or unreachable lease
@@ -139,7 +140,8 @@ class JobSpec:
 def job_options(spec: JobSpec, context_dir: Path, dockerfile: Path, config: WorkerConfig,
                 anonymous_auth: Path) -> BuildOptions:
     """A job's ``BuildOptions``: the one place a job's spec and the worker's configuration
-    meet. Always untrusted, no network, no credentials of the worker's user.
+    meet. Always untrusted (RUN gets the untrusted network), no credentials of the
+    worker's user.
     ``dockerfile`` is the spec's Dockerfile written beside (not in) the context."""
     return BuildOptions(
         context_dir=context_dir,
@@ -148,8 +150,7 @@ def job_options(spec: JobSpec, context_dir: Path, dockerfile: Path, config: Work
         build_args=dict(spec.build_args),
         target=spec.target,
         jobs=1,
-        network="none",
-        untrusted=True,
+        untrusted=True,  # and so the untrusted network default (engine/network.py)
         step_timeout=config.step_timeout,
         transport=dataclasses.replace(config.transport, auth_file=anonymous_auth),
         push=False,  # pushed by the worker with the job's own credentials

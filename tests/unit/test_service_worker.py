@@ -45,14 +45,15 @@ def test_spec_round_trip_and_refusals() -> None:
             JobSpec.parse(bad)
 
 
-def test_job_options_are_untrusted_offline_and_anonymous(tmp_path: Path) -> None:
+def test_job_options_are_untrusted_with_its_network_and_anonymous(tmp_path: Path) -> None:
     config = WorkerConfig(store=tmp_path, step_timeout=12.0,
                           transport=TransportOptions(tls_verify=False))
     spec = JobSpec(DIGEST, "FROM scratch\n", ("r/x:1",), True, {"A": "1"}, None)
     options = job_options(spec, tmp_path / "ctx", tmp_path / "Dockerfile", config,
                           tmp_path / "anon.json")
     options.validate()
-    assert options.untrusted and options.network == "none"
+    # "": settled at build start to the untrusted default, isolated (or none, warned)
+    assert options.untrusted and options.network == ""
     assert options.push is False  # the worker pushes, with the job's credentials
     assert options.step_timeout == 12.0 and options.dockerfile == str(tmp_path / "Dockerfile")
     assert options.transport == TransportOptions(tls_verify=False,
