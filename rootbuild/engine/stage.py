@@ -49,6 +49,7 @@ from rootbuild.engine.copy import (
     image_sources,
     resolve_chown,
 )
+from rootbuild.engine.disk_limit import limit_message, limits_of
 from rootbuild.engine.entitlements import host_devices
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
@@ -399,6 +400,7 @@ class Stage:
                 secret_env=mounts.secret_env, insecure=action.security == "insecure",
                 devices=host_devices(action.devices),
                 **options.run_flags().step_fields(),  # --add-host, --shm-size, --ulimit
+                disk_limit=limits_of(options)[0], inode_limit=limits_of(options)[1],
             )
             mask = mask_of(mounts.mounts, mounts.secret_env)  # no secret value in the output
             result = await self.seams.executor.run(
@@ -413,6 +415,9 @@ class Stage:
         for warning in result.warnings:
             work.warn_once(warning)
         command = " ".join(action.command)
+        if result.limit_exceeded:
+            raise StepError(f'RUN: {limit_message(options, result.limit_exceeded)}: process '
+                            f'"{command}" (exit code {result.exit_code})', where)
         if result.timed_out:
             raise StepError(
                 f'RUN: process "{command}" timed out after {options.step_timeout:g}s', where
