@@ -81,6 +81,13 @@ class OverlayModel(InodeTable):
             self.quota.release(node.charged_data - size)
         node.charged_data = size
 
+    def _lower_content(self, node: Inode) -> None:
+        """Before a lower file's attributes, xattrs or names change: the layer will hold
+        its whole content (a tar entry has no metadata-only form), so the budget is
+        charged its size, as for a copy-up (which then costs nothing more)."""
+        if self.quota is not None and node.kind == "file" and node.data is None:
+            self.resize(node, max(node.size, node.charged_data))
+
     def grow(self, node: Inode, end: int) -> None:
         """Before a write ending at ``end``."""
         if self.quota is not None and end > node.charged_data:
@@ -229,6 +236,7 @@ class OverlayModel(InodeTable):
         if not node.links:
             raise fs_error(errno.ENOENT, "inode has no name")
         d = self.check_new(parent, name)
+        self._lower_content(node)
         self._charge(node, ENTRY_BYTES)  # a name: a header in the layer
         self._attach(d, name, node)
         self._table_changed(d, now_ns)
@@ -325,6 +333,7 @@ class OverlayModel(InodeTable):
         """chmod/chown/utimens/truncate. Only the model changes; a size change needs the
         content in the upper first (``needs_copy_up``), which the adapter ensures."""
         node = self.get(ino)
+        self._lower_content(node)
         if size is not None:
             if node.kind != "file":
                 raise fs_error(errno.EISDIR if node.is_dir else errno.EINVAL, "truncate")
@@ -385,6 +394,7 @@ class OverlayModel(InodeTable):
     def setxattr(self, ino: int, name: str, value: bytes, now_ns: int) -> None:
         self._xattr_name(name)
         node = self.get(ino)
+        self._lower_content(node)
         old = node.xattrs.get(name)
         size = len(name.encode("utf-8", "surrogateescape"))
         before = 0 if old is None else size + len(old)

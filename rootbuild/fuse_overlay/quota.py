@@ -14,15 +14,19 @@ Rules:
 - What the upper holds (``cost``): each inode created in the step costs one inode and
   ``ENTRY_BYTES`` (a layer tar's header); a regular file's content its apparent size
   (a sparse file counts whole: it becomes that many bytes in the layer); a copy-up the
-  size it keeps; a symlink its target's length; an extra hard link ``ENTRY_BYTES``; an
-  xattr its name and value. Freed content (unlink of the last reference, truncate down,
-  removexattr) is given back at once; a hard link's name is given back with its inode.
+  size it keeps (a lower file whose attributes, xattrs or names change: its whole size,
+  since the layer holds its content again); a symlink its target's length; an extra hard
+  link ``ENTRY_BYTES``; an xattr its name and value. Freed content (unlink of the last
+  reference, truncate down, removexattr) is given back at once; a hard link's name is
+  given back with its inode.
 - Sharing without a lock per request: a server takes a reservation from the pool in
   chunks (``chunk``: 1/64 of the limit, between 64 KiB and 4 MiB) and charges against it
   locally; it goes back to the pool only when the reservation is used up, and returns
   what it holds beyond two chunks. A request is refused only when the pool itself cannot
   give what it needs, so the limit is exact up to the chunks other servers hold unused
   (at most 1/64 of the limit each).
+- Not charged: whiteouts, and a lower directory moved whole (rename emits its subtree in
+  the layer, hardlinked from the lower tree): both bounded by the base image's size.
 """
 
 from __future__ import annotations

@@ -128,3 +128,12 @@ def test_bad_limits_are_usage_errors(rb: Harness, flag: str, value: str) -> None
     assert proc.returncode == 2, proc.stderr
     assert re.search(rf"invalid {flag} '{re.escape(value)}'", proc.stderr), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_tmpfs_mount_is_capped_by_the_limit(rb: Harness) -> None:
+    """A tmpfs without a size (the kernel's default: half the RAM) gets the limit's."""
+    ctx = context(rb, "tmpfs", (
+        "RUN --mount=type=tmpfs,target=/t df -k /t | tail -n 1 > /df\n"
+    ))
+    layout, _ = build_to_layout(rb, ctx, "--disk-limit", "30MB")
+    assert int(Image(rb, layout).text("df").split()[1]) == 30 * 1024

@@ -4,7 +4,10 @@ model charging before it changes anything (fuse_overlay/model.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,12 +20,15 @@ from rootbuild.engine.disk_limit import (
     parse_inode_limit,
     step_limits,
 )
-from rootbuild.errors import UsageError
+from rootbuild.errors import SandboxError, UsageError
 from rootbuild.fuse_overlay.inodes import ROOT_INO
 from rootbuild.fuse_overlay.model import OverlayModel
 from rootbuild.fuse_overlay.pool import FilePool, create_pool, read_pool
 from rootbuild.fuse_overlay.quota import ENTRY_BYTES, MemoryPool, Quota
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
+from rootbuild.sandbox.spec import DirRoot, StepSpec, TmpfsMount
+from rootbuild.sandbox.step_mounts import capped_tmpfs
+from rootbuild.snapshot import DiskBudget
 
 NOW = 5_000 * 10**9
 MiB = 1 << 20
@@ -38,9 +44,9 @@ def new_file(m: OverlayModel, name: str, parent: int = ROOT_INO) -> int:
     return node.ino
 
 
-def enospc(fn: object, *args: object) -> None:
+def enospc(fn: Callable[..., object], *args: object) -> None:
     with pytest.raises(OSError) as info:
-        fn(*args)  # type: ignore[operator]
+        fn(*args)
     assert info.value.errno == errno.ENOSPC
 
 
@@ -203,3 +209,49 @@ def test_flags_read_sizes_as_docker_and_word_the_failure() -> None:
     assert step_limits(None, None, False) == (None, None)
     assert step_limits(None, None, True)[0] == UNTRUSTED_DISK_LIMIT
     assert step_limits(5, 6, True) == (5, 6)
+
+
+def test_a_metadata_change_of_a_lower_file_charges_its_content_once() -> None:
+    """A layer entry has no metadata-only form: chmod of a lower file puts its content in
+    the layer again; a later copy-up of it costs nothing more."""
+    lower = EntryMeta("big", "file", 0o644, size=MiB)
+    m, q = model(2 * MiB, 1 << 40, lower)
+    node = m.child(ROOT_INO, "big")
+    assert node is not None
+    m.setattr(node.ino, NOW, perm=0o600)
+    assert q.used_bytes == MiB
+    m.resize(node, node.size)  # the copy-up of a write
+    assert q.used_bytes == MiB
+    small, _ = model(MiB // 2, 1 << 40, lower)
+    big = small.child(ROOT_INO, "big")
+    assert big is not None
+    enospc(lambda: small.setattr(big.ino, NOW, perm=0o600))
+    assert big.perm == 0o644  # refused: nothing changed
+
+
+# -- the sandbox's side: the wire form, tmpfs mounts ----------------------------------------
+
+
+def test_step_spec_carries_the_limits_and_old_specs_read_as_unlimited(tmp_path: Path) -> None:
+    spec = StepSpec(argv=("true",), rootfs=DirRoot(tmp_path), scratch=tmp_path / "s",
+                    mounts=(TmpfsMount("/t", 4096, 10),), disk_limit=30 * MiB,
+                    inode_limit=100)
+    wire = json.loads(json.dumps(spec.to_json()))
+    assert StepSpec.from_json(wire) == spec
+    for key in ("disk_limit", "inode_limit"):
+        del wire[key]
+    del wire["mounts"][0]["nr_inodes"]
+    old = StepSpec.from_json(wire)
+    assert (old.disk_limit, old.inode_limit) == (None, None)
+    assert old.mounts == (TmpfsMount("/t", 4096),)
+    with pytest.raises(SandboxError, match="positive"):
+        dataclasses.replace(spec, disk_limit=0).validate()
+
+
+def test_a_tmpfs_gets_at_most_the_budget(tmp_path: Path) -> None:
+    budget = DiskBudget(tmp_path / "b", 30 * MiB, 1000)
+    assert capped_tmpfs(TmpfsMount("/t"), budget) == TmpfsMount("/t", 30 * MiB, 1000)
+    assert capped_tmpfs(TmpfsMount("/t", MiB), budget) == TmpfsMount("/t", MiB, 1000)
+    assert capped_tmpfs(TmpfsMount("/t", 64 * MiB), budget).size == 30 * MiB
+    unlimited_inodes = DiskBudget(tmp_path / "b", 30 * MiB)
+    assert capped_tmpfs(TmpfsMount("/t"), unlimited_inodes).nr_inodes is None
