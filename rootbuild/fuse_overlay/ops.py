@@ -25,7 +25,7 @@ Rules (pyfuse3's contract, SECURITY.md rule 4):
 - The disk budget (quota.py; None: unlimited) is charged before the syscall that grows
   the upper (create, write past the charged size, truncate up, copy-up), so a refused
   request (ENOSPC) leaves nothing behind; statfs reports the budget as the filesystem's
-  size (free = the budget's free space, at most the backing store's).
+  size and free space (each at most the backing store's).
 """
 
 from __future__ import annotations
@@ -530,7 +530,7 @@ class OverlayOperations(pyfuse3.Operations):
         if self.quota is not None:  # the budget is the filesystem: what df and tools see
             limit_b, free_b, limit_i, free_i = self.quota.free()
             frsize = st.f_frsize or 4096
-            out.f_blocks = limit_b // frsize
+            out.f_blocks = min(limit_b // frsize, st.f_blocks)  # a smaller disk is the limit
             out.f_bfree = out.f_bavail = min(st.f_bavail, free_b // frsize)
             out.f_files = min(limit_i, st.f_files) if st.f_files else limit_i
             out.f_ffree = out.f_favail = min(free_i, out.f_files)
