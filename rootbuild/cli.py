@@ -124,11 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="time limit for each RUN step")
     b.add_argument("--disk-limit", metavar="SIZE",
-                   help="bytes each RUN step may write, its cache mounts included "
-                        "(e.g. 100MB; default with --untrusted: 10GB)")
+                   help="bytes the build's RUN steps may write in all, their cache "
+                        "mounts included (e.g. 100MB; default with --untrusted: 10GB)")
     b.add_argument("--inode-limit", metavar="N",
-                   help="files each RUN step may create (default with --untrusted: "
-                        "1000000)")
+                   help="files the build's RUN steps may create in all (default with "
+                        "--untrusted: 1000000)")
     b.add_argument("--secret", dest="secrets", action="append", default=[],
                    metavar="id=ID[,src=FILE|,env=VAR]",
                    help="a secret for RUN --mount=type=secret (never stored)")

@@ -1,8 +1,9 @@
 """``--disk-limit`` / ``--inode-limit`` through the real `rootbuild` executable, as the
 unprivileged build user, on a busybox base.
 
-The limit is per RUN step and bounds what the step's writable overlays hold together (its
-root and its cache mounts); the FUSE overlay answers ENOSPC beyond it, as a full disk does.
+The limit is the build's: each RUN step gets what the earlier steps' layers left, and the
+step's writable overlays (its root and its cache mounts) share that; the FUSE overlay
+answers ENOSPC beyond it, as a full disk does.
 The step then fails with one line naming the limit and the step, whatever its exit status,
 the store is left as it was and no process or mount remains. statfs (busybox ``df``) shows
 the limit as the filesystem's size. ``--untrusted`` gets a default limit.
@@ -104,6 +105,16 @@ def test_unlink_gives_the_space_back_within_the_step(rb: Harness) -> None:
     ))
     layout, _ = build_to_layout(rb, ctx, "--disk-limit", "30MB")
     assert len(Image(rb, layout).file("c")) == 20 * MiB
+
+
+def test_the_limit_is_the_builds_an_earlier_layer_counts(rb: Harness) -> None:
+    """20 MiB in the layer of one step and 20 MiB in the next: more than 30MB."""
+    run = ("RUN dd if=/dev/zero of=/a bs=1M count=20\n"
+           "RUN dd if=/dev/zero of=/b bs=1M count=20\n")
+    fails_with(rb, context(rb, "twosteps", run),
+               r'rootbuild: Dockerfile:4: RUN: disk limit 30MB exceeded: process '
+               r'"/bin/sh -c dd if=/dev/zero of=/b bs=1M count=20" \(exit code \d+\)',
+               "--disk-limit", "30MB", marker="of=/b")
 
 
 def test_a_cache_mount_write_counts_against_the_limit(rb: Harness) -> None:

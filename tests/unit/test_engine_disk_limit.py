@@ -22,10 +22,21 @@ def rig(tmp_path: Path) -> Rig:
     return Rig(tmp_path)
 
 
-def test_each_run_step_gets_the_builds_limits(rig: Rig) -> None:
+def test_each_run_step_gets_what_the_earlier_steps_left(rig: Rig) -> None:
+    rig.executor = _script({"a": FakeRun(files={"f": b"x" * 1000, "g": b"y"})})
     rig.build("FROM scratch\nRUN a\nRUN b\n", disk_limit=100 * MiB, inode_limit=50)
-    assert [(s.disk_limit, s.inode_limit) for s in rig.executor.specs] == [
-        (100 * MiB, 50), (100 * MiB, 50)]
+    first, second = rig.executor.specs
+    assert (first.disk_limit, first.inode_limit) == (100 * MiB, 50)
+    # the first layer: two files (1001 bytes) and an entry's header (512) each
+    assert (second.disk_limit, second.inode_limit) == (100 * MiB - 1001 - 2 * 512, 48)
+
+
+def test_a_limit_spent_by_earlier_steps_stops_the_next_before_it_runs(rig: Rig) -> None:
+    rig.executor = _script({"a": FakeRun(files={"f": b"x" * 4000})})
+    rig.fails("FROM scratch\nRUN a\nRUN b\n", StepError,
+              r"^Dockerfile:3: RUN: disk limit 4KB exceeded by the build's earlier steps$",
+              disk_limit=4096)
+    assert rig.commands() == ["a"]
 
 
 def test_untrusted_builds_get_the_defaults_and_trusted_ones_none(rig: Rig) -> None:
