@@ -63,7 +63,7 @@ class BuildOptions:
     shm_size: int | None = None
     ulimits: tuple[Ulimit, ...] = ()
     pull: bool = False
-    # --disk-limit bytes, --inode-limit files per RUN step (engine/disk_limit.py)
+    # --disk-limit bytes, --inode-limit files the RUN steps may write (engine/disk_limit.py)
     disk_limit: int | None = None
     inode_limit: int | None = None
 
