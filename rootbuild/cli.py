@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="treat the Dockerfile as hostile: refuse every weakening")
     b.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="time limit for each RUN step")
+    b.add_argument("--disk-limit", metavar="SIZE",
+                   help="bytes the build's RUN steps may write in all, their cache "
+                        "mounts included (e.g. 100MB; default with --untrusted: 10GB)")
+    b.add_argument("--inode-limit", metavar="N",
+                   help="files the build's RUN steps may create in all (default with "
+                        "--untrusted: 1000000)")
     b.add_argument("--secret", dest="secrets", action="append", default=[],
                    metavar="id=ID[,src=FILE|,env=VAR]",
                    help="a secret for RUN --mount=type=secret (never stored)")
@@ -341,7 +347,20 @@ def _with_run_flags(options: BuildOptions, args: argparse.Namespace) -> BuildOpt
         options, add_hosts=tuple(h for text in args.add_hosts for h in parse_add_host(text)),
         shm_size=None if args.shm_size is None else parse_shm_size(args.shm_size),
         ulimits=merge_ulimits(parse_ulimit(text) for text in args.ulimits), pull=args.pull,
+        disk_limit=_disk_limit(args), inode_limit=_inode_limit(args),
     )
+
+
+def _disk_limit(args: argparse.Namespace) -> int | None:
+    from rootbuild.engine.disk_limit import parse_disk_limit
+
+    return None if args.disk_limit is None else parse_disk_limit(args.disk_limit)
+
+
+def _inode_limit(args: argparse.Namespace) -> int | None:
+    from rootbuild.engine.disk_limit import parse_inode_limit
+
+    return None if args.inode_limit is None else parse_inode_limit(args.inode_limit)
 
 
 def _write_file(path: Path, text: str, what: str) -> None:

@@ -65,6 +65,9 @@ class BuildOptions:
     shm_size: int | None = None
     ulimits: tuple[Ulimit, ...] = ()
     pull: bool = False
+    # --disk-limit bytes, --inode-limit files the RUN steps may write (engine/disk_limit.py)
+    disk_limit: int | None = None
+    inode_limit: int | None = None
 
     def run_flags(self) -> RunFlags:
         return RunFlags(sandbox_hostname(self.build_args), self.add_hosts, self.shm_size,

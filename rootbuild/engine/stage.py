@@ -49,6 +49,7 @@ from rootbuild.engine.copy import (
     image_sources,
     resolve_chown,
 )
+from rootbuild.engine.disk_limit import DiskAccount, limit_message, limits_of
 from rootbuild.engine.entitlements import host_devices
 from rootbuild.engine.env import BuildEnv
 from rootbuild.engine.layers import Layer, LayerTrees
@@ -101,6 +102,7 @@ class Workspace:
     context_layer: ContextLayer = field(default_factory=ContextLayer)  # RUN --mount source
     sources: BuildSources = field(default_factory=BuildSources)  # --secret/--ssh
     cache_mounts: BuildCacheMounts | None = None  # RUN --mount=type=cache's store
+    disk: DiskAccount = field(default_factory=DiskAccount)  # --disk-limit: RUN layers so far
 
 
 @dataclass(frozen=True)
@@ -385,6 +387,11 @@ class Stage:
         lowers = await trio.to_thread.run_sync(
             lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
         )
+        disk_limit, inode_limit = work.disk.left(*limits_of(options))
+        if disk_limit == 0 or inode_limit == 0:
+            spent = "disk" if disk_limit == 0 else "inodes"
+            raise StepError(f"RUN: {limit_message(options, spent)} by the build's earlier "
+                            "steps", where)
         scratch = Path(tempfile.mkdtemp(prefix="run-", dir=work.work_dir))
         env = dict(item.partition("=")[::2] for item in action.env)
         held = contextlib.AsyncExitStack()  # what the mounts keep until the step ends
@@ -402,6 +409,7 @@ class Stage:
                 secret_env=mounts.secret_env, insecure=action.security == "insecure",
                 devices=host_devices(action.devices),
                 **options.run_flags().step_fields(),  # --add-host, --shm-size, --ulimit
+                disk_limit=disk_limit, inode_limit=inode_limit,
             )
             mask = mask_of(mounts.mounts, mounts.secret_env)  # no secret value in the output
             result = await self.seams.executor.run(
@@ -416,6 +424,9 @@ class Stage:
         for warning in result.warnings:
             work.warn_once(warning)
         command = " ".join(action.command)
+        if result.limit_exceeded:
+            raise StepError(f'RUN: {limit_message(options, result.limit_exceeded)}: process '
+                            f'"{command}" (exit code {result.exit_code})', where)
         if result.timed_out:
             raise StepTimeout(
                 f'RUN: process "{command}" timed out after {options.step_timeout:g}s', where
@@ -434,6 +445,7 @@ class Stage:
         if result.layer is None:
             raise SandboxError("RUN: the sandbox returned no layer for a successful step",
                                where)
+        work.disk.add(result.layer.meta)
         return await trio.to_thread.run_sync(
             work.trees.adopt, result.layer.tree, result.layer.meta, options.compression,
             options.source_date_epoch,

@@ -63,7 +63,10 @@ class Inode:
 
     __slots__ = (
         "atime_ns",
+        "charged",
+        "charged_data",
         "children",
+        "counted",
         "ctime_ns",
         "data",
         "dirty",
@@ -119,6 +122,11 @@ class Inode:
         self.lower_listing: frozenset[str] = frozenset()
         self.table_dirty = False
         self.subdirs = 0
+        # the disk budget (quota.py): bytes charged for the entry, its names and xattrs;
+        # content bytes charged; whether it counts as an inode of the upper
+        self.charged = 0
+        self.charged_data = 0
+        self.counted = False
 
     @property
     def st_mode(self) -> int:

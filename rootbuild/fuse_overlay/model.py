@@ -16,6 +16,9 @@ Rules:
   and names starting with ".wh." (they would read as OCI whiteouts) are refused (EINVAL).
   xattr names in the "system." namespace (POSIX ACLs) are not supported (EOPNOTSUPP).
 - Errors are ``OSError(errno, message)``; the adapter turns them into FUSE errors.
+- The disk budget (``quota``, None: unlimited): every change that grows the upper is
+  charged before it is made (a refusal is ENOSPC with nothing changed); an inode's charge
+  is given back when it is dropped (see quota.py for what each change costs).
 - The journal: attribute, content and directory-table changes mark inodes "touched";
   ``diff.changes(model)`` visits only those (see diff.py), so its cost grows with the
   change.
@@ -35,6 +38,7 @@ from rootbuild.fuse_overlay.inodes import (
     InodeTable,
     fs_error,
 )
+from rootbuild.fuse_overlay.quota import ENTRY_BYTES, Quota
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
 
 
@@ -47,9 +51,55 @@ def check_name(name: str) -> None:
 class OverlayModel(InodeTable):
     """The inode table plus every change a request can make to it."""
 
-    def __init__(self, metas: Sequence[LayerMeta], now_ns: int) -> None:
+    def __init__(self, metas: Sequence[LayerMeta], now_ns: int,
+                 quota: Quota | None = None) -> None:
         super().__init__(metas, now_ns)
         self._next_data = 1
+        self.quota = quota
+
+    # -- the disk budget --------------------------------------------------------------------
+
+    def _charge(self, node: Inode, nbytes: int, inode: bool = False) -> None:
+        """Charge ``nbytes`` (negative: give back) to ``node`` (ENOSPC: nothing changed)."""
+        if self.quota is None:
+            return
+        if nbytes > 0 or inode:
+            self.quota.charge(max(0, nbytes), 1 if inode else 0)
+        elif nbytes < 0:
+            self.quota.release(-nbytes)
+        node.charged += nbytes
+        node.counted = node.counted or inode
+
+    def resize(self, node: Inode, size: int) -> None:
+        """Charge (or give back) the content bytes of ``node`` for an upper size of
+        ``size``: before a write past them, a truncate, a copy-up."""
+        if self.quota is None or size == node.charged_data:
+            return
+        if size > node.charged_data:
+            self.quota.charge(size - node.charged_data)
+        else:
+            self.quota.release(node.charged_data - size)
+        node.charged_data = size
+
+    def _lower_content(self, node: Inode) -> None:
+        """Before a lower file's attributes, xattrs or names change: the layer will hold
+        its whole content (a tar entry has no metadata-only form), so the budget is
+        charged its size, as for a copy-up (which then costs nothing more)."""
+        if self.quota is not None and node.kind == "file" and node.data is None:
+            self.resize(node, max(node.size, node.charged_data))
+
+    def grow(self, node: Inode, end: int) -> None:
+        """Before a write ending at ``end``."""
+        if self.quota is not None and end > node.charged_data:
+            self.resize(node, end)
+
+    def _maybe_drop(self, node: Inode) -> list[int]:
+        freed = super()._maybe_drop(node)
+        if self.quota is not None and node.ino not in self.inodes:
+            self.quota.release(node.charged + node.charged_data, 1 if node.counted else 0)
+            node.charged = node.charged_data = 0
+            node.counted = False
+        return freed
 
     # -- journal marks and directory-table edits --------------------------------------------
 
@@ -127,11 +177,16 @@ class OverlayModel(InodeTable):
         d = self.check_new(parent, name)
         if kind == "file" and data is None:
             raise ValueError("create: a regular file needs a data number")
+        cost = ENTRY_BYTES + len(target.encode("utf-8", "surrogateescape"))
+        if self.quota is not None:
+            self.quota.charge(cost, 1)
         if d.perm & stat.S_ISGID:
             gid = d.gid
             if kind == "dir":
                 perm |= stat.S_ISGID
         node = self._add_inode(kind, perm, uid, gid, now_ns)
+        if self.quota is not None:
+            node.charged, node.counted = cost, True
         node.data = data if kind == "file" else None
         node.rdev = rdev if kind in ("char", "block") else (0, 0)
         if kind == "symlink":
@@ -181,6 +236,8 @@ class OverlayModel(InodeTable):
         if not node.links:
             raise fs_error(errno.ENOENT, "inode has no name")
         d = self.check_new(parent, name)
+        self._lower_content(node)
+        self._charge(node, ENTRY_BYTES)  # a name: a header in the layer
         self._attach(d, name, node)
         self._table_changed(d, now_ns)
         self._changed(node, now_ns)
@@ -276,6 +333,7 @@ class OverlayModel(InodeTable):
         """chmod/chown/utimens/truncate. Only the model changes; a size change needs the
         content in the upper first (``needs_copy_up``), which the adapter ensures."""
         node = self.get(ino)
+        self._lower_content(node)
         if size is not None:
             if node.kind != "file":
                 raise fs_error(errno.EISDIR if node.is_dir else errno.EINVAL, "truncate")
@@ -336,14 +394,21 @@ class OverlayModel(InodeTable):
     def setxattr(self, ino: int, name: str, value: bytes, now_ns: int) -> None:
         self._xattr_name(name)
         node = self.get(ino)
+        self._lower_content(node)
+        old = node.xattrs.get(name)
+        size = len(name.encode("utf-8", "surrogateescape"))
+        before = 0 if old is None else size + len(old)
+        self._charge(node, size + len(value) - before)
         node.xattrs[name] = bytes(value)
         self._changed(node, now_ns)
 
     def removexattr(self, ino: int, name: str, now_ns: int) -> None:
         self._xattr_name(name)
         node = self.get(ino)
-        if node.xattrs.pop(name, None) is None:
+        old = node.xattrs.pop(name, None)
+        if old is None:
             raise fs_error(errno.ENODATA, name)
+        self._charge(node, -len(name.encode("utf-8", "surrogateescape")) - len(old))
         self._changed(node, now_ns)
 
     # -- the change journal -----------------------------------------------------------------

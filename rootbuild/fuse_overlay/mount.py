@@ -183,12 +183,13 @@ def _wait_ready(fd: int, timeout: float) -> str:
 @contextlib.contextmanager
 def mount_overlay(
     lowers: Sequence[tuple[Path, Path]], work: Path, mountpoint: Path, *,
-    readonly: bool = False, timeout: float = 30.0,
+    readonly: bool = False, timeout: float = 30.0, pool: Path | None = None,
 ) -> Iterator[OverlayMount]:
     """Mount the overlay of ``lowers`` ((tree dir, meta.json) pairs, lowest first) at
     ``mountpoint``, with its upper in ``work`` (created; must not exist). ``readonly``:
     a view of the merged lowers, mounted ``ro``, with no upper and no result
-    (``readonly.py``)."""
+    (``readonly.py``). ``pool``: the disk budget file (``pool.create_pool``) the upper is
+    charged to (ENOSPC beyond it), shared with the step's other overlays."""
     work.mkdir(mode=0o700)
     spec_path = work / "spec.json"
     read_fd, write_fd = os.pipe()
@@ -198,6 +199,7 @@ def mount_overlay(
         "mountpoint": str(mountpoint),
         "ready_fd": write_fd,
         "readonly": readonly,
+        "pool": None if pool is None else str(pool),
     }
     spec_path.write_text(json.dumps(spec))
     (work / "overlay").mkdir(mode=0o700)

@@ -22,6 +22,10 @@ Rules (pyfuse3's contract, SECURITY.md rule 4):
   attributes; ``access`` is not implemented. fallocate has no pyfuse3 handler, so the
   kernel answers EOPNOTSUPP. fsync/fsyncdir/flush answer ENOSYS, which the kernel turns
   into "always succeeds" without asking again: the upper is scratch space.
+- The disk budget (quota.py; None: unlimited) is charged before the syscall that grows
+  the upper (create, write past the charged size, truncate up, copy-up), so a refused
+  request (ENOSPC) leaves nothing behind; statfs reports the budget as the filesystem's
+  size and free space (each at most the backing store's).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from rootbuild.fuse_overlay.diff import changes
 from rootbuild.fuse_overlay.inodes import KIND_OF_IFMT, ROOT_INO, Inode
 from rootbuild.fuse_overlay.journal import write_tree
 from rootbuild.fuse_overlay.model import OverlayModel
+from rootbuild.fuse_overlay.quota import Quota
 from rootbuild.image.layermeta import LayerMeta
 
 log = logging.getLogger(__name__)
@@ -106,10 +111,12 @@ class OverlayOperations(pyfuse3.Operations):
     enable_writeback_cache = True
     enable_acl = False
 
-    def __init__(self, lowers: Sequence[tuple[Path, LayerMeta]], work: Path) -> None:
+    def __init__(self, lowers: Sequence[tuple[Path, LayerMeta]], work: Path,
+                 quota: Quota | None = None) -> None:
         super().__init__()
         self._lower_dirs = [d for d, _ in lowers]
-        self.model = OverlayModel([m for _, m in lowers], _now())
+        self.quota = quota
+        self.model = OverlayModel([m for _, m in lowers], _now(), quota)
         self.backing = Backing(self._lower_dirs, work)
         self._handles: dict[int, _Handle] = {}
         self._dir_handles: dict[int, tuple[int, list[tuple[str, int]]]] = {}
@@ -231,6 +238,7 @@ class OverlayOperations(pyfuse3.Operations):
             if self.model.needs_copy_up(node):
                 await self._copy_up(node, keep=size)
             assert node.data is not None
+            self.model.resize(node, size)  # ENOSPC before a truncate up
             h = self._handles.get(fh) if fh is not None else None
             self.backing.truncate_data(node.data, size, h.fd if h and h.upper and h.write else None)
         self.model.setattr(
@@ -354,8 +362,9 @@ class OverlayOperations(pyfuse3.Operations):
         if node.lower is None:
             raise OSError(errno.EIO, "copy-up: file has no content source")
         layer, path = node.lower
-        n = self.model.alloc_data()
         size = node.size if keep is None else min(keep, node.size)
+        self.model.resize(node, size)  # the copy's bytes: ENOSPC before any copying
+        n = self.model.alloc_data()
         done = trio.Event()
         self._copying[node.ino] = done
         node.opens += 1  # keep the inode alive across the await
@@ -366,6 +375,9 @@ class OverlayOperations(pyfuse3.Operations):
                 fd = self.backing.copy_up(layer, path, n, size)
             backing.close(fd)
             self.model.copied_up(node.ino, n)
+        except BaseException:
+            self.model.resize(node, 0)
+            raise
         finally:
             del self._copying[node.ino]
             done.set()
@@ -389,6 +401,7 @@ class OverlayOperations(pyfuse3.Operations):
         if node.data is not None:
             fd = self.backing.open_data(node.data, write)
             if trunc and node.size:
+                self.model.resize(node, 0)
                 os.ftruncate(fd, 0)
                 self.model.setattr(inode, _now(), size=0)
             h = _Handle(inode, fd, True, write)
@@ -442,8 +455,10 @@ class OverlayOperations(pyfuse3.Operations):
         h = self._handles[fh]
         if not h.write:
             raise OSError(errno.EBADF, "write on a read-only handle")
+        node = self.model.get(h.ino)
+        self.model.grow(node, off + len(buf))  # ENOSPC before anything is written
         n = backing.pwrite(h.fd, buf, off)
-        self.model.wrote(self.model.get(h.ino), off + n)
+        self.model.wrote(node, off + n)
         return n
 
     # flush/fsync/fsyncdir answer ENOSYS once: the kernel then stops sending them and
@@ -512,6 +527,13 @@ class OverlayOperations(pyfuse3.Operations):
         out.f_ffree = st.f_ffree
         out.f_favail = st.f_favail
         out.f_namemax = 255
+        if self.quota is not None:  # the budget is the filesystem: what df and tools see
+            limit_b, free_b, limit_i, free_i = self.quota.free()
+            frsize = st.f_frsize or 4096
+            out.f_blocks = min(limit_b // frsize, st.f_blocks)  # a smaller disk is the limit
+            out.f_bfree = out.f_bavail = min(st.f_bavail, free_b // frsize)
+            out.f_files = min(limit_i, st.f_files) if st.f_files else limit_i
+            out.f_ffree = out.f_favail = min(free_i, out.f_files)
         return out
 
     # -- xattrs -----------------------------------------------------------------------------

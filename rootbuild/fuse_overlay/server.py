@@ -6,7 +6,8 @@ Rules:
   namespace it sees namespace ids).
 - SPEC is a JSON file written by the parent: ``lowers`` (tree dir, meta.json path; lowest
   first), ``work`` (an empty private dir), ``mountpoint``, ``ready_fd``, ``readonly``
-  (a view: ``readonly.ReadOnlyOperations``, mounted ``ro``, and no result is written).
+  (a view: ``readonly.ReadOnlyOperations``, mounted ``ro``, and no result is written),
+  ``pool`` (optional: the step's shared disk budget file, ``pool.py``).
 - Requests are served by ``session.run_session`` (one worker task).
 - The server writes ``ready\\n`` to ``ready_fd`` once mounted (or ``error: ...\\n`` and exits
   1). When the session ends (the parent unmounts), it writes the step's changes as a layer
@@ -28,6 +29,8 @@ import pyfuse3
 import trio
 
 from rootbuild.fuse_overlay.ops import OverlayOperations
+from rootbuild.fuse_overlay.pool import FilePool
+from rootbuild.fuse_overlay.quota import Quota
 from rootbuild.fuse_overlay.readonly import ReadOnlyOperations
 from rootbuild.fuse_overlay.session import run_session
 from rootbuild.fuse_overlay.session import stop as stop_session
@@ -60,8 +63,12 @@ def serve(spec_path: Path) -> int:
     readonly = bool(spec.get("readonly", False))
     try:
         lowers = [(Path(tree), LayerMeta.load(Path(meta))) for tree, meta in spec["lowers"]]
-        kind = ReadOnlyOperations if readonly else OverlayOperations
-        ops = kind(lowers, work)
+        if readonly:
+            ops: OverlayOperations = ReadOnlyOperations(lowers, work)
+        else:  # "pool": the step's shared disk budget (pool.py), when it has one
+            pool = spec.get("pool")
+            quota = Quota(FilePool(Path(pool))) if pool else None
+            ops = OverlayOperations(lowers, work, quota)
         pyfuse3.init(ops, mountpoint, ops.mount_options())
     except Exception as exc:  # the parent turns this line into a RootbuildError
         _report(ready_fd, f"error: mount overlay at {mountpoint}: {exc}")

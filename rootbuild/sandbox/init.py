@@ -54,9 +54,10 @@ from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
 from rootbuild.sandbox.rootfs import provider_for
 from rootbuild.sandbox.spec import Bind, InitRequest, OverlayRoot, StepSpec
 from rootbuild.sandbox.users import MAX_FILE_BYTES, Identity, resolve_user
-from rootbuild.snapshot import StepChanges
+from rootbuild.snapshot import DiskBudget, StepChanges, budget_usage, create_budget
 
 PR_SET_CHILD_SUBREAPER = 36
+NO_DISK_LIMIT = 1 << 62  # --inode-limit without --disk-limit
 
 
 class Terminated(Exception):
@@ -264,10 +265,12 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
     _enter_namespaces(spec, plan, status, ctl, net)
     mountpoint = spec.scratch / "root"
     mountpoint.mkdir(mode=0o700)
-    with provider_for(spec.rootfs)(mountpoint) as mounted, contextlib.ExitStack() as trees:
+    budget = step_budget(spec)  # --disk-limit: shared by every writable overlay of the step
+    with provider_for(spec.rootfs, budget)(mountpoint) as mounted, \
+            contextlib.ExitStack() as trees:
         # RUN --mount trees first: their FUSE servers are among the processes reported
         kept_trees: step_mounts.Kept = []  # RUN --mount=type=cache: kept after the step
-        run_mounts = step_mounts.mount_trees(spec, trees, kept_trees)
+        run_mounts = step_mounts.mount_trees(spec, trees, kept_trees, budget)
         keep = children(os.getpid())  # the FUSE server: the builder kills it if the init dies
         status.send(event="mounted", pids=sorted(keep))
         rootfd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -310,16 +313,20 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
                 if host_bind:
                     _kill_descendants(keep)
             code = _exit_code(wait_status)
-            if not killed:  # a failed step's writes to a cache mount are kept, as BuildKit's
-                step_mounts.keep_changes(kept_trees)
+            # a write the budget refused may have been the kernel's writeback of data the
+            # step believes written: the step fails whatever its status, keeps nothing
+            limit = exceeded(budget, [mountpoint, *(m.mountpoint for _, m in kept_trees)])
+            if not killed and not limit:  # a failed step's cache-mount writes are kept,
+                step_mounts.keep_changes(kept_trees)  # as BuildKit's
         finally:
             # on every path, so that a failed set-up leaves no stubs in a DirRoot either
             kept = mounts.remove_created(rootfd, created)
             os.close(rootfd)
         if kept:
             warnings.append(f"warning: RUN left mount targets in the layer: {kept}")
-        if killed or code != 0:
-            status.send(event="exit", code=code, killed=killed, warnings=warnings)
+        if killed or code != 0 or limit:
+            status.send(event="exit", code=code, killed=killed, warnings=warnings,
+                        limit=limit)
             return  # leaving the context aborts the root: no layer
         result = mounted.finish()
     tree = meta = None
@@ -328,6 +335,35 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
         tree, meta = str(result.tree), str(spec.scratch / "layer.meta.json")
         result.meta.save(Path(meta))
     status.send(event="exit", code=code, killed=False, warnings=warnings, tree=tree, meta=meta)
+
+
+def step_budget(spec: StepSpec) -> DiskBudget | None:
+    """The step's disk budget file in its scratch, when it has a disk or inode limit."""
+    if spec.disk_limit is None and spec.inode_limit is None:
+        return None
+    limit = spec.disk_limit if spec.disk_limit is not None else NO_DISK_LIMIT
+    return create_budget(spec.scratch / "disk-budget", limit, spec.inode_limit)
+
+
+def exceeded(budget: DiskBudget | None, roots: list[Path]) -> str:
+    """The limit a server of the step refused a request for ("disk", "inodes"), or "".
+    The kernel writes a file's cached pages back when it is closed (FUSE's writeback
+    cache), and the step's processes are gone; ``syncfs`` on the overlays that keep
+    anything (``roots``) writes back what a shared mapping may still hold first."""
+    if budget is None:
+        return ""
+    for root in roots:
+        # best effort: what is not written back now is at unmount, into the same budget
+        with contextlib.suppress(OSError):
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                mounts.syncfs(fd)
+            finally:
+                os.close(fd)
+    usage = budget_usage(budget)
+    if usage.refusals:
+        return "disk"
+    return "inodes" if usage.inode_refusals else ""
 
 
 def _drop_stub_parents(result: StepChanges, spec: StepSpec,

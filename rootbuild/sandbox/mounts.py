@@ -99,6 +99,11 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str | 
     )
 
 
+def syncfs(fd: int) -> None:
+    """Write back the dirty pages of the filesystem ``fd`` is on (syncfs(2))."""
+    _check(_libc.syncfs(fd), "syncfs")
+
+
 def umount2(target: str, flags: int) -> None:
     _check(_libc.umount2(os.fsencode(target), flags), f"unmount {target}")
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from rootbuild.sandbox import mounts
 from rootbuild.sandbox.spec import DirRoot, OverlayRoot, Rootfs
-from rootbuild.snapshot import StepChanges, snapshotter_named
+from rootbuild.snapshot import DiskBudget, StepChanges, snapshotter_named
 
 
 class MountedRoot(Protocol):
@@ -58,13 +58,15 @@ def _dir_root(source: Path, mountpoint: Path) -> Iterator[MountedRoot]:
 
 
 @contextlib.contextmanager
-def _overlay_root(root: OverlayRoot, mountpoint: Path) -> Iterator[MountedRoot]:
-    with snapshotter_named(root.snapshotter).mount(root.lowers, root.work, mountpoint) as m:
+def _overlay_root(root: OverlayRoot, mountpoint: Path, budget: DiskBudget | None
+                  ) -> Iterator[MountedRoot]:
+    snapshotter = snapshotter_named(root.snapshotter)
+    with snapshotter.mount(root.lowers, root.work, mountpoint, budget) as m:
         yield m
 
 
-def provider_for(root: Rootfs) -> Provider:
-    """The provider that mounts ``root``."""
+def provider_for(root: Rootfs, budget: DiskBudget | None = None) -> Provider:
+    """The provider that mounts ``root``; an overlay's upper is charged to ``budget``."""
     if isinstance(root, DirRoot):
         return lambda mountpoint: _dir_root(root.path, mountpoint)
-    return lambda mountpoint: _overlay_root(root, mountpoint)
+    return lambda mountpoint: _overlay_root(root, mountpoint, budget)

@@ -166,7 +166,8 @@ def _result(final: dict[str, Any] | None, warnings: list[str], timed_out: bool,
     if final.get("tree"):
         layer = StepChanges(Path(final["tree"]), LayerMeta.load(Path(final["meta"])))
     notes = tuple(warnings + [w for w in final.get("warnings", []) if w not in warnings])
-    return StepResult(int(final["code"]), layer, notes, timed_out)
+    return StepResult(int(final["code"]), layer, notes, timed_out,
+                      str(final.get("limit") or ""))
 
 
 class _Session:

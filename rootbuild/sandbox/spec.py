@@ -151,6 +151,7 @@ class TmpfsMount:
 
     target: str
     size: int | None = None
+    nr_inodes: int | None = None  # under a disk budget: its inode limit
 
     def validate(self) -> None:
         check_target(self.target)
@@ -158,14 +159,17 @@ class TmpfsMount:
             raise SandboxError(f"run step: tmpfs size {self.size} is negative")
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "tmpfs", "target": self.target, "size": self.size}
+        return {"type": "tmpfs", "target": self.target, "size": self.size,
+                "nr_inodes": self.nr_inodes}
 
     @classmethod
     def from_json(cls, data: Any) -> TmpfsMount:
         size = _field(data, "size")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+        inodes = data.get("nr_inodes")
+        if any(n is not None and (isinstance(n, bool) or not isinstance(n, int))
+               for n in (size, inodes)):
             raise SandboxError("read step spec: tmpfs size is not a number")
-        return cls(_str(data, "target"), size)
+        return cls(_str(data, "target"), size, inodes)
 
 
 @dataclass(frozen=True)
@@ -301,6 +305,10 @@ class StepSpec:
     extra_hosts: tuple[tuple[str, str], ...] = ()
     shm_size: int | None = None
     ulimits: tuple[Ulimit, ...] = ()
+    # --disk-limit bytes / --inode-limit inodes that the step's writable overlays (its root
+    # and writable RUN --mount trees) may hold together; tmpfs mounts are capped by them
+    disk_limit: int | None = None
+    inode_limit: int | None = None
 
     def validate(self) -> None:
         if not self.argv:
@@ -331,6 +339,8 @@ class StepSpec:
             raise SandboxError(f"run step: /dev/shm size {self.shm_size} is not positive")
         for limit in self.ulimits:
             limit.validate()
+        if any(n is not None and n <= 0 for n in (self.disk_limit, self.inode_limit)):
+            raise SandboxError("run step: disk and inode limits must be positive")
         for name, value in self.secret_env.items():
             if not name or "=" in name or "\0" in name:
                 raise SandboxError(f"run step: invalid secret variable name {name!r}")
@@ -349,6 +359,7 @@ class StepSpec:
             "devices": list(self.devices),
             "extra_hosts": [list(pair) for pair in self.extra_hosts],
             "shm_size": self.shm_size, "ulimits": [u.to_json() for u in self.ulimits],
+            "disk_limit": self.disk_limit, "inode_limit": self.inode_limit,
         }
 
     @classmethod
@@ -380,8 +391,8 @@ class StepSpec:
 
 
 def _run_flags(data: Any) -> dict[str, Any]:
-    """``extra_hosts``, ``shm_size``, ``ulimits``: optional in the wire form (absent: the
-    defaults)."""
+    """``extra_hosts``, ``shm_size``, ``ulimits``, ``disk_limit``, ``inode_limit``: optional
+    in the wire form (absent: the defaults)."""
     flags: dict[str, Any] = {}
     hosts = data.get("extra_hosts") or []
     if not isinstance(hosts, list) or not all(
@@ -398,6 +409,11 @@ def _run_flags(data: Any) -> dict[str, Any]:
     if not isinstance(limits, list):
         raise SandboxError("read step spec: ulimits is not a list")
     flags["ulimits"] = tuple(Ulimit.from_json(u) for u in limits)
+    for key in ("disk_limit", "inode_limit"):
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise SandboxError(f"read step spec: {key} is not a number")
+        flags[key] = value
     return flags
 
 
@@ -437,12 +453,15 @@ class InitRequest:
 class StepResult:
     """``exit_code``: the command's status (128+N when killed by signal N); ``layer``: the
     step's changes when it exited 0 on an overlay root; ``timed_out``: the step was killed
-    after ``StepSpec.timeout`` seconds; ``warnings``: each to be shown once to the user."""
+    after ``StepSpec.timeout`` seconds; ``warnings``: each to be shown once to the user;
+    ``limit_exceeded``: the limit the step hit (``"disk"``, ``"inodes"``), which failed it
+    whatever its exit status, or ""."""
 
     exit_code: int
     layer: StepChanges | None = None
     warnings: tuple[str, ...] = ()
     timed_out: bool = False
+    limit_exceeded: str = ""
 
 
 # -- reading JSON data back, typed ----------------------------------------------------------

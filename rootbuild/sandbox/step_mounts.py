@@ -32,6 +32,7 @@ Rules (SECURITY.md rule 1; Docker's reference for ``RUN --mount``):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import stat
@@ -52,7 +53,7 @@ from rootbuild.sandbox.spec import (
     StepSpec,
     TmpfsMount,
 )
-from rootbuild.snapshot import MountedStep, snapshotter_named
+from rootbuild.snapshot import NO_INODE_LIMIT, DiskBudget, MountedStep, snapshotter_named
 
 SOURCE_RESOLVE = mounts.RESOLVE_IN_ROOT | mounts.RESOLVE_NO_MAGICLINKS
 EAGAIN_RETRIES = 64
@@ -131,17 +132,22 @@ def _resolve(tree: Path, item: LayerMount) -> TreeBind:
 Kept = list[tuple[LayerMount, MountedStep]]
 
 
-def mount_trees(spec: StepSpec, stack: contextlib.ExitStack, kept: Kept | None = None
-                ) -> list[Prepared]:
+def mount_trees(spec: StepSpec, stack: contextlib.ExitStack, kept: Kept | None = None,
+                budget: DiskBudget | None = None) -> list[Prepared]:
     """Mount the tree of every ``LayerMount`` of ``spec`` in its scratch (unmounted, and
     its server gone, when ``stack`` closes) and write every ``SecretMount``'s file on the
     init's tmpfs (``secrets.SecretFiles``: a read-only ``Bind`` of it); returns every mount
-    of the step, in order. The mounts that ``keep`` their changes are added to ``kept``."""
+    of the step, in order. The mounts that ``keep`` their changes are added to ``kept``.
+    ``budget``: the step's disk budget, charged by every writable tree's upper; a tmpfs
+    gets at most its bytes and inodes (RAM, not the budget's disk: not charged to it)."""
     out: list[Prepared] = []
     files = SecretFiles(spec.scratch / "secrets")
     for number, item in enumerate(ordered(spec.mounts)):
         if isinstance(item, SecretMount):
             out.append(files.write(item))
+            continue
+        if isinstance(item, TmpfsMount) and budget is not None:
+            out.append(capped_tmpfs(item, budget))
             continue
         if not isinstance(item, LayerMount):
             out.append(item)
@@ -154,11 +160,20 @@ def mount_trees(spec: StepSpec, stack: contextlib.ExitStack, kept: Kept | None =
         if item.readonly:
             stack.enter_context(snapshotter.view(item.lowers, place / "work", tree))
         else:  # writable; leaving the context without finish() keeps none of the writes
-            mounted = stack.enter_context(snapshotter.mount(item.lowers, place / "work", tree))
+            mounted = stack.enter_context(
+                snapshotter.mount(item.lowers, place / "work", tree, budget))
             if item.keep is not None and kept is not None:
                 kept.append((item, mounted))
         out.append(_resolve(tree, item))
     return out
+
+
+def capped_tmpfs(item: TmpfsMount, budget: DiskBudget) -> TmpfsMount:
+    """A tmpfs under a disk budget: its size at most the budget's bytes (none asked: the
+    budget's), its inodes at most the budget's."""
+    size = budget.limit_bytes if item.size is None else min(item.size, budget.limit_bytes)
+    inodes = None if budget.limit_inodes >= NO_INODE_LIMIT else budget.limit_inodes
+    return dataclasses.replace(item, size=size, nr_inodes=inodes)
 
 
 def target_kind(item: Prepared) -> BindKind:
@@ -230,7 +245,9 @@ def mount_one(rootfd: int, item: TreeBind | TmpfsMount) -> None:
 def _tmpfs(rootfd: int, item: TmpfsMount) -> None:
     target = mounts.open_in_root(rootfd, item.target)
     try:
-        data = f"size={item.size}" if item.size else None
+        options = [f"size={item.size}"] if item.size else []
+        options += [f"nr_inodes={item.nr_inodes}"] if item.nr_inodes else []
+        data = ",".join(options) or None
         mounts.mount("tmpfs", mounts.fd_path(target), "tmpfs",
                      mounts.MS_NOSUID | mounts.MS_NODEV, data)
     finally:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from rootbuild.image.layermeta import LayerMeta
+from rootbuild.snapshot.budget import DiskBudget
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,14 @@ class Snapshotter(Protocol):
         ...
 
     def mount(
-        self, lowers: Sequence[LowerLayer], work: Path, mountpoint: Path
+        self, lowers: Sequence[LowerLayer], work: Path, mountpoint: Path,
+        budget: DiskBudget | None = None,
     ) -> contextlib.AbstractContextManager[MountedStep]:
         """Mount ``lowers`` (lowest first) read-only with a fresh writable upper kept in
         ``work`` (created; must not exist) at ``mountpoint``. Leaving the context without
-        ``finish()`` tears everything down and keeps nothing."""
+        ``finish()`` tears everything down and keeps nothing. ``budget``: what the upper
+        may hold (bytes, inodes; shared with the step's other overlays): beyond it,
+        writes and creates fail with ENOSPC, and statfs reports it."""
         ...
 
     def view(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from rootbuild.fuse_overlay.mount import OverlayMount, mount_overlay
 from rootbuild.snapshot.base import LowerLayer, StepChanges
+from rootbuild.snapshot.budget import DiskBudget
 
 FUSE_DEVICE = "/dev/fuse"
 
@@ -79,9 +80,11 @@ class FuseSnapshotter:
 
     @contextlib.contextmanager
     def mount(
-        self, lowers: Sequence[LowerLayer], work: Path, mountpoint: Path
+        self, lowers: Sequence[LowerLayer], work: Path, mountpoint: Path,
+        budget: DiskBudget | None = None,
     ) -> Iterator[_FuseStep]:
-        with mount_overlay(_pairs(lowers), work, mountpoint) as mounted:
+        pool = None if budget is None else budget.path
+        with mount_overlay(_pairs(lowers), work, mountpoint, pool=pool) as mounted:
             yield _FuseStep(mounted)
 
     @contextlib.contextmanager

@@ -104,6 +104,7 @@ class FakeRun:
     error: RootbuildError | None = None
     started: trio.Event | None = None
     after: trio.Event | None = None
+    limit_exceeded: str = ""  # the step hit this limit (StepResult.limit_exceeded)
 
 
 class FakeExecutor:
@@ -133,8 +134,8 @@ class FakeExecutor:
             except trio.Cancelled:
                 self.cancelled.append(spec)
                 raise
-        if plan.exit_code != 0:
-            return StepResult(plan.exit_code)
+        if plan.exit_code != 0 or plan.limit_exceeded:
+            return StepResult(plan.exit_code, limit_exceeded=plan.limit_exceeded)
         return StepResult(0, _changes(spec, plan.files))
 
 

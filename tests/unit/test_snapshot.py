@@ -15,6 +15,7 @@ import pytest
 from rootbuild.errors import SandboxError
 from rootbuild.snapshot import (
     SNAPSHOTTERS,
+    DiskBudget,
     FuseSnapshotter,
     LowerLayer,
     MountedStep,
@@ -33,7 +34,8 @@ class _Fake:
     def probe(self) -> str | None:
         return self.reason
 
-    def mount(self, lowers: Sequence[LowerLayer], work: Path, mountpoint: Path
+    def mount(self, lowers: Sequence[LowerLayer], work: Path, mountpoint: Path,
+              budget: DiskBudget | None = None
               ) -> contextlib.AbstractContextManager[MountedStep]:
         raise NotImplementedError
 
