@@ -123,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="treat the Dockerfile as hostile: refuse every weakening")
     b.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="time limit for each RUN step")
+    b.add_argument("--pids-limit", type=_positive_int, default=None, metavar="N",
+                   help="processes a RUN step may have at once (--untrusted: 512)")
+    b.add_argument("--memory", default=None, metavar="SIZE",
+                   help="resident memory of a RUN step's processes, e.g. 512m "
+                        "(--untrusted: 2g)")
+    b.add_argument("--log-limit", default=None, metavar="SIZE",
+                   help="output kept per RUN step; the rest is dropped (--untrusted: 2m)")
+    b.add_argument("--slot", type=int, default=None, metavar="N",
+                   help="map RUN's root to the N-th block of 65536 of your subordinate ids "
+                        "(one slot per concurrent build: per-slot process counts, no "
+                        "signals across slots)")
     b.add_argument("--secret", dest="secrets", action="append", default=[],
                    metavar="id=ID[,src=FILE|,env=VAR]",
                    help="a secret for RUN --mount=type=secret (never stored)")
@@ -335,7 +346,25 @@ def _with_run_flags(options: BuildOptions, args: argparse.Namespace) -> BuildOpt
         options, add_hosts=tuple(h for text in args.add_hosts for h in parse_add_host(text)),
         shm_size=None if args.shm_size is None else parse_shm_size(args.shm_size),
         ulimits=merge_ulimits(parse_ulimit(text) for text in args.ulimits), pull=args.pull,
+        pids_limit=args.pids_limit, memory_limit=_limit_size("--memory", args.memory),
+        log_limit=_limit_size("--log-limit", args.log_limit), slot=args.slot,
     )
+
+
+def _limit_size(flag: str, text: str | None) -> int | None:
+    """A size flag (cache/prune.parse_size's units: 512m, 2g, plain bytes)."""
+    from rootbuild.cache.prune import parse_size
+
+    if text is None:
+        return None
+    try:
+        size = parse_size(text)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise UsageError(f"build: invalid {flag} {text!r}: expected a size greater than 0 "
+                         "(e.g. 512m, 2g)")
+    return size
 
 
 def _write_file(path: Path, text: str, what: str) -> None:

@@ -397,7 +397,7 @@ class Stage:
                 timeout=options.step_timeout, mounts=mounts.mounts,
                 binds=heredoc_binds(action.heredoc_files, scratch / "heredocs"),
                 secret_env=mounts.secret_env, insecure=action.security == "insecure",
-                devices=host_devices(action.devices),
+                devices=host_devices(action.devices), limits=options.step_limits(),
                 **options.run_flags().step_fields(),  # --add-host, --shm-size, --ulimit
             )
             mask = mask_of(mounts.mounts, mounts.secret_env)  # no secret value in the output
@@ -413,6 +413,8 @@ class Stage:
         for warning in result.warnings:
             work.warn_once(warning)
         command = " ".join(action.command)
+        if result.limit:  # sandbox/limits.py: the step was killed for it
+            raise StepError(f'RUN: process "{command}" was killed: {result.limit}', where)
         if result.timed_out:
             raise StepError(
                 f'RUN: process "{command}" timed out after {options.step_timeout:g}s', where

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from rootbuild.errors import SandboxError, StepError
 from rootbuild.sandbox.idmap import IdMapPlan
+from rootbuild.sandbox.limits import StepLimits
 from rootbuild.sandbox.rlimits import Ulimit
 from rootbuild.snapshot import LowerLayer, StepChanges
 
@@ -301,6 +302,8 @@ class StepSpec:
     extra_hosts: tuple[tuple[str, str], ...] = ()
     shm_size: int | None = None
     ulimits: tuple[Ulimit, ...] = ()
+    # --pids-limit, --memory, --log-limit (limits.py)
+    limits: StepLimits = field(default_factory=StepLimits)
 
     def validate(self) -> None:
         if not self.argv:
@@ -329,6 +332,7 @@ class StepSpec:
             raise SandboxError(f"run step: /dev/shm size {self.shm_size} is not positive")
         for limit in self.ulimits:
             limit.validate()
+        self.limits.validate()
         for name, value in self.secret_env.items():
             if not name or "=" in name or "\0" in name:
                 raise SandboxError(f"run step: invalid secret variable name {name!r}")
@@ -347,6 +351,7 @@ class StepSpec:
             "devices": list(self.devices),
             "extra_hosts": [list(pair) for pair in self.extra_hosts],
             "shm_size": self.shm_size, "ulimits": [u.to_json() for u in self.ulimits],
+            "limits": self.limits.to_json(),
         }
 
     @classmethod
@@ -396,6 +401,7 @@ def _run_flags(data: Any) -> dict[str, Any]:
     if not isinstance(limits, list):
         raise SandboxError("read step spec: ulimits is not a list")
     flags["ulimits"] = tuple(Ulimit.from_json(u) for u in limits)
+    flags["limits"] = StepLimits.from_json(data.get("limits"))
     return flags
 
 
@@ -441,6 +447,7 @@ class StepResult:
     layer: StepChanges | None = None
     warnings: tuple[str, ...] = ()
     timed_out: bool = False
+    limit: str = ""  # the limit that ended the step (sandbox/limits.py), "" if none
 
 
 # -- reading JSON data back, typed ----------------------------------------------------------

@@ -31,7 +31,7 @@ EDGES: dict[str, set[str]] = {
         "snapshot", "sandbox", "registry", "cache",
     },
     "testing": {"errors", "platform", "image", "sandbox", "snapshot"},
-    "doctor": set(),
+    "doctor": {"sandbox"},  # which limits are enforced by what (sandbox/limits.py)
     "cli": {
         "doctor", "errors", "platform", "progress", "image", "registry", "cache", "engine",
     },
