@@ -174,3 +174,13 @@ def test_slot_outside_the_range_is_refused(rb: Harness) -> None:
     assert len(lines) == 1 and "--slot 9: /etc/subuid holds" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert pwd.getpwnam(rb.user.name).pw_uid == rb.user.uid
+
+
+def test_doctor_says_what_enforces_each_limit(rb: Harness) -> None:
+    out = rb.run("doctor", store=False, check=False).stdout
+    lines = {line.split(":", 1)[0].split(None, 1)[1]: line for line in out.splitlines()
+             if line.split(None, 1)[-1].startswith("limit ")}
+    assert set(lines) == {"limit pids", "limit memory", "limit log", "limit timeout"}, out
+    assert "RLIMIT_NPROC" in lines["limit pids"] and "--slot 0..0" in lines["limit pids"]
+    # this machine delegates no cgroup v2 (SERVICE.md): the watchdog is the memory limit
+    assert "RSS watchdog" in lines["limit memory"]
