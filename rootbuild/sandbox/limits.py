@@ -166,17 +166,28 @@ def read_proc(pids: Iterable[str] | None = None) -> dict[int, ProcEntry]:
 
 
 class Watchdog:
-    """Polls the step whose pid 1 is ``root`` (seen from the init's /proc)."""
+    """Polls the step whose pid 1 is ``root`` (seen from the init's /proc). Processes found
+    not to be the step's are remembered (until their pid disappears) and not read again:
+    a poll reads the stat files of the step's processes and of new pids only."""
 
     def __init__(self, limits: StepLimits, root: int) -> None:
         self.limits = limits
         self.root = root
         self.interval = POLL_SECONDS if limits.watched else None
+        self.members: set[int] = {root}
+        self.others: set[int] = set()
 
     def tick(self) -> str | None:
         if not self.limits.watched:
             return None
-        return check(self.limits, self.root, read_proc())
+        present = {int(n) for n in os.listdir("/proc") if n.isdigit()}
+        self.others &= present
+        table = read_proc(str(p) for p in present - self.others)
+        found = descendants(self.root, table)
+        self.others |= table.keys() - found
+        self.members = found
+        return over_limit(self.limits, len(found),
+                          sum(table[p].rss_pages for p in found) * PAGE)
 
 
 # -- output ----------------------------------------------------------------------------------

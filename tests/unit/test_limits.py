@@ -118,3 +118,21 @@ def test_slot_plan_needs_a_subordinate_range() -> None:
     single = plan_idmap(uid=1000, gid=1000, name="carol", subuid="", subgid="", helpers=True)
     with pytest.raises(SandboxError, match="--slot 0: needs newuidmap"):
         slot_plan(single, 0, "", "", "carol", 1000, 1000)
+
+
+def test_watchdog_reads_this_process_tree(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from rootbuild.sandbox.limits import Watchdog
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        watch = Watchdog(StepLimits(pids=3), os.getpid())
+        assert watch.tick() is None  # this process and sleep (and no other)
+        assert watch.members >= {os.getpid(), child.pid}
+        assert os.getppid() in watch.others  # not re-read at the next poll
+        assert Watchdog(StepLimits(pids=2), os.getpid()).tick() == "pids limit 2 reached"
+    finally:
+        child.kill()
+        child.wait()
