@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOTBUILD, Harness
-from test_build_run import busybox_context, error_lines, unique_seconds
+from test_build_run import Image, build_to_layout, busybox_context, error_lines, unique_seconds
 
 pytestmark = pytest.mark.integration
 
@@ -184,3 +184,19 @@ def test_doctor_says_what_enforces_each_limit(rb: Harness) -> None:
     assert "RLIMIT_NPROC" in lines["limit pids"] and "--slot 0..0" in lines["limit pids"]
     # this machine delegates no cgroup v2 (SERVICE.md): the watchdog is the memory limit
     assert "RSS watchdog" in lines["limit memory"]
+
+
+def test_a_slot_build_keeps_owners_and_user_switches(rb: Harness) -> None:
+    """In a slot the step runs in a nested user namespace: chown and USER still work and
+    the layer records the in-image owners, as without a slot."""
+    ctx = busybox_context(rb, "slotowners", (
+        "FROM scratch\nCOPY rootfs/ /\n"
+        "RUN mkdir /out && touch /out/f && chown 1000:2000 /out/f && chown app /out\n"
+        "USER app\nRUN id -u > /out/uid && id -G > /out/groups\n"
+    ), EXTRA)
+    layout, _ = build_to_layout(rb, ctx, "--slot", "0", "--pids-limit", "50")
+    image = Image(rb, layout)
+    info = next(m["out/f"][0] for m in image.layers if "out/f" in m)
+    assert (info.uid, info.gid) == (1000, 2000)
+    assert image.text("out/uid") == "1000\n"
+    assert image.text("out/groups").split() == ["1000", "2000"]
