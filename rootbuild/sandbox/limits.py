@@ -18,7 +18,9 @@ Rules:
   uid, per slot, and slots cannot signal each other.
 - Memory: cgroup v2 is used only where one is delegated; without one (the common rootless
   case) the watchdog sums the resident set of the step's processes every
-  ``POLL_SECONDS`` and kills the pid namespace when the sum is over the limit.
+  ``POLL_SECONDS`` and kills the pid namespace when the sum is over the limit. The sum
+  counts pages shared by several processes once per process (PSS would not, but reading it
+  needs ptrace access to every process of the step): it errs towards killing early.
 - Output: at most ``log_bytes`` per step reach the builder's output; the rest is read and
   dropped (the builder's memory stays flat) and one note line says so, as BuildKit's
   ``[output clipped, log limit ... reached]``. Clipping does not fail the step.
@@ -49,7 +51,7 @@ def human(size: int) -> str:
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if size >= 1 << shift and size % (1 << shift) == 0:
             return f"{size >> shift}{unit}"
-    return f"{size}B" if size < 1 << 10 else f"{size / (1 << 20):.1f}MiB"
+    return f"{size}B" if size < 1 << 20 else f"{size / (1 << 20):.1f}MiB"
 
 
 @dataclass(frozen=True)
