@@ -10,6 +10,7 @@ run as the unprivileged build user on a busybox base.
   builder's resident memory stays flat (sampled from /proc while the build runs).
 - ``--slot 0``: the step's processes run as the first id of the user's subordinate range,
   not as the user; a slot the range does not hold is refused with one line.
+- The step's nested user namespace (``nest.py``) bounds processes of every uid together.
 - Every limit hit leaves the store as it was.
 """
 
@@ -200,3 +201,48 @@ def test_a_slot_build_keeps_owners_and_user_switches(rb: Harness) -> None:
     assert (info.uid, info.gid) == (1000, 2000)
     assert image.text("out/uid") == "1000\n"
     assert image.text("out/groups").split() == ["1000", "2000"]
+
+
+NEST_PROBE = """
+import os, subprocess, sys, time
+from rootbuild.sandbox import mounts
+from rootbuild.sandbox.nest import enter_nested
+first, uid, gid, limit = (int(a) for a in sys.argv[1:5])
+r, w = os.pipe(); r2, w2 = os.pipe()
+pid = os.fork()
+if pid == 0:  # as the init: the slot's namespace, then the step's nested one
+    mounts.unshare(mounts.CLONE_NEWUSER)
+    os.write(w2, b"u"); os.read(r, 1)
+    enter_nested(limit)
+    kids = []
+    for i in range(3 * limit):
+        try:
+            kid = os.fork()
+        except OSError:
+            break
+        if kid == 0:
+            os.setresuid(i + 1, i + 1, i + 1)  # every process a uid of its own
+            time.sleep(1); os._exit(0)
+        kids.append(kid)
+    print(len(kids), flush=True)
+    for kid in kids: os.waitpid(kid, 0)
+    os._exit(0)
+os.read(r2, 1)
+for tool, own in (("newuidmap", uid), ("newgidmap", gid)):
+    subprocess.run([tool, str(pid), "0", str(first), "65536", "65536", str(own), "1"],
+                   check=True)
+os.write(w, b"m")
+os.waitpid(pid, 0)
+"""
+
+
+def test_the_nested_namespace_counts_every_uid_against_the_limit(rb: Harness) -> None:
+    """RLIMIT_NPROC set before the step's nested user namespace is created bounds all its
+    processes together, even when each switches to a uid of its own (ucounts)."""
+    script = rb.workdir / "nest_probe.py"
+    script.write_text(NEST_PROBE)
+    python = str(ROOTBUILD.parent / "python")
+    proc = rb.as_user([python, str(script), str(_first_subuid(rb.user.name)),
+                       str(rb.user.uid), str(rb.user.gid), "10"])
+    forked = int(proc.stdout.strip())
+    assert 1 <= forked < 10, proc.stdout
