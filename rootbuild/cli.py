@@ -131,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--inode-limit", metavar="N",
                    help="files the build's RUN steps may create in all (default with "
                         "--untrusted: 1000000)")
+    b.add_argument("--pids-limit", type=_positive_int, default=None, metavar="N",
+                   help="processes a RUN step may have at once (--untrusted: 512)")
+    b.add_argument("--memory", default=None, metavar="SIZE",
+                   help="resident memory of a RUN step's processes, e.g. 512m "
+                        "(--untrusted: 2g)")
+    b.add_argument("--log-limit", default=None, metavar="SIZE",
+                   help="output kept per RUN step; the rest is dropped (--untrusted: 2m)")
+    b.add_argument("--slot", type=int, default=None, metavar="N",
+                   help="map RUN's root to the N-th block of 65536 of your subordinate ids "
+                        "(one slot per concurrent build: per-slot process counts, no "
+                        "signals across slots)")
     b.add_argument("--secret", dest="secrets", action="append", default=[],
                    metavar="id=ID[,src=FILE|,env=VAR]",
                    help="a secret for RUN --mount=type=secret (never stored)")
@@ -348,6 +359,8 @@ def _with_run_flags(options: BuildOptions, args: argparse.Namespace) -> BuildOpt
         shm_size=None if args.shm_size is None else parse_shm_size(args.shm_size),
         ulimits=merge_ulimits(parse_ulimit(text) for text in args.ulimits), pull=args.pull,
         disk_limit=_disk_limit(args), inode_limit=_inode_limit(args),
+        pids_limit=args.pids_limit, memory_limit=_limit_size("--memory", args.memory),
+        log_limit=_limit_size("--log-limit", args.log_limit), slot=args.slot,
     )
 
 
@@ -361,6 +374,22 @@ def _inode_limit(args: argparse.Namespace) -> int | None:
     from rootbuild.engine.disk_limit import parse_inode_limit
 
     return None if args.inode_limit is None else parse_inode_limit(args.inode_limit)
+
+
+def _limit_size(flag: str, text: str | None) -> int | None:
+    """A size flag (cache/prune.parse_size's units: 512m, 2g, plain bytes)."""
+    from rootbuild.cache.prune import parse_size
+
+    if text is None:
+        return None
+    try:
+        size = parse_size(text)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise UsageError(f"build: invalid {flag} {text!r}: expected a size greater than 0 "
+                         "(e.g. 512m, 2g)")
+    return size
 
 
 def _write_file(path: Path, text: str, what: str) -> None:

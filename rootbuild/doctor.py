@@ -190,16 +190,34 @@ def check_idmap() -> list[Check]:
 
 def check_cgroups() -> Check:
     if not Path("/sys/fs/cgroup/cgroup.controllers").exists():
-        return Check("cgroups", "warn", "cgroup v2 is not mounted: no resource limits",
+        return Check("cgroups", "warn", "cgroup v2 is not mounted: limits fall back to "
+                     "RLIMIT_NPROC and the RSS watchdog",
                      "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1)")
     own = (_read("/proc/self/cgroup") or "").split("::")[-1] or "/"
     path = Path("/sys/fs/cgroup") / own.lstrip("/")
     if os.access(path, os.W_OK):
         return Check("cgroups", "ok", f"cgroup v2, {path} delegated to you")
     return Check(
-        "cgroups", "warn", f"cgroup v2, but {path} is not delegated: no resource limits",
+        "cgroups", "warn", f"cgroup v2, but {path} is not delegated: limits fall back to "
+        "RLIMIT_NPROC and the RSS watchdog",
         "run builds in a delegated scope (systemd-run --user --scope) for limits",
     )
+
+
+def check_limits() -> list[Check]:
+    """Which mechanism enforces each per-step limit here (sandbox/limits.py)."""
+    import pwd
+
+    from rootbuild.sandbox.idmap import slot_blocks
+    from rootbuild.sandbox.limits import enforcement
+
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    slots = slot_blocks(_read("/etc/subuid") or "", _read("/etc/subgid") or "", name, uid)
+    return [Check(f"limit {what}", "ok", how) for what, how in enforcement(slots)]
 
 
 def check_kernel() -> Check:
@@ -239,7 +257,7 @@ def check_network() -> Check:
 
 def run_doctor(write: Callable[[str], object] = print) -> int:
     checks: list[Check] = [check_kernel(), *check_namespaces(), check_fuse(), *check_idmap(),
-                           check_cgroups(), check_network()]
+                           check_cgroups(), check_network(), *check_limits()]
     for check in checks:
         write(check.line())
     failed = [c for c in checks if c.status == "FAIL"]

@@ -57,7 +57,7 @@ from rootbuild.image.store import Store, force_rmtree
 from rootbuild.platform import host_platform
 from rootbuild.progress import Progress
 from rootbuild.sandbox.executor import SandboxExecutor
-from rootbuild.sandbox.idmap import read_host_plan
+from rootbuild.sandbox.idmap import read_slot_plan
 from rootbuild.stages.args import unused_build_args, unused_build_args_warning
 from rootbuild.stages.config import settle_created
 from rootbuild.stages.plan import BuildPlan, StagePlan
@@ -69,7 +69,7 @@ __all__ = ["BuildOptions", "BuildResult", "build", "default_seams"]
 def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Seams:
     """The real seams: the RUN sandbox, the store's base images and exporter."""
     return Seams(
-        executor=SandboxExecutor(read_host_plan()),
+        executor=SandboxExecutor(read_slot_plan(options.slot)),
         base_images=StoreBaseImages(store, options.transport, progress, options.pull),
         exporter=StoreExporter(store, options.transport, docker_format=options.docker_format,
                                warn=progress.warn),
@@ -150,7 +150,7 @@ async def build(
                 disabled_stages=frozenset(options.no_cache_filter), warn=warn_once,
             ),
             context=context, work_dir=store.staging_dir(), staging=staging,
-            idmap=read_host_plan(), warn_once=warn_once,
+            idmap=read_slot_plan(options.slot), warn_once=warn_once,
             named=open_contexts(options.build_contexts, named),
             sources=BuildSources(options.secrets),
             cache_mounts=BuildCacheMounts(

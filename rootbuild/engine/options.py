@@ -22,6 +22,12 @@ from rootbuild.image.oci import StoredImage
 from rootbuild.image.refs import OutputRef
 from rootbuild.platform import Platform, host_platform
 from rootbuild.registry.client import TransportOptions
+from rootbuild.sandbox.limits import (
+    UNTRUSTED_LOG_BYTES,
+    UNTRUSTED_MEMORY,
+    UNTRUSTED_PIDS,
+    StepLimits,
+)
 from rootbuild.sandbox.rlimits import Ulimit
 from rootbuild.sandbox.spec import NETWORK_MODES, PROC_MODES
 from rootbuild.stages.checks import CheckWarning
@@ -68,6 +74,21 @@ class BuildOptions:
     # --disk-limit bytes, --inode-limit files the RUN steps may write (engine/disk_limit.py)
     disk_limit: int | None = None
     inode_limit: int | None = None
+    # per-step limits (sandbox/limits.py; None: unlimited, or the default with --untrusted)
+    # and the build slot whose subordinate ids RUN's root maps to (idmap.slot_plan)
+    pids_limit: int | None = None
+    memory_limit: int | None = None
+    log_limit: int | None = None
+    slot: int | None = None
+
+    def step_limits(self) -> StepLimits:
+        """The limits each RUN step gets: the flags', else --untrusted's defaults."""
+        def pick(value: int | None, default: int) -> int | None:
+            return value if value is not None or not self.untrusted else default
+
+        return StepLimits(pick(self.pids_limit, UNTRUSTED_PIDS),
+                          pick(self.memory_limit, UNTRUSTED_MEMORY),
+                          pick(self.log_limit, UNTRUSTED_LOG_BYTES))
 
     def run_flags(self) -> RunFlags:
         return RunFlags(sandbox_hostname(self.build_args), self.add_hosts, self.shm_size,
@@ -96,6 +117,12 @@ class BuildOptions:
             )
         if self.step_timeout is not None and self.step_timeout <= 0:
             raise UsageError(f"build: --timeout must be positive, not {self.step_timeout:g}")
+        for flag, value in (("--pids-limit", self.pids_limit), ("--memory", self.memory_limit),
+                            ("--log-limit", self.log_limit)):
+            if value is not None and value <= 0:
+                raise UsageError(f"build: {flag} must be positive, not {value}")
+        if self.slot is not None and self.slot < 0:
+            raise UsageError(f"build: --slot must be 0 or more, not {self.slot}")
         check_contexts(self.build_contexts)
         check_run_flags(self.run_flags())
 

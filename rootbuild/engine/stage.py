@@ -407,7 +407,7 @@ class Stage:
                 timeout=options.step_timeout, mounts=mounts.mounts,
                 binds=heredoc_binds(action.heredoc_files, scratch / "heredocs"),
                 secret_env=mounts.secret_env, insecure=action.security == "insecure",
-                devices=host_devices(action.devices),
+                devices=host_devices(action.devices), limits=options.step_limits(),
                 **options.run_flags().step_fields(),  # --add-host, --shm-size, --ulimit
                 disk_limit=disk_limit, inode_limit=inode_limit,
             )
@@ -424,6 +424,8 @@ class Stage:
         for warning in result.warnings:
             work.warn_once(warning)
         command = " ".join(action.command)
+        if result.limit:  # sandbox/limits.py: the step was killed for it
+            raise StepError(f'RUN: process "{command}" was killed: {result.limit}', where)
         if result.limit_exceeded:
             raise StepError(f'RUN: {limit_message(options, result.limit_exceeded)}: process '
                             f'"{command}" (exit code {result.exit_code})', where)

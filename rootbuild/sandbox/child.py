@@ -33,6 +33,7 @@ from typing import NoReturn
 
 from rootbuild.sandbox import mounts, step_mounts
 from rootbuild.sandbox.devices import bind_devices
+from rootbuild.sandbox.nest import enter_nested
 from rootbuild.sandbox.rlimits import Ulimit, apply_ulimits
 from rootbuild.sandbox.spec import Bind
 from rootbuild.sandbox.users import Identity
@@ -64,6 +65,8 @@ class ChildPlan:
     devices: tuple[str, ...] = ()  # RUN --device: host nodes bound into /dev (devices.py)
     shm_size: int | None = None  # --shm-size (None: 64 MiB)
     ulimits: tuple[Ulimit, ...] = ()  # --ulimit, set just before exec
+    nest: bool = False  # --slot: run in a nested user namespace (nest.py)
+    nproc: int | None = None  # --pids-limit: RLIMIT_NPROC, set before nesting
 
 
 def proc_refused_message(submounts: list[str]) -> str:
@@ -242,6 +245,8 @@ def child_main(plan: ChildPlan, err_fd: int) -> NoReturn:
         cwd = _open_workdir(plan.workdir)
         os.fchdir(cwd)
         os.close(cwd)
+        if plan.nest:
+            enter_nested(plan.nproc)
         if not plan.insecure:
             _drop_capabilities(DOCKER_DEFAULT_CAPS - {CAP_NET_RAW} if plan.no_net_raw
                                else DOCKER_DEFAULT_CAPS)

@@ -187,3 +187,63 @@ def write_own_maps(plan: IdMapPlan) -> None:
             f.write("".join(r.line() + "\n" for r in plan.gids))
     except OSError as exc:
         raise SandboxError(f"map ids of the step's user namespace: {exc.strerror}") from exc
+
+
+#: ids per build slot (``slot_plan``)
+SLOT_SPAN = 65536
+#: where a slot mapping puts the user's own uid and gid (outside the step's ids)
+SLOT_OWN = SLOT_SPAN
+
+
+def slot_blocks(subuid: str, subgid: str, name: str, uid: int) -> int:
+    """How many build slots (whole ``SLOT_SPAN`` blocks) the user's subordinate uids and
+    gids hold."""
+    def count(text: str) -> int:
+        return sum(c // SLOT_SPAN for _, c in parse_subid(text, name, uid))
+
+    return min(count(subuid), count(subgid))
+
+
+def slot_plan(plan: IdMapPlan, slot: int, subuid: str, subgid: str, name: str,
+              uid: int, gid: int) -> IdMapPlan:
+    """The mapping of build slot ``slot``: ids 0..65535 of the step, root included, map to
+    the ``slot``-th block of 65536 ids of the user's subordinate ranges (in file order), so
+    RLIMIT_NPROC counts each slot's processes apart and steps of two slots (and the
+    builder) cannot signal or ptrace each other. The user's own ids map to ``SLOT_OWN``
+    (65536) for the sandbox init and its FUSE servers only: the step itself runs in a
+    nested user namespace that maps 0..65535 alone (``nest.py``), so it cannot become
+    the user."""
+    if plan.mode != "subid":
+        raise SandboxError(f"--slot {slot}: needs newuidmap/newgidmap and a subordinate "
+                           f"range ({plan.warning.partition(': ')[2].partition(';')[0]})")
+
+    def block(text: str, what: str) -> IdRange:
+        left = slot  # whole blocks to skip, range by range
+        for start, count in parse_subid(text, name, uid):
+            if left < count // SLOT_SPAN:
+                return IdRange(0, start + left * SLOT_SPAN, SLOT_SPAN)
+            left -= count // SLOT_SPAN
+        have = sum(c // SLOT_SPAN for _, c in parse_subid(text, name, uid))
+        raise SandboxError(
+            f"--slot {slot}: {what} holds {have} block(s) of {SLOT_SPAN} ids for "
+            f"{name!r}, slot {slot} needs {slot + 1} (add a range, e.g. "
+            f"'usermod --add-subuids FIRST-LAST --add-subgids FIRST-LAST {name}')")
+
+    return IdMapPlan("subid", (block(subuid, "/etc/subuid"), IdRange(SLOT_OWN, uid, 1)),
+                     (block(subgid, "/etc/subgid"), IdRange(SLOT_OWN, gid, 1)))
+
+
+def read_slot_plan(slot: int | None) -> IdMapPlan:
+    """``read_host_plan``, or with ``slot`` the mapping of that build slot."""
+    import pwd
+
+    plan = read_host_plan()
+    if slot is None:
+        return plan
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return slot_plan(plan, slot, _read("/etc/subuid"), _read("/etc/subgid"), name, uid,
+                     os.getgid())

@@ -47,10 +47,11 @@ from typing import Any, NoReturn
 
 from rootbuild.errors import RootbuildError, SandboxError, StepError
 from rootbuild.image.layermeta import LayerMeta
-from rootbuild.sandbox import mounts, secrets, step_mounts, usernet
+from rootbuild.sandbox import caps, mounts, secrets, step_mounts, usernet
 from rootbuild.sandbox.affinity import StepCpu, children
 from rootbuild.sandbox.child import ChildPlan, child_main
 from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
+from rootbuild.sandbox.limits import Watchdog, nproc_ulimits, nproc_value
 from rootbuild.sandbox.rootfs import provider_for
 from rootbuild.sandbox.spec import Bind, InitRequest, OverlayRoot, StepSpec
 from rootbuild.sandbox.users import MAX_FILE_BYTES, Identity, resolve_user
@@ -203,26 +204,33 @@ def _kill_descendants(keep: set[int]) -> None:
             return
 
 
-def _wait_step(pid: int, ctl: int, cpu: StepCpu) -> tuple[int, bool]:
-    """Wait for the step's pid 1 (or a kill request), watching its CPU placement meanwhile.
-    Returns (status, killed)."""
+def _wait_step(pid: int, ctl: int, cpu: StepCpu, watch: Watchdog | None = None
+               ) -> tuple[int, bool, str]:
+    """Wait for the step's pid 1 (or a kill request), watching its CPU placement and its
+    limits (``limits.Watchdog``) meanwhile. Returns (status, killed, the limit it broke)."""
     pidfd = os.pidfd_open(pid)
     killed = False
+    broke = ""
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         poller.register(ctl, select.POLLIN)
         while True:
-            interval = cpu.interval
-            events = dict(poller.poll(None if interval is None else interval * 1000))
+            waits = [t for t in (cpu.interval, watch.interval if watch else None)
+                     if t is not None]
+            events = dict(poller.poll(min(waits) * 1000 if waits else None))
             if not events:
                 cpu.tick()
+                if watch is not None and not killed and (broke := watch.tick() or ""):
+                    killed = True  # the whole pid namespace dies with its pid 1
+                    os.kill(pid, signal.SIGKILL)
                 continue
             if pidfd in events:
                 break
-            if ctl in events and not killed:
-                killed = True  # "kill" or EOF: the builder wants it gone
-                os.kill(pid, signal.SIGKILL)
+            if ctl in events:
+                if not killed:  # "kill" or EOF: the builder wants it gone
+                    os.kill(pid, signal.SIGKILL)
+                killed = True
                 poller.unregister(ctl)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
@@ -232,7 +240,7 @@ def _wait_step(pid: int, ctl: int, cpu: StepCpu) -> tuple[int, bool]:
     finally:
         os.close(pidfd)
     _, status = os.waitpid(pid, 0)
-    return status, killed
+    return status, killed, broke
 
 
 def _exit_code(status: int) -> int:
@@ -266,11 +274,16 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
     mountpoint = spec.scratch / "root"
     mountpoint.mkdir(mode=0o700)
     budget = step_budget(spec)  # --disk-limit: shared by every writable overlay of the step
+    slot = os.getuid() != 0  # not root here: --slot left the user's own uid unmapped
+    if slot:
+        caps.helpers_keep_admin()  # the FUSE servers exec and must still mount (caps.py)
     with provider_for(spec.rootfs, budget)(mountpoint) as mounted, \
             contextlib.ExitStack() as trees:
         # RUN --mount trees first: their FUSE servers are among the processes reported
         kept_trees: step_mounts.Kept = []  # RUN --mount=type=cache: kept after the step
         run_mounts = step_mounts.mount_trees(spec, trees, kept_trees, budget)
+        if slot:
+            caps.step_gets_none()
         keep = children(os.getpid())  # the FUSE server: the builder kills it if the init dies
         status.send(event="mounted", pids=sorted(keep))
         rootfd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -292,7 +305,8 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
                 no_net_raw=spec.network == "isolated",
                 tty_gid_mapped=plan.maps_gid(5), mounts=tuple(run_mounts),
                 insecure=spec.insecure, devices=spec.devices,
-                shm_size=spec.shm_size, ulimits=spec.ulimits,
+                shm_size=spec.shm_size, ulimits=spec.ulimits + nproc_ulimits(spec.limits),
+                nest=slot, nproc=nproc_value(spec.limits),
             )
             if host_bind:
                 import ctypes
@@ -308,7 +322,8 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
             cpu.unpin_self()
             status.send(event="started")
             try:
-                wait_status, killed = _wait_step(pid, ctl, cpu)
+                watch = Watchdog(spec.limits, pid) if spec.limits.watched else None
+                wait_status, killed, broke = _wait_step(pid, ctl, cpu, watch)
             finally:
                 if host_bind:
                     _kill_descendants(keep)
@@ -325,8 +340,9 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
         if kept:
             warnings.append(f"warning: RUN left mount targets in the layer: {kept}")
         if killed or code != 0 or limit:
+            # limit: the watchdog's (pids, memory); disk: the overlay budget's (disk, inodes)
             status.send(event="exit", code=code, killed=killed, warnings=warnings,
-                        limit=limit)
+                        limit=broke, disk=limit)
             return  # leaving the context aborts the root: no layer
         result = mounted.finish()
     tree = meta = None

@@ -35,6 +35,7 @@ import trio
 from rootbuild.errors import RootbuildError, SandboxError, StepError
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.sandbox.idmap import IdMapPlan, apply_helpers
+from rootbuild.sandbox.limits import OutputCap
 from rootbuild.sandbox.secrets import payload_fd
 from rootbuild.sandbox.spec import DEFAULT_PATH, InitRequest, StepResult, StepSpec
 from rootbuild.snapshot import StepChanges
@@ -83,13 +84,21 @@ class _Lines:
             self.buf = b""
 
 
-async def _pump(stream: trio.lowlevel.FdStream, lines: _Lines) -> None:
+async def _pump(stream: trio.lowlevel.FdStream, lines: _Lines,
+                cap: OutputCap | None = None) -> None:
+    """Feed the step's output to ``lines``; past ``cap``'s limit it is read and dropped,
+    and one note line says so (sandbox/limits.py)."""
+    cap = cap or OutputCap(None)
     async with stream:
         while True:
             data = await stream.receive_some(65536)
             if not data:
                 break
-            lines.feed(data)
+            clipped = cap.note is not None
+            lines.feed(cap.take(data))
+            if cap.note is not None and not clipped:
+                lines.close()
+                lines.emit(cap.note.encode())
     lines.close()
 
 
@@ -146,7 +155,8 @@ async def run_init(request: InitRequest, on_output: Callable[[str], None]) -> St
     try:
         with _bare_errors():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump, trio.lowlevel.FdStream(out_r), _Lines(on_output))
+                nursery.start_soon(_pump, trio.lowlevel.FdStream(out_r), _Lines(on_output),
+                                   OutputCap(spec.limits.log_bytes))
                 final = await session.follow(trio.lowlevel.FdStream(st_r))
     finally:
         with trio.CancelScope(shield=True):
@@ -167,7 +177,8 @@ def _result(final: dict[str, Any] | None, warnings: list[str], timed_out: bool,
         layer = StepChanges(Path(final["tree"]), LayerMeta.load(Path(final["meta"])))
     notes = tuple(warnings + [w for w in final.get("warnings", []) if w not in warnings])
     return StepResult(int(final["code"]), layer, notes, timed_out,
-                      str(final.get("limit") or ""))
+                      limit_exceeded=str(final.get("disk") or ""),
+                      limit=str(final.get("limit") or ""))
 
 
 class _Session:

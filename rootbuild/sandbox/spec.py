@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from rootbuild.errors import SandboxError, StepError
 from rootbuild.sandbox.idmap import IdMapPlan
+from rootbuild.sandbox.limits import StepLimits
 from rootbuild.sandbox.rlimits import Ulimit
 from rootbuild.snapshot import LowerLayer, StepChanges
 
@@ -309,6 +310,8 @@ class StepSpec:
     # and writable RUN --mount trees) may hold together; tmpfs mounts are capped by them
     disk_limit: int | None = None
     inode_limit: int | None = None
+    # --pids-limit, --memory, --log-limit (limits.py)
+    limits: StepLimits = field(default_factory=StepLimits)
 
     def validate(self) -> None:
         if not self.argv:
@@ -341,6 +344,7 @@ class StepSpec:
             limit.validate()
         if any(n is not None and n <= 0 for n in (self.disk_limit, self.inode_limit)):
             raise SandboxError("run step: disk and inode limits must be positive")
+        self.limits.validate()
         for name, value in self.secret_env.items():
             if not name or "=" in name or "\0" in name:
                 raise SandboxError(f"run step: invalid secret variable name {name!r}")
@@ -360,6 +364,7 @@ class StepSpec:
             "extra_hosts": [list(pair) for pair in self.extra_hosts],
             "shm_size": self.shm_size, "ulimits": [u.to_json() for u in self.ulimits],
             "disk_limit": self.disk_limit, "inode_limit": self.inode_limit,
+            "limits": self.limits.to_json(),
         }
 
     @classmethod
@@ -414,6 +419,7 @@ def _run_flags(data: Any) -> dict[str, Any]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise SandboxError(f"read step spec: {key} is not a number")
         flags[key] = value
+    flags["limits"] = StepLimits.from_json(data.get("limits"))
     return flags
 
 
@@ -462,6 +468,7 @@ class StepResult:
     warnings: tuple[str, ...] = ()
     timed_out: bool = False
     limit_exceeded: str = ""
+    limit: str = ""  # the limit that ended the step (sandbox/limits.py), "" if none
 
 
 # -- reading JSON data back, typed ----------------------------------------------------------
