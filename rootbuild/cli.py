@@ -377,19 +377,9 @@ def _inode_limit(args: argparse.Namespace) -> int | None:
 
 
 def _limit_size(flag: str, text: str | None) -> int | None:
-    """A size flag (cache/prune.parse_size's units: 512m, 2g, plain bytes)."""
-    from rootbuild.cache.prune import parse_size
+    from rootbuild.engine.run_flags import positive_size
 
-    if text is None:
-        return None
-    try:
-        size = parse_size(text)
-    except ValueError:
-        size = 0
-    if size <= 0:
-        raise UsageError(f"build: invalid {flag} {text!r}: expected a size greater than 0 "
-                         "(e.g. 512m, 2g)")
-    return size
+    return None if text is None else positive_size(flag, text, "512m, 2g")
 
 
 def _write_file(path: Path, text: str, what: str) -> None:

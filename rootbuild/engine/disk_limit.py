@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rootbuild.cache.prune import parse_size
+from rootbuild.engine.run_flags import positive_size
 from rootbuild.errors import UsageError
 from rootbuild.image.layermeta import LayerMeta
 
@@ -42,14 +42,7 @@ _UNITS = (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10))
 
 
 def parse_disk_limit(text: str) -> int:
-    try:
-        size = parse_size(text)
-    except ValueError:
-        size = 0
-    if size <= 0:
-        raise UsageError(f"build: invalid --disk-limit {text!r}: expected a size greater "
-                         "than 0 (e.g. 100MB, 10GB)")
-    return size
+    return positive_size("--disk-limit", text, "100MB, 10GB")
 
 
 def parse_inode_limit(text: str) -> int:

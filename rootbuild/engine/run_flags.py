@@ -61,17 +61,22 @@ def _one_host(text: str) -> tuple[str, str]:
     return host, ip.strip()
 
 
-def parse_shm_size(text: str) -> int:
-    """``--shm-size``: bytes, with an optional unit (b, k, m, g; multiples of 1024);
-    Docker: "number must be greater than 0"."""
+def positive_size(flag: str, text: str, examples: str) -> int:
+    """A size flag's bytes (``cache.prune.parse_size``'s units: b, k, m, g, KB, MB...;
+    multiples of 1024); 0, negative or unreadable is a usage error naming ``flag``."""
     try:
         size = parse_size(text)
     except ValueError:
         size = 0
     if size <= 0:
-        raise UsageError(f"build: invalid --shm-size {text!r}: expected a size greater "
-                         "than 0 (e.g. 64m, 1g)")
+        raise UsageError(f"build: invalid {flag} {text!r}: expected a size greater "
+                         f"than 0 (e.g. {examples})")
     return size
+
+
+def parse_shm_size(text: str) -> int:
+    """``--shm-size``: Docker: "number must be greater than 0"."""
+    return positive_size("--shm-size", text, "64m, 1g")
 
 
 def parse_ulimit(text: str) -> Ulimit:
