@@ -227,9 +227,13 @@ class JobLog:
                     self.capped = True  # the queue noted it; send nothing more
 
     async def flush_loop(self, tq: TrioQueue, lease: Lease, every: float = 0.2) -> None:
+        """Send the log every ``every`` seconds; cancelled only while it sleeps, never
+        half way through a send (lines taken and then cancelled would reach the log after
+        the job's final flush and its completion, which refuses them: lost)."""
         while True:
             await trio.sleep(every)
-            await self.flush(tq, lease)
+            with trio.CancelScope(shield=True):
+                await self.flush(tq, lease)
 
 
 @dataclass
