@@ -10,6 +10,8 @@ Rules:
 - A ``COPY/ADD --link`` step's key starts from ``scratch`` instead (its layer is computed
   without the image below), so it hits when only the base changed; the key it hands on
   still chains the state below.
+- In an untrusted build a RUN that mounts a secret or an ssh agent is neither looked up
+  nor recorded (``private_step``): its key cannot tell one secret value from another.
 - Blocking work runs in worker threads so independent stages really overlap.
 - A stage sees only what it is handed: the build's frozen ``BuildEnv``, its ``Seams``
   (executor, base images) and the per-build ``Workspace``; it never reaches into the
@@ -213,7 +215,8 @@ class Stage:
         cache = self.work.cache
         key = await self.cache_key(action, instr.location)
         state_key = self.after_link(action, key)
-        if key is not None and self.use_cache:
+        private = self.private_step(action)
+        if key is not None and self.use_cache and not private:
             entry = await cache.lookup(key, self.work.staging)
             if entry is not None:
                 cache.hit(self.stage.index, entry)
@@ -224,13 +227,23 @@ class Stage:
                 return self.with_layer(state, layer), True
         layer = await self.produce(action, instr.location, handle)
         if key is not None:
-            cache.add(self.stage.index, CacheEntry(
-                key=key, layer=layer.descriptor if layer else None,
-                diff_id=layer.diff_id if layer else None, description=text,
-                created=self.env.clock.started,
-            ))
+            if not private:
+                cache.add(self.stage.index, CacheEntry(
+                    key=key, layer=layer.descriptor if layer else None,
+                    diff_id=layer.diff_id if layer else None, description=text,
+                    created=self.env.clock.started,
+                ))
             self.key = chain_key(state_key or key, layer.diff_id if layer else None)
         return self.with_layer(state, layer), False
+
+    def private_step(self, action: Step) -> bool:
+        """A RUN of an untrusted build that mounts a secret or an ssh agent: never taken
+        from the step cache nor recorded in it. Its key holds the secret's id, never the
+        value (as BuildKit's), so another job with another value, or none, could reuse
+        what this one computed from it (docker/buildx#551; SERVICE.md)."""
+        return self.env.options.untrusted and isinstance(action, RunStep) and any(
+            m.mount.type in ("secret", "ssh") for m in action.mounts
+        )
 
     def with_layer(self, state: StageState, layer: Layer | None) -> StageState:
         if layer is None:  # nothing changed: no layer, as BuildKit drops empty diffs

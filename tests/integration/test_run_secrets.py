@@ -201,6 +201,27 @@ def test_a_new_secret_value_reuses_the_cached_step(rb: Harness) -> None:
     assert re.search(rf"^#{number.group(1)} CACHED$", second.stderr, re.M), second.stderr
 
 
+def test_an_untrusted_build_never_caches_a_secret_step(rb: Harness) -> None:
+    """../shared/docs/SERVICE.md: "a step that mounts a secret is never cached across
+    jobs" (its key cannot tell one value from another: docker/buildx#551). In an
+    --untrusted build the step runs again with every build; the COPY before it is still
+    cached."""
+    ctx = secret_context(rb, "secret-untrusted", (
+        "FROM scratch\n"
+        "COPY rootfs/ /\n"
+        "RUN --mount=type=secret,id=tok test -s /run/secrets/tok && echo had-it > /had\n"
+    ))
+    for name in ("a", "b"):
+        proc = build(rb, ctx, "--untrusted", "--network=none",
+                     "--secret", f"id=tok,src={secret_file(rb, new_value(), name)}")
+    copy = re.search(r"^#(\d+) \[stage-0 2/3\]", proc.stderr, re.M)
+    step = re.search(r"^#(\d+) \[stage-0 3/3\]", proc.stderr, re.M)
+    assert copy is not None and step is not None
+    assert re.search(rf"^#{copy.group(1)} CACHED$", proc.stderr, re.M), proc.stderr
+    assert not re.search(rf"^#{step.group(1)} CACHED$", proc.stderr, re.M), proc.stderr
+    assert re.search(rf"^#{step.group(1)} DONE", proc.stderr, re.M), proc.stderr
+
+
 # -- THE secrets test -------------------------------------------------------------------------
 
 

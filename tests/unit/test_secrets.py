@@ -249,6 +249,25 @@ def test_a_changed_secret_value_hits_the_cache(tmp_path: Path) -> None:
     assert len(first.specs) == 1 and second.specs == []
 
 
+def test_an_untrusted_builds_secret_step_is_never_cached(tmp_path: Path) -> None:
+    """SERVICE.md: a step that mounts a secret is never cached across jobs (its key holds
+    the id, not the value): an untrusted build neither takes it from the cache nor records
+    it, so the next build runs it again; the steps around it are cached as usual."""
+    dockerfile = ("FROM scratch\nRUN before\nRUN --mount=type=secret,id=a cat /run/secrets/a"
+                  "\nRUN --mount=type=ssh,id=k true\n")
+    options = {"untrusted": True, "network": "none", "secrets": {"a": b"one"}}
+
+    def runs(spec: object) -> FakeRun:
+        return FakeRun()
+
+    _, first, _ = _build(tmp_path, dockerfile, FakeExecutor(runs), **options)
+    _, second, progress = _build(tmp_path, dockerfile, FakeExecutor(runs), **options)
+    assert len(first.specs) == 3
+    assert [spec.argv[-1] for spec in second.specs] == [
+        "cat /run/secrets/a", "true"]  # "before" was CACHED; the secret steps ran again
+    assert [entry[1] for entry in progress.of("cached")] == ["[stage-0 2/4] RUN before"]
+
+
 @pytest.mark.parametrize(("line", "options", "message"), [
     ("RUN --network=host true", {}, r"^Dockerfile:2: RUN --network=host: entitlement "
      r"network.host is not allowed; fix: build with --allow network.host$"),
