@@ -230,25 +230,24 @@ class ImportedCache:
         if entry.layer is None or staging.has_blob(entry.layer.digest):
             return
         assert entry.diff_id is not None  # CacheEntry: a layer has its diffID
-        if self._source is None or self._spec is None or entry.layer.digest not in self._layers:
-            raise StoreError(
-                f"fetch cache layer {entry.layer.digest}: not part of this imported cache"
-            )
-        try:
-            await self._source.fetch_layer(staging, entry.layer, entry.diff_id)
-        except ImageError as exc:
-            raise _wrap(exc, self._spec) from exc
+        await self._fetch(staging, entry.layer, entry.diff_id,
+                          entry.layer.digest in self._layers,
+                          f"cache layer {entry.layer.digest}")
 
     async def fetch_mount(self, staging: Staging, record: MountRecord) -> None:
         """Put a cache mount's blob into ``staging``, verified as ``fetch`` does."""
         if staging.has_blob(record.layer.digest):
             return
-        if self._source is None or self._spec is None or record not in self.mounts:
-            raise StoreError(
-                f"fetch cache mount {record.id!r}: not part of this imported cache"
-            )
+        await self._fetch(staging, record.layer, record.diff_id, record in self.mounts,
+                          f"cache mount {record.id!r}")
+
+    async def _fetch(self, staging: Staging, blob: Descriptor, diff_id: str, listed: bool,
+                     what: str) -> None:
+        """Fetch a blob this cache lists (``listed``) from its source, verified."""
+        if self._source is None or self._spec is None or not listed:
+            raise StoreError(f"fetch {what}: not part of this imported cache")
         try:
-            await self._source.fetch_layer(staging, record.layer, record.diff_id)
+            await self._source.fetch_layer(staging, blob, diff_id)
         except ImageError as exc:
             raise _wrap(exc, self._spec) from exc
 

@@ -22,7 +22,13 @@ from typing import BinaryIO
 from rootbuild.context import BuildContext, ContextEntry
 from rootbuild.engine.copy import Source, context_sources, image_sources
 from rootbuild.errors import Location
-from rootbuild.image.decompress import DECODE_ERRORS, StreamError, decoder, select_compression
+from rootbuild.image.decompress import (
+    DECODE_ERRORS,
+    StreamError,
+    decoder,
+    read_up_to,
+    select_compression,
+)
 from rootbuild.image.layer_extract import extract_layer
 from rootbuild.image.rootfs import RootfsView
 
@@ -41,13 +47,7 @@ def stream_is_tar(f: BinaryIO) -> bool:
     """Whether the stream ``f`` (at its start) holds a tar archive, as ``is_tar_archive``."""
     try:
         compression, stream = select_compression(f, "auto")
-        reader = decoder(compression, stream)
-        block = b""
-        while len(block) < 512:
-            more = reader.read(512 - len(block))
-            if not more:
-                break
-            block += more
+        block = read_up_to(decoder(compression, stream), 512)
     except StreamError:
         return False
     except DECODE_ERRORS:  # compressed-looking but not decodable: an ordinary file

@@ -135,16 +135,22 @@ def decoder(compression: str, raw: Reader) -> Reader:
     return raw
 
 
+def read_up_to(stream: Reader, n: int) -> bytes:
+    """The next ``n`` bytes of ``stream``, fewer only at its end (reads may be short)."""
+    data = b""
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
 def select_compression(stream: Reader, spec: str) -> tuple[str, Reader]:
     """Map a media type or compression name to (compression, stream); sniff when needed."""
     if spec not in COMPRESSIONS and spec != "auto" and spec not in LAYER_MEDIA_TYPES:
         raise ImageError(f"extract layer: unsupported media type or compression {spec!r}")
-    head = b""
-    while len(head) < 6:
-        more = stream.read(6 - len(head))
-        if not more:
-            break
-        head += more
+    head = read_up_to(stream, 6)
     if spec in COMPRESSIONS:
         if not head and spec != "none":
             raise StreamError(f"empty {spec} stream")

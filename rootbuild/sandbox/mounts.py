@@ -121,13 +121,25 @@ def pivot_root(new_root: str, put_old: str) -> None:
            "pivot_root")
 
 
+#: openat2(2): with RESOLVE_IN_ROOT/RESOLVE_BENEATH, a '..' resolved while any mount or
+#: rename happens on the machine fails with EAGAIN, and "the caller may retry"
+OPENAT2_RETRIES = 64
+
+
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    return _check(
-        _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dirfd), os.fsencode(path),
-                      ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
-        f"open {path}",
-    )
+    name = os.fsencode(path)
+    for attempt in range(OPENAT2_RETRIES + 1):
+        try:
+            return _check(
+                _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dirfd), name,
+                              ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
+                f"open {path}",
+            )
+        except BlockingIOError:
+            if attempt == OPENAT2_RETRIES:
+                raise
+    raise AssertionError("unreachable")
 
 
 def make_readonly_recursive(fd: int) -> None:

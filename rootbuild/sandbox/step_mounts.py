@@ -56,7 +56,6 @@ from rootbuild.sandbox.spec import (
 from rootbuild.snapshot import NO_INODE_LIMIT, DiskBudget, MountedStep, snapshotter_named
 
 SOURCE_RESOLVE = mounts.RESOLVE_IN_ROOT | mounts.RESOLVE_NO_MAGICLINKS
-EAGAIN_RETRIES = 64
 
 
 @dataclass(frozen=True)
@@ -88,13 +87,6 @@ def _open_source(tree: str, source: str) -> int:
     """An O_PATH fd of ``source`` resolved inside the tree mounted at ``tree``."""
     root = os.open(tree, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        for _ in range(EAGAIN_RETRIES):
-            try:
-                return mounts.openat2(root, _source_rel(source), os.O_PATH, SOURCE_RESOLVE)
-            except BlockingIOError:
-                # openat2(2): with RESOLVE_IN_ROOT, a '..' resolved while any mount or
-                # rename happened on the machine fails with EAGAIN; "the caller may retry"
-                continue
         return mounts.openat2(root, _source_rel(source), os.O_PATH, SOURCE_RESOLVE)
     finally:
         os.close(root)

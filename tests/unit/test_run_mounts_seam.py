@@ -327,21 +327,27 @@ def test_a_source_lookup_retries_when_openat2_says_eagain(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # openat2(2): RESOLVE_IN_ROOT fails with EAGAIN when a mount or rename anywhere raced a
-    # '..' lookup (other builds mount all the time); the caller is to retry
+    # '..' lookup (other builds mount all the time); the caller is to retry (mounts.openat2
+    # does, for every caller)
+    import ctypes
+
     from rootbuild.sandbox import mounts, step_mounts
 
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/passwd").write_text("root\n")
-    real = mounts.openat2
+    real = mounts._libc
     calls: list[str] = []
 
-    def flaky(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
-        calls.append(path)
-        if len(calls) < 3:
-            raise OSError(errno.EAGAIN, "open: Resource temporarily unavailable")
-        return real(dirfd, path, flags, resolve, mode)
+    class Flaky:
+        def syscall(self, number: ctypes.c_long, *args: object) -> int:
+            if number.value == mounts.SYS_OPENAT2:
+                calls.append(os.fsdecode(args[1]))  # type: ignore[arg-type]
+                if len(calls) < 3:
+                    ctypes.set_errno(errno.EAGAIN)
+                    return -1
+            return int(real.syscall(number, *args))
 
-    monkeypatch.setattr(mounts, "openat2", flaky)
+    monkeypatch.setattr(mounts, "_libc", Flaky())
     fd = step_mounts._open_source(str(tmp_path), "/etc/../../etc/passwd")
     try:
         assert os.path.samefile(f"/proc/self/fd/{fd}", tmp_path / "etc/passwd")
