@@ -62,10 +62,6 @@ class GitSource:
 RemoteSource = HttpSource | GitSource
 
 
-def is_remote(src: str) -> bool:
-    return src.startswith(HTTP_PREFIXES + GIT_PREFIXES)
-
-
 def parse_remote(src: str, where: Location | None = None) -> RemoteSource:
     """The source ``src`` (already expanded) names; ``DockerfileError`` when malformed."""
     if src.startswith(HTTP_PREFIXES):

@@ -79,8 +79,7 @@ from rootbuild.sandbox.idmap import IdMapPlan
 from rootbuild.sandbox.spec import OverlayRoot, StepSpec
 from rootbuild.snapshot import LowerLayer
 from rootbuild.stages.config import HistoryEntry, ImageConfig, format_timestamp
-from rootbuild.stages.evaluate import apply, begin_stage
-from rootbuild.stages.features import REMOTE_PREFIXES
+from rootbuild.stages.evaluate import REMOTE_PREFIXES, apply, begin_stage
 from rootbuild.stages.graph import StageBase
 from rootbuild.stages.plan import StagePlan
 from rootbuild.stages.steps import CopyStep, MetadataStep, RunStep, StageState, Step, WorkdirStep

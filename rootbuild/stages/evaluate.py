@@ -344,6 +344,8 @@ def _maintainer(state: StageState, instr: Instruction, now: str) -> tuple[StageS
 # -- RUN ------------------------------------------------------------------------------------
 
 #: a RUN command that is one heredoc alone (BuildKit runs its body itself)
+#: URL and git source prefixes of ADD (COPY refuses them here)
+REMOTE_PREFIXES = ("http://", "https://", "git@", "git://", "ssh://")
 SINGLE_HEREDOC = re.compile(r"^\d*<<-?\s*(?P<name>[^<\s]+)$")
 
 
@@ -505,7 +507,7 @@ def _without_password(src: str) -> str:
 
 
 def _is_remote(src: str) -> bool:
-    return src.startswith(("http://", "https://", "git@", "git://", "ssh://"))
+    return src.startswith(REMOTE_PREFIXES)
 
 
 def _check_copy(

@@ -20,11 +20,8 @@ from dataclasses import dataclass
 
 from rootbuild.dockerfile.instructions import Add, Copy, Instruction, Run, ShellCommand
 from rootbuild.errors import ContextError, DockerfileError, Location, RootbuildError, StepError
-from rootbuild.stages.evaluate import SINGLE_HEREDOC
+from rootbuild.stages.evaluate import REMOTE_PREFIXES, SINGLE_HEREDOC
 from rootbuild.stages.plan import BuildPlan
-
-#: URL and git source prefixes of ADD (COPY refuses them in the evaluator)
-REMOTE_PREFIXES = ("http://", "https://", "git@", "git://", "ssh://")
 
 
 @dataclass(frozen=True)
