@@ -80,9 +80,14 @@ def ssl_context(transport: TransportOptions, registry: str) -> ssl.SSLContext:
     )
     if cert_dir is not None:
         for directory in (cert_dir, cert_dir / registry):
-            if not directory.is_dir():
-                continue
-            for crt in sorted(directory.glob("*.crt")):
+            try:
+                if not directory.is_dir():
+                    continue
+                certs = sorted(directory.glob("*.crt"))
+            except OSError as exc:
+                raise RegistryError(
+                    f"read certificate directory {directory}: {exc.strerror}") from exc
+            for crt in certs:
                 try:
                     ctx.load_verify_locations(cafile=str(crt))
                 except (OSError, ssl.SSLError) as exc:
