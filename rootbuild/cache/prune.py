@@ -13,6 +13,9 @@ Rules (``docker buildx prune``, ``docker builder prune --keep-storage``):
 - Cache mounts (``RUN --mount=type=cache``, ``cache/mounts.py``) are cache records too,
   as in BuildKit: without ``keep_storage`` they all go; with it they compete for the same
   budget by last use, their cost being their size.
+- What ADD remembers of URLs (ETag and digest, ``store.remote_records_dir``) serves only
+  cached steps: without ``keep_storage`` it goes with them (the next build downloads
+  again); with it, the few hundred bytes per URL stay.
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ def prune(store: Store, keep_storage: int | None = None, wait: bool = True) -> P
         counts["freed"] += mounts.remove_broken()
         counts["mounts_removed"] = len(infos) - len(kept_mounts)
         counts["mounts_kept"] = len(kept_mounts)
+        if keep_storage is None:
+            counts["freed"] += _remove_remote_records(store)
         kept_keys = {e.key for e in kept}
         index.remove(e.key for e in entries if e.key not in kept_keys)
         counts["removed"] = len(entries) - len(kept)
@@ -122,6 +127,16 @@ def prune(store: Store, keep_storage: int | None = None, wait: bool = True) -> P
         index.close()
     return PruneResult(freed + counts["freed"], counts["removed"], counts["kept"],
                        counts["mounts_removed"], counts["mounts_kept"])
+
+
+def _remove_remote_records(store: Store) -> int:
+    freed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in sorted(store.remote_records_dir.iterdir()):
+            with contextlib.suppress(FileNotFoundError):
+                freed += entry.lstat().st_size
+                entry.unlink()
+    return freed
 
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -73,7 +73,7 @@ def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Se
         base_images=StoreBaseImages(store, options.transport, progress, options.pull),
         exporter=StoreExporter(store, options.transport, docker_format=options.docker_format,
                                warn=progress.warn),
-        remote=RemoteSources(records_dir=store.root / "remote-sources",
+        remote=RemoteSources(records_dir=store.remote_records_dir,
                              transport=options.transport, untrusted=options.untrusted),
     )
 

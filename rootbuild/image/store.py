@@ -315,6 +315,8 @@ class Store:
         self.root = root
         self.tmp_dir = root / "tmp"
         self.layers_dir = root / "layers"
+        # what ADD remembers of URLs (ETag and digest; engine/remote_source.py Records)
+        self.remote_records_dir = root / "remote-sources"
         self._images_file = root / "images.json"
         self._shared_depth = 0
 

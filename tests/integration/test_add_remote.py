@@ -385,6 +385,11 @@ def test_url_cached_rebuild_revalidates_with_etag(rb: Any, web: Server) -> None:
     build(rb, ctx, "three")
     assert file_at(tree_of(rb, "three"), "e") == b"version 2\n"
     assert web.statuses("/dl/etag.txt") == [200, 304, 200]
+    # prune drops the step cache and with it what the store remembered of the URL
+    assert rb.run("prune").returncode == 0
+    assert not any((rb.store / "remote-sources").iterdir())
+    build(rb, ctx, "four")
+    assert web.statuses("/dl/etag.txt") == [200, 304, 200, 200]
 
 
 def test_https_with_cert_dir(rb: Any, web: Server) -> None:
