@@ -62,8 +62,9 @@ _LENGTH = struct.Struct("!H")
 class DnsRelay:
     """One step's DNS forwarder, seen from the init (see the module docstring)."""
 
-    def __init__(self, upstreams: Sequence[Upstream]) -> None:
+    def __init__(self, upstreams: Sequence[Upstream], label: str = "") -> None:
         self.upstreams = tuple(upstreams)
+        self.label = label  # the step's scratch: names the helper in ``ps``
         self.pid: int | None = None
         self._ctl: socket.socket | None = None
 
@@ -75,7 +76,7 @@ class DnsRelay:
         if pid == 0:  # pragma: no cover - the helper: exec or die, never return
             try:
                 mine.close()
-                _exec_helper(theirs.detach(), parent, self.upstreams)
+                _exec_helper(theirs.detach(), parent, self.upstreams, self.label)
             finally:
                 os._exit(127)
         theirs.close()
@@ -126,8 +127,8 @@ class DnsRelay:
         os.waitpid(pid, 0)
 
 
-def _exec_helper(ctl: int, parent: int, upstreams: tuple[Upstream, ...]
-                 ) -> None:  # pragma: no cover - runs in the forked helper
+def _exec_helper(ctl: int, parent: int, upstreams: tuple[Upstream, ...],
+                 label: str) -> None:  # pragma: no cover - runs in the forked helper
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -140,7 +141,7 @@ def _exec_helper(ctl: int, parent: int, upstreams: tuple[Upstream, ...]
     os.set_inheritable(3, True)
     os.closerange(4, 1 << 16)
     os.execv(sys.executable, [sys.executable, "-I", "-m", "rootbuild.sandbox.dns_relay", "3",
-                              json.dumps([list(u) for u in upstreams])])
+                              json.dumps([list(u) for u in upstreams]), label])
 
 
 @dataclasses.dataclass

@@ -94,7 +94,7 @@ class UserNet:
         self.pid: int | None = None
         self._go = self._ready = self._exit = -1
         # the step's DNS forwarder on 127.0.0.11 (dns_relay.py), when there is a resolver
-        self.dns = DnsRelay(dns_upstreams) if dns_upstreams else None
+        self.dns = DnsRelay(dns_upstreams, str(log.parent)) if dns_upstreams else None
 
     def fork_helper(self) -> None:
         """Fork the helper that will exec slirp4netns (still in the host's netns)."""
