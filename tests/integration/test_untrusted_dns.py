@@ -156,6 +156,34 @@ def test_untrusted_run_resolves_through_the_forwarder_and_nothing_else_crosses(
     assert relay_processes(rb) == [] and slirp_processes(rb) == []
 
 
+def test_a_truncated_answer_is_retried_over_tcp(rb: Harness, probes: dict[str, bytes]
+                                                ) -> None:
+    """The TC bit: the client asks again over TCP 127.0.0.11:53, and the forwarder relays
+    that query over TCP to the upstream; a non-DNS TCP message is relayed nowhere."""
+    big = "big." + NAME
+    server = DnsServer({big: "10.1.2.3"}, truncate=frozenset({big}))
+    query = build_query(0x6262, big)
+    run = ("RUN set -e; "
+           f"/dnsprobe udp 127.0.0.11 53 {query.hex()}; "
+           f"! /dnsprobe tcp 127.0.0.11 53 {JUNK.hex()}; "
+           f"/dnsprobe tcp 127.0.0.11 53 {query.hex()}; echo tcp-done")
+    try:
+        ctx = dns_context(rb, probes, "tcp", run)
+        proc = build(rb, ctx, "--untrusted", env=env_for(server), check=False)
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "tcp-done" in proc.stderr
+    lines = probe_lines(proc.stderr)
+    # over UDP: the question alone with TC; over TCP: the question and one A record
+    assert lines["udp 127.0.0.11:53"] == f"reply {len(query)} bytes", lines
+    assert lines["tcp 127.0.0.11:53"] == f"reply {len(query) + 16} bytes", lines  # the last
+    assert "no reply: closed" in proc.stderr  # the junk before it: closed, nothing relayed
+    assert [m[2:] for m in server.tcp_received] == [query[2:]]
+    assert all(JUNK not in m for m in server.received)
+    assert relay_processes(rb) == []
+
+
 def test_no_forwarder_without_a_network(rb: Harness, probes: dict[str, bytes],
                                         upstream: DnsServer) -> None:
     """``RUN --network=none`` in an untrusted build: an empty resolv.conf, no resolver at
