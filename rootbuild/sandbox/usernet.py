@@ -21,6 +21,9 @@ Rules:
   exits when the init's end of ``--exit-fd`` closes, which the kernel does when the init
   dies by any means); the builder, told its pid with the FUSE servers', kills it too if
   the init vanishes. ``close()`` ends and reaps it before the init reports its exit.
+- The step's DNS is its own forwarder on 127.0.0.11 (``dns_relay.DnsRelay``, given the
+  step's ``dns_upstreams``): its helper is forked with slirp4netns's, and its sockets are
+  bound in the new network namespace once the deny routes are in place.
 - Never silent: a missing slirp4netns, an unusable /dev/net/tun or a slirp4netns that does
   not come up is an error naming the cause; the choice of ``none`` instead is the
   engine's, with a warning (``engine/network.py``).
