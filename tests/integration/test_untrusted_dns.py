@@ -129,7 +129,8 @@ def test_untrusted_run_resolves_through_the_forwarder_and_nothing_else_crosses(
            f"! /netprobe tcp \"$ip\" {port}; "
            f"! /dnsprobe udp 127.0.0.11 53 {JUNK.hex()}; "
            f"! /dnsprobe udp 127.0.0.1 {upstream.port} {valid}; "
-           + (f"! /netprobe tcp {resolver} 53; " if resolver else "")
+           + (f"! /netprobe tcp {resolver} 53; ! /dnsprobe udp {resolver} 53 {valid}; "
+              if resolver else "")
            + "echo dns-done")
     ctx = dns_context(rb, probes, "resolve", run)
     proc = build(rb, ctx, "--untrusted", env=env_for(upstream), check=False)
@@ -148,6 +149,7 @@ def test_untrusted_run_resolves_through_the_forwarder_and_nothing_else_crosses(
     assert lines[f"udp 127.0.0.1:{upstream.port}"].startswith("no reply"), lines
     if resolver:
         assert lines[f"tcp {resolver}:53"] == "failed: Permission denied", lines
+        assert lines[f"udp {resolver}:53"] == "failed: Permission denied", lines
     assert upstream.received, "nslookup's queries never reached the upstream"
     for data in upstream.received:
         assert JUNK not in data
