@@ -28,12 +28,11 @@ import os
 from collections.abc import Callable, Iterable
 
 from rootbuild.errors import SandboxError
+from rootbuild.sandbox import dns_proxy
 from rootbuild.sandbox.idmap import IdMapPlan
-from rootbuild.sandbox.netdeny import isolated_resolv_conf
 from rootbuild.sandbox.placement import CpuSlots
 from rootbuild.sandbox.run import run_init
 from rootbuild.sandbox.spec import Bind, InitRequest, StepResult, StepSpec
-from rootbuild.sandbox.usernet import denied_for_host
 
 PLACEMENT_ENV = "ROOTBUILD_CPU_PLACEMENT"  # "off": steps start on every CPU
 #: the files the sandbox provides in /etc, bound read-only over the image's
@@ -57,28 +56,47 @@ def _hosts(hostname: str, extra: tuple[tuple[str, str], ...] = ()) -> str:
     ) + "".join(f"{ip}\t{host}\n" for host, ip in extra)
 
 
-def _resolv_conf(network: str) -> str:
-    if network == "none":
-        return ""
+def _host_resolv_conf() -> str:
     try:
         with open("/etc/resolv.conf", encoding="utf-8", errors="replace") as f:
-            text = f.read(64 * 1024)
+            return f.read(64 * 1024)
     except OSError:
         return ""
-    if network == "isolated":  # only resolvers the step can reach (sandbox/netdeny.py)
-        return isolated_resolv_conf(text, denied_for_host())
+
+
+def dns_upstreams(network: str) -> tuple[dns_proxy.Upstream, ...]:
+    """The resolvers an isolated step's DNS forwarder relays to: the host's, or, for the
+    integration tests only, those ``ROOTBUILD_TEST_DNS_UPSTREAMS`` names (dns_proxy.py)."""
+    if network != "isolated":
+        return ()
+    override = os.environ.get(dns_proxy.TEST_UPSTREAMS_ENV, "")
+    if override:
+        parsed = dns_proxy.parse_upstreams(override)
+        if isinstance(parsed, str):
+            raise SandboxError(parsed)
+        return parsed
+    return dns_proxy.upstreams_of(_host_resolv_conf())
+
+
+def _resolv_conf(network: str, upstreams: tuple[dns_proxy.Upstream, ...] = ()) -> str:
+    if network == "none":
+        return ""
+    text = _host_resolv_conf()
+    if network == "isolated":  # the step's own forwarder on 127.0.0.11 (sandbox/dns_relay.py)
+        return dns_proxy.step_resolv_conf(text) if upstreams else ""
     return text
 
 
 def prepare_scratch(spec: StepSpec) -> StepSpec:
     """Create the step's scratch with the /etc files it gets; returns the spec with their
     binds put first."""
+    upstreams = dns_upstreams(spec.network)
     try:
         spec.scratch.mkdir(mode=0o700)
         etc = spec.scratch / "etc"
         etc.mkdir()
         contents = {"hosts": _hosts(spec.hostname, spec.extra_hosts),
-                    "resolv.conf": _resolv_conf(spec.network),
+                    "resolv.conf": _resolv_conf(spec.network, upstreams),
                     "hostname": spec.hostname + "\n"}
         for name in ETC_FILES:
             (etc / name).write_text(contents[name])
@@ -90,7 +108,7 @@ def prepare_scratch(spec: StepSpec) -> StepSpec:
         Bind(etc / name, f"/etc/{name}", readonly=True, kind="file", required=False)
         for name in ETC_FILES
     )
-    return dataclasses.replace(spec, binds=(*etc_binds, *spec.binds))
+    return dataclasses.replace(spec, binds=(*etc_binds, *spec.binds), dns_upstreams=upstreams)
 
 
 class SandboxExecutor:

@@ -446,7 +446,8 @@ def main(argv: list[str]) -> NoReturn:
         values = secrets.read_payload(int(argv[4])) if len(argv) > 4 else secrets.Payload()
         request = dataclasses.replace(request, step=secrets.with_values(request.step, values))
         # isolated: slirp4netns ends and is reaped before the init exits (usernet.py)
-        with usernet.for_step(request.step.network, request.step.scratch) as net:
+        with usernet.for_step(request.step.network, request.step.scratch,
+                              request.step.dns_upstreams) as net:
             run(request, out_fd, ctl, status, net)
     except Terminated:
         status.send(event="error", kind="sandbox", message="run step: interrupted")

@@ -312,6 +312,9 @@ class StepSpec:
     inode_limit: int | None = None
     # --pids-limit, --memory, --log-limit (limits.py)
     limits: StepLimits = field(default_factory=StepLimits)
+    # network="isolated": the resolvers (address, port) the step's DNS forwarder on
+    # 127.0.0.11 relays to (dns_relay.py); set by the executor
+    dns_upstreams: tuple[tuple[str, int], ...] = ()
 
     def validate(self) -> None:
         if not self.argv:
@@ -345,6 +348,10 @@ class StepSpec:
         if any(n is not None and n <= 0 for n in (self.disk_limit, self.inode_limit)):
             raise SandboxError("run step: disk and inode limits must be positive")
         self.limits.validate()
+        if self.dns_upstreams and self.network != "isolated":
+            raise SandboxError("run step: a DNS forwarder is only for --network=isolated")
+        if any(not host or not 0 < port < 65536 for host, port in self.dns_upstreams):
+            raise SandboxError("run step: invalid DNS upstream")
         for name, value in self.secret_env.items():
             if not name or "=" in name or "\0" in name:
                 raise SandboxError(f"run step: invalid secret variable name {name!r}")
@@ -365,6 +372,7 @@ class StepSpec:
             "shm_size": self.shm_size, "ulimits": [u.to_json() for u in self.ulimits],
             "disk_limit": self.disk_limit, "inode_limit": self.inode_limit,
             "limits": self.limits.to_json(),
+            "dns_upstreams": [list(u) for u in self.dns_upstreams],
         }
 
     @classmethod
@@ -420,6 +428,13 @@ def _run_flags(data: Any) -> dict[str, Any]:
             raise SandboxError(f"read step spec: {key} is not a number")
         flags[key] = value
     flags["limits"] = StepLimits.from_json(data.get("limits"))
+    upstreams = data.get("dns_upstreams") or []
+    if not isinstance(upstreams, list) or not all(
+        isinstance(u, list) and len(u) == 2 and isinstance(u[0], str)
+        and isinstance(u[1], int) and not isinstance(u[1], bool) for u in upstreams
+    ):
+        raise SandboxError("read step spec: dns_upstreams is not a list of [address, port]")
+    flags["dns_upstreams"] = tuple((h, p) for h, p in upstreams)
     return flags
 
 

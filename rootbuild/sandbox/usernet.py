@@ -21,6 +21,9 @@ Rules:
   exits when the init's end of ``--exit-fd`` closes, which the kernel does when the init
   dies by any means); the builder, told its pid with the FUSE servers', kills it too if
   the init vanishes. ``close()`` ends and reaps it before the init reports its exit.
+- The step's DNS is its own forwarder on 127.0.0.11 (``dns_relay.DnsRelay``, given the
+  step's ``dns_upstreams``): its helper is forked with slirp4netns's, and its sockets are
+  bound in the new network namespace once the deny routes are in place.
 - Never silent: a missing slirp4netns, an unusable /dev/net/tun or a slirp4netns that does
   not come up is an error naming the cause; the choice of ``none`` instead is the
   engine's, with a warning (``engine/network.py``).
@@ -42,6 +45,8 @@ from pathlib import Path
 
 from rootbuild.errors import SandboxError
 from rootbuild.sandbox import netdeny
+from rootbuild.sandbox.dns_proxy import Upstream
+from rootbuild.sandbox.dns_relay import DnsRelay
 
 #: where slirp4netns is looked for (the init's PATH is the builder's; Debian's is /usr/bin)
 SEARCH_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -83,7 +88,7 @@ def slirp_argv(binary: str, pid: int, exit_fd: int, ready_fd: int) -> list[str]:
 class UserNet:
     """One step's slirp4netns (see the module docstring)."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, dns_upstreams: tuple[Upstream, ...] = ()) -> None:
         binary = find_slirp4netns()
         if binary is None:
             raise SandboxError(f"RUN --network=isolated: {unavailable()}")
@@ -91,6 +96,8 @@ class UserNet:
         self.log = log
         self.pid: int | None = None
         self._go = self._ready = self._exit = -1
+        # the step's DNS forwarder on 127.0.0.11 (dns_relay.py), when there is a resolver
+        self.dns = DnsRelay(dns_upstreams, str(log.parent)) if dns_upstreams else None
 
     def fork_helper(self) -> None:
         """Fork the helper that will exec slirp4netns (still in the host's netns)."""
@@ -107,6 +114,8 @@ class UserNet:
         self.pid = pid
         for fd in (go_r, ready_w, exit_r, log):
             os.close(fd)
+        if self.dns is not None:
+            self.dns.fork_helper()
 
     def _helper(self, go_r: int, exit_r: int, ready_w: int, log: int) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
@@ -149,6 +158,8 @@ class UserNet:
             netdeny.install(denied)
         except OSError as exc:
             raise SandboxError(f"RUN --network=isolated: {exc.strerror or exc}") from exc
+        if self.dns is not None:
+            self.dns.attach()
 
     def _log_tail(self) -> str:
         try:
@@ -159,7 +170,9 @@ class UserNet:
         return "; ".join(lines[-3:]) or "(no output)"
 
     def close(self) -> None:
-        """End slirp4netns (or the helper) and reap it."""
+        """End slirp4netns (or the helper) and the DNS forwarder, and reap them."""
+        if self.dns is not None:
+            self.dns.close()
         for fd in (self._go, self._ready, self._exit):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -182,12 +195,14 @@ class UserNet:
 
 
 @contextlib.contextmanager
-def for_step(network: str, scratch: Path) -> Iterator[UserNet | None]:
-    """A ``UserNet`` for an isolated step (None for any other mode), closed on exit."""
+def for_step(network: str, scratch: Path, dns_upstreams: tuple[Upstream, ...] = ()
+             ) -> Iterator[UserNet | None]:
+    """A ``UserNet`` for an isolated step (None for any other mode), closed on exit; with
+    a DNS forwarder when ``dns_upstreams`` names resolvers."""
     if network != "isolated":
         yield None
         return
-    net = UserNet(scratch / "slirp4netns.log")
+    net = UserNet(scratch / "slirp4netns.log", dns_upstreams)
     try:
         yield net
     finally:
