@@ -69,7 +69,7 @@ __all__ = ["BuildOptions", "BuildResult", "build", "default_seams"]
 def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Seams:
     """The real seams: the RUN sandbox, the store's base images and exporter."""
     return Seams(
-        executor=SandboxExecutor(read_slot_plan(options.slot)),
+        executor=SandboxExecutor(read_slot_plan(options.slot), label=str(store.root)),
         base_images=StoreBaseImages(store, options.transport, progress, options.pull),
         exporter=StoreExporter(store, options.transport, docker_format=options.docker_format,
                                warn=progress.warn),
@@ -180,6 +180,8 @@ async def build(
             raise
         finally:
             agents.stop()
+            with trio.CancelScope(shield=True):
+                await seams.executor.aclose()  # the zygote of the RUN steps
             work.cache.index.close()
             _rmtree(work.work_dir)
         for spec in options.cache_to:

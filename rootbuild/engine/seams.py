@@ -34,6 +34,10 @@ class Executor(Protocol):
         returned; ``SandboxError``/``StepError`` are raised (without a location)."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the executor keeps between steps (the build is over)."""
+        ...
+
 
 class BaseImages(Protocol):
     async def get(self, ref: str, platform: Platform) -> StoredImage:

@@ -2,7 +2,8 @@
 
 Job: ``SandboxExecutor(idmap, placement=...)``, made once per build with the id mapping the
 build read once; ``await executor.run(spec, on_output)`` prepares the step's scratch (the
-sandbox's /etc files, as binds), runs it (``run.run_init``) and returns its ``StepResult``.
+sandbox's /etc files, as binds), runs it (``run.run_init``, an init forked by the build's
+zygote) and returns its ``StepResult``; ``await executor.aclose()`` when the build ends.
 
 Rules:
 - No process-wide state: the CPU slots of the steps running at once and the once-only
@@ -32,7 +33,8 @@ from rootbuild.sandbox import dns_proxy
 from rootbuild.sandbox.idmap import IdMapPlan
 from rootbuild.sandbox.placement import CpuSlots
 from rootbuild.sandbox.run import run_init
-from rootbuild.sandbox.spec import Bind, InitRequest, StepResult, StepSpec
+from rootbuild.sandbox.spec import DEFAULT_PATH, Bind, InitRequest, StepResult, StepSpec
+from rootbuild.sandbox.zygote import Zygote
 
 PLACEMENT_ENV = "ROOTBUILD_CPU_PLACEMENT"  # "off": steps start on every CPU
 #: the files the sandbox provides in /etc, bound read-only over the image's
@@ -114,14 +116,22 @@ def prepare_scratch(spec: StepSpec) -> StepSpec:
 class SandboxExecutor:
     """Runs the RUN steps of one build (see the module docstring). ``placement``: None
     reads ``ROOTBUILD_CPU_PLACEMENT`` now; ``cpus``: the CPUs steps may start on (default:
-    this process's affinity, read now)."""
+    this process's affinity, read now); ``label``: what the zygote's command line shows
+    (the store)."""
 
     def __init__(self, idmap: IdMapPlan, *, placement: bool | None = None,
-                 cpus: Iterable[int] | None = None) -> None:
+                 cpus: Iterable[int] | None = None, label: str = "") -> None:
         self.idmap = idmap
         self.placement = placement_from_env() if placement is None else placement
         self._slots = CpuSlots(os.sched_getaffinity(0) if cpus is None else cpus)
         self._idmap_warned = False
+        # forks each step's init (sandbox/zygote.py); started by the first RUN step
+        self._zygote = Zygote({"PATH": os.environ.get("PATH", DEFAULT_PATH),
+                               "LANG": "C.UTF-8"}, label)
+
+    async def aclose(self) -> None:
+        """Stop the build's zygote (the steps' inits never depend on it)."""
+        await self._zygote.aclose()
 
     def _warnings(self, spec: StepSpec) -> list[str]:
         warnings: list[str] = []
@@ -141,7 +151,7 @@ class SandboxExecutor:
         try:
             step = prepare_scratch(spec)
             request = InitRequest(step, self.idmap, tuple(warnings), cpu)
-            result = await run_init(request, on_output)
+            result = await run_init(request, on_output, self._zygote)
             delivered = True
             return result
         finally:

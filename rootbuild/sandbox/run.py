@@ -2,9 +2,10 @@
 step's output, enforce the timeout, and make sure nothing outlives the step.
 
 Job: ``run_init(request, on_output)`` -> ``StepResult``, for ``executor.SandboxExecutor``
-(which owns the build's state and prepares the request). The init is a fresh interpreter
-(``python -I -m rootbuild.sandbox.init``) in a session of its own, so the terminal's Ctrl-C
-reaches only the builder, which then tears the step down through the init. The request
+(which owns the build's state and prepares the request). The init is forked by the build's
+zygote (``zygote.py``: ``init.main`` in a process with its code already imported) in a
+session of its own, so the terminal's Ctrl-C reaches only the builder, which then tears the
+step down through the init. The request
 crosses as ``spec.json`` in the step's scratch (``InitRequest.to_json``).
 
 Rules:
@@ -24,8 +25,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,8 @@ from rootbuild.image.layermeta import LayerMeta
 from rootbuild.sandbox.idmap import IdMapPlan, apply_helpers
 from rootbuild.sandbox.limits import OutputCap
 from rootbuild.sandbox.secrets import payload_fd
-from rootbuild.sandbox.spec import DEFAULT_PATH, InitRequest, StepResult, StepSpec
+from rootbuild.sandbox.spec import InitRequest, StepResult, StepSpec
+from rootbuild.sandbox.zygote import InitProcess, Zygote, fd_arg
 from rootbuild.snapshot import StepChanges
 
 TEARDOWN_SECONDS = 30.0
@@ -124,8 +124,10 @@ def _bare_errors() -> Iterator[None]:
         raise
 
 
-async def run_init(request: InitRequest, on_output: Callable[[str], None]) -> StepResult:
-    """Run the prepared step ``request`` (scratch made, binds final) in a fresh sandbox."""
+async def run_init(request: InitRequest, on_output: Callable[[str], None],
+                   zygote: Zygote) -> StepResult:
+    """Run the prepared step ``request`` (scratch made, binds final) in a fresh sandbox,
+    an init forked by the build's ``zygote``."""
     spec = request.step
     plan = request.idmap
     warnings = list(request.warnings)
@@ -136,20 +138,18 @@ async def run_init(request: InitRequest, on_output: Callable[[str], None]) -> St
     # the step's secret values, in memory only: a memfd the init reads (sandbox/secrets.py)
     secrets = payload_fd(spec)
     extra = () if secrets is None else (secrets,)
+    passed = (out_w, ctl_r, st_w, *extra)
     try:
         with open(spec.scratch / "init.log", "wb") as log:
-            proc = await trio.lowlevel.open_process(
-                [sys.executable, "-I", "-m", "rootbuild.sandbox.init", str(spec_path),
-                 str(out_w), str(ctl_r), str(st_w), *map(str, extra)],
-                pass_fds=(out_w, ctl_r, st_w, *extra), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=log, start_new_session=True, cwd=str(spec.scratch),
-                env={"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8"},
+            proc = await zygote.spawn(
+                [str(spec_path), *(fd_arg(i) for i in range(len(passed)))],
+                log.fileno(), passed, spec.scratch,
             )
     except BaseException:
         for fd in (out_r, out_w, ctl_r, ctl_w, st_r, st_w, *extra):
             os.close(fd)
         raise
-    for fd in (out_w, ctl_r, st_w, *extra):
+    for fd in passed:
         os.close(fd)
     session = _Session(proc, ctl_w, plan, spec)
     try:
@@ -182,7 +182,7 @@ def _result(final: dict[str, Any] | None, warnings: list[str], timed_out: bool,
 
 
 class _Session:
-    def __init__(self, proc: trio.Process, ctl: int, plan: IdMapPlan, spec: StepSpec) -> None:
+    def __init__(self, proc: InitProcess, ctl: int, plan: IdMapPlan, spec: StepSpec) -> None:
         self.proc = proc
         self.ctl = ctl
         self.plan = plan
@@ -232,15 +232,15 @@ class _Session:
     async def teardown(self) -> None:
         """Ask the init to tear down; force it after TEARDOWN_SECONDS. Closing the control
         pipe is itself a kill request, so a builder that dies also tears the step down."""
-        if self.proc.returncode is None:
+        if self.proc.alive():
             self.tell("kill")
         os.close(self.ctl)
         with trio.move_on_after(TEARDOWN_SECONDS):
             await self.proc.wait()
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.alive():
+            self.proc.kill_group()
             await self.proc.wait()
             for pid in self.helpers:  # the FUSE server, orphaned by the init's death
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        self.proc.close()

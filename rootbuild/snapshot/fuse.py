@@ -48,6 +48,8 @@ class FuseSnapshotter:
     """rootbuild's pyfuse3 overlay (``rootbuild.fuse_overlay``)."""
 
     name = "fuse"
+    # what its helper processes run: the build's zygote imports it ahead (sandbox/zygote.py)
+    helper_modules = ("rootbuild.fuse_overlay.server",)
 
     def __init__(self, device: str = FUSE_DEVICE) -> None:
         self.device = device

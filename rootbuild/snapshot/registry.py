@@ -39,6 +39,13 @@ def choose_snapshotter() -> Snapshotter:
     raise SandboxError("choose snapshotter: none can work here: " + "; ".join(reasons))
 
 
+def helper_modules() -> tuple[str, ...]:
+    """The modules every snapshotter's helper processes run (the FUSE server), for the
+    build's zygote to import once (``sandbox/zygote.py``)."""
+    found = (getattr(factory, "helper_modules", ()) for factory in SNAPSHOTTERS.values())
+    return tuple(dict.fromkeys(name for names in found for name in names))
+
+
 def snapshotter_named(name: str) -> Snapshotter:
     try:
         factory = SNAPSHOTTERS[name]

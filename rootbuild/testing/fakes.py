@@ -115,6 +115,7 @@ class FakeExecutor:
         self.script = script or (lambda spec: FakeRun())
         self.specs: list[StepSpec] = []
         self.cancelled: list[StepSpec] = []
+        self.closed = False
 
     async def run(self, spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
         self.specs.append(spec)
@@ -137,6 +138,9 @@ class FakeExecutor:
         if plan.exit_code != 0 or plan.limit_exceeded:
             return StepResult(plan.exit_code, limit_exceeded=plan.limit_exceeded)
         return StepResult(0, _changes(spec, plan.files))
+
+    async def aclose(self) -> None:
+        self.closed = True
 
 
 def _changes(spec: StepSpec, files: Mapping[str, bytes]) -> StepChanges:

@@ -453,6 +453,39 @@ def test_ctrl_c_tears_the_step_down(rb: Harness) -> None:
     assert_nothing_left(rb, [f"sleep {seconds}"])
 
 
+def test_a_killed_builder_takes_its_zygote_and_steps_with_it(rb: Harness) -> None:
+    """``kill -9`` of the builder mid-step: the step's init (forked by the build's zygote,
+    sandbox/zygote.py) sees its control pipe close and tears the step down; the zygote
+    dies with the builder (PR_SET_PDEATHSIG). Nothing naming the store, no mount remains."""
+    seconds = unique_seconds()
+    ctx = busybox_context(rb, "kill9", f"FROM scratch\nCOPY rootfs/ /\nRUN sleep {seconds}\n")
+    argv = rb.command([str(ROOTBUILD), "build", "--root", str(rb.store), "--progress=plain",
+                       str(ctx)])
+    proc = subprocess.Popen(argv, cwd=rb.workdir, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(f"sleep {seconds}" in line and "RUN" not in line
+                      for line in leftovers(rb, [f"sleep {seconds}"])):
+            assert proc.poll() is None, "the build ended before its step ran"
+            assert time.monotonic() < deadline, "the RUN step never started"
+            time.sleep(0.2)
+        running = leftovers(rb, [])
+        for helper in ("rootbuild.sandbox.zygote", "rootbuild.sandbox.init",
+                       "rootbuild.fuse_overlay.server"):
+            assert any(helper in line for line in running), (helper, running)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 30
+    while leftovers(rb, [f"sleep {seconds}"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftovers(rb, [f"sleep {seconds}"]) == []
+
+
 # -- /proc, network, stages ----------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from rootbuild.sandbox import run as run_module
 from rootbuild.sandbox.executor import HOST_WARNING, SandboxExecutor
 from rootbuild.sandbox.idmap import IdMapPlan, IdRange
 from rootbuild.sandbox.spec import Bind, DirRoot, InitRequest, StepResult, StepSpec
+from rootbuild.sandbox.zygote import Zygote
 
 WARNING = "warning: RUN maps only root to your user: test"
 SINGLE = IdMapPlan("single", (IdRange(0, 1000, 1),), (IdRange(0, 1000, 1),), WARNING)
@@ -32,9 +33,11 @@ class FakeSandbox:
         self.requests: list[InitRequest] = []
         self.release = trio.Event()
         self.started = 0
+        self.zygotes: set[int] = set()
 
-    async def __call__(self, request: InitRequest, on_output: Callable[[str], None]
-                       ) -> StepResult:
+    async def __call__(self, request: InitRequest, on_output: Callable[[str], None],
+                       zygote: Zygote) -> StepResult:
+        self.zygotes.add(id(zygote))
         self.requests.append(request)
         self.started += 1
         if request.step.argv[0] == "wait":
