@@ -6,6 +6,11 @@ Job: ``helpers_keep_admin()`` before the init starts its FUSE servers (fresh int
 root of its user namespace loses every capability at exec; a FUSE server needs
 CAP_SYS_ADMIN there to mount. So the init raises CAP_SYS_ADMIN as an ambient capability
 (the kernel's way to keep one across exec for a non-root uid) just for those helpers.
+slirp4netns (``usernet.py``, exec'd by a helper the init forked before its network
+namespace existed) needs more: CAP_SYS_ADMIN to join the step's network namespace,
+CAP_NET_ADMIN to configure its tap, and, for its own ``--enable-sandbox``, CAP_SETUID,
+CAP_SETGID, CAP_SETPCAP and CAP_NET_BIND_SERVICE (the set it keeps); a root helper has all
+of them anyway. These are capabilities of the build's user namespace only.
 
 Rules: the step never inherits any of it: the ambient set and the inheritable set are
 cleared before the step is forked (an inheritable capability would survive the step's exec
@@ -17,6 +22,11 @@ from __future__ import annotations
 
 import ctypes
 
+CAP_SETGID = 6
+CAP_SETUID = 7
+CAP_SETPCAP = 8
+CAP_NET_BIND_SERVICE = 10
+CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
 _VERSION_3 = 0x20080522
 PR_CAP_AMBIENT = 47
@@ -49,11 +59,13 @@ def _set_inheritable(to_permitted: bool) -> None:
         raise OSError(ctypes.get_errno(), "capset")
 
 
-def helpers_keep_admin() -> None:
-    """Processes this one execs from now on keep CAP_SYS_ADMIN of this user namespace."""
+def helpers_keep_admin(*more: int) -> None:
+    """Processes this one execs from now on keep CAP_SYS_ADMIN (and ``more``) of this
+    user namespace."""
     _set_inheritable(True)
-    if _libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_SYS_ADMIN, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "raise ambient CAP_SYS_ADMIN")
+    for cap in (CAP_SYS_ADMIN, *more):
+        if _libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"raise ambient capability {cap}")
 
 
 def step_gets_none() -> None:

@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rootbuild.errors import SandboxError
-from rootbuild.sandbox import netdeny
+from rootbuild.sandbox import caps, netdeny
 from rootbuild.sandbox.dns_proxy import Upstream
 from rootbuild.sandbox.dns_relay import DnsRelay
 
@@ -76,12 +76,16 @@ def unavailable() -> str | None:
     return None
 
 
-def slirp_argv(binary: str, pid: int, exit_fd: int, ready_fd: int) -> list[str]:
-    """slirp4netns's command line for the network namespace of ``pid``."""
+def slirp_argv(binary: str, netns_fd: int, exit_fd: int, ready_fd: int) -> list[str]:
+    """slirp4netns's command line for the network namespace open as ``netns_fd``."""
     return [
         binary, "--configure", f"--mtu={MTU}", f"--cidr={CIDR}", "--disable-host-loopback",
         "--disable-dns", "--enable-sandbox", "--enable-seccomp",
-        f"--exit-fd={exit_fd}", f"--ready-fd={ready_fd}", str(pid), TAP,
+        f"--exit-fd={exit_fd}", f"--ready-fd={ready_fd}",
+        # by path (an fd of the helper's, opened while it still has its capabilities):
+        # slirp4netns then joins only the network namespace; given a pid it would also
+        # join the pid's user namespace, which it is in already (EINVAL under --slot)
+        "--netns-type=path", f"/proc/self/fd/{netns_fd}", TAP,
     ]
 
 
@@ -134,7 +138,14 @@ class UserNet:
         if os.getppid() == 1 or os.read(3, 1) != b"g":
             return  # the init gave up before its network namespace existed
         os.close(3)
-        os.execv(self.binary, slirp_argv(self.binary, os.getppid(), 4, 5))
+        netns = os.open(f"/proc/{os.getppid()}/ns/net", os.O_RDONLY)
+        if netns != 6:
+            os.dup2(netns, 6)  # inheritable
+            os.close(netns)
+        if os.getuid() != 0:  # --slot: not root of the namespace, so exec would drop all
+            caps.helpers_keep_admin(caps.CAP_NET_ADMIN, caps.CAP_SETUID, caps.CAP_SETGID,
+                                    caps.CAP_SETPCAP, caps.CAP_NET_BIND_SERVICE)
+        os.execv(self.binary, slirp_argv(self.binary, 6, 4, 5))
 
     def attach(self, denied: tuple[str, ...]) -> None:
         """In the init's new network namespace: start slirp4netns on it, wait until

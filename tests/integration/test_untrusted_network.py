@@ -140,13 +140,15 @@ def slirp_processes(rb: Harness) -> list[str]:
     return [line for line in out.splitlines() if "slirp4netns" in line or "pasta" in line]
 
 
+@pytest.mark.parametrize("slot", [[], ["--slot", "0"]], ids=["own-ids", "slot"])
 def test_untrusted_run_reaches_no_host_service(rb: Harness, probe: bytes,
-                                                canary: Canary) -> None:
+                                                canary: Canary, slot: list[str]) -> None:
     """Canaries on the host's 127.0.0.1, on its other addresses and on an abstract unix
     socket of the host's network namespace: an untrusted RUN step connects to none of
     them, through any address (its gateway and DNS alias included), and gets no route to
     the metadata address or private ranges; it keeps a loopback of its own, and a route
-    for public destinations."""
+    for public destinations. The same in a build slot (``--slot``, as every worker job
+    runs), where slirp4netns is started by an init that is not root of its namespace."""
     port = canary.listen(socket.AF_INET, ("127.0.0.1", 0)).getsockname()[1]
     targets = [f"127.0.0.1 {port}", f"10.0.2.2 {port}", f"10.0.2.3 {port}", "10.0.2.3 53",
                "169.254.169.254 80", "10.1.2.3 80", "172.16.0.1 80", "192.168.1.1 80",
@@ -170,7 +172,7 @@ def test_untrusted_run_reaches_no_host_service(rb: Harness, probe: bytes,
          "echo v6-beyond-lo: $(grep -v -c ' lo$' /proc/net/if_inet6 || true)",
          "echo all-denied"])
     ctx = probe_context(rb, probe, "untrusted", run)
-    proc = build(rb, ctx, "--untrusted", check=False)
+    proc = build(rb, ctx, "--untrusted", *slot, check=False)
     lines = probe_lines(proc.stderr)
     assert proc.returncode == 0, proc.stderr
     assert "all-denied" in proc.stderr

@@ -89,13 +89,14 @@ def test_isolated_resolv_conf_keeps_only_reachable_nameservers() -> None:
 
 
 def test_slirp_argv_disables_host_loopback_and_dns() -> None:
-    argv = usernet.slirp_argv("/usr/bin/slirp4netns", 42, 4, 5)
+    argv = usernet.slirp_argv("/usr/bin/slirp4netns", 6, 4, 5)
     assert argv[0] == "/usr/bin/slirp4netns"
     for flag in ("--configure", "--disable-host-loopback", "--disable-dns", "--enable-sandbox",
                  "--enable-seccomp", "--exit-fd=4", "--ready-fd=5", f"--cidr={usernet.CIDR}"):
         assert flag in argv
     assert "--enable-ipv6" not in argv and "-6" not in argv
-    assert argv[-2:] == ["42", "tap0"]
+    # the namespace by path (an inherited fd): no join of a user namespace (--slot)
+    assert argv[-3:] == ["--netns-type=path", "/proc/self/fd/6", "tap0"]
 
 
 def test_choose_defaults() -> None:
