@@ -29,7 +29,6 @@ import trio
 
 from rootbuild.cache.index import CacheIndex
 from rootbuild.cache.mounts import CacheMounts
-from rootbuild.cache.remote import export_cache, import_cache
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.context import BuildContext, find_dockerfile, load_ignore
 from rootbuild.dockerfile.parser import parse_dockerfile
@@ -240,6 +239,10 @@ async def _import_caches(
 ) -> RemoteCache | None:
     """Every ``--cache-from`` source, read (manifest and config only) before the build; one
     that cannot be read is a warning, as with BuildKit."""
+    if not options.cache_from:
+        return None
+    from rootbuild.cache.remote import import_cache  # the registry client: only when asked
+
     imported: list[RemoteCache] = []
     for spec in options.cache_from:
         handle = progress.start(f"importing cache from {_describe(spec)}")
@@ -265,6 +268,8 @@ async def _export_cache(
 ) -> None:
     """``--cache-to``: mode=min exports the steps whose layers are in the image (the target
     stage and the stages it is built FROM), mode=max every step of the build."""
+    from rootbuild.cache.remote import export_cache  # the registry client: only when asked
+
     if spec.mode == "max":
         stages = list(the_plan.order)
     else:

@@ -21,7 +21,7 @@ from rootbuild.errors import UsageError
 from rootbuild.image.oci import StoredImage
 from rootbuild.image.refs import OutputRef
 from rootbuild.platform import Platform, host_platform
-from rootbuild.registry.client import TransportOptions
+from rootbuild.registry.transport import TransportOptions
 from rootbuild.sandbox.limits import (
     UNTRUSTED_LOG_BYTES,
     UNTRUSTED_MEMORY,
