@@ -109,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="DEST",
                    help="oci:DIR[:TAG], oci-archive:FILE[:TAG], "
                         "docker-archive:FILE[:NAME:TAG], dir:PATH")
-    b.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1,
-                   help="stages built at once (default: CPU count)")
+    b.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+                   help="build at most N stages at once (default: every stage whose "
+                        "dependencies are built, as BuildKit)")
     b.add_argument("--compression", choices=COMPRESSIONS, default="gzip")
     b.add_argument("--platform", help="target platform (default: the host's)")
     b.add_argument("--iidfile", type=Path, help="write the image ID to this file")
