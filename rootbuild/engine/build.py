@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import trio
@@ -44,7 +44,7 @@ from rootbuild.engine.network import resolve as resolve_network
 from rootbuild.engine.options import BuildOptions, BuildResult
 from rootbuild.engine.planning import plan_build
 from rootbuild.engine.remote_source import RemoteSources
-from rootbuild.engine.seams import Exporter, Seams
+from rootbuild.engine.seams import Executor, Exporter, Seams
 from rootbuild.engine.secrets import BuildSources, check_required
 from rootbuild.engine.ssh_agent import SshAgents
 from rootbuild.engine.stage import Stage, StageResult, Workspace
@@ -55,8 +55,8 @@ from rootbuild.image.refs import OutputRef
 from rootbuild.image.store import Store, force_rmtree
 from rootbuild.platform import host_platform
 from rootbuild.progress import Progress
-from rootbuild.sandbox.executor import SandboxExecutor
 from rootbuild.sandbox.idmap import read_slot_plan
+from rootbuild.sandbox.spec import StepResult, StepSpec
 from rootbuild.stages.args import unused_build_args, unused_build_args_warning
 from rootbuild.stages.config import settle_created
 from rootbuild.stages.plan import BuildPlan, StagePlan
@@ -65,10 +65,27 @@ from rootbuild.stages.scheduler import run_plan
 __all__ = ["BuildOptions", "BuildResult", "build", "default_seams"]
 
 
+class _SandboxOnFirstRun:
+    """The real ``Executor`` (``SandboxExecutor``), made at the build's first RUN step: a
+    build whose steps all come from the step cache never imports the sandbox's process
+    machinery (issue 14: an unchanged rebuild pays only for what it does)."""
+
+    def __init__(self, slot: int | None) -> None:
+        self.slot = slot
+        self._executor: Executor | None = None
+
+    async def run(self, spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
+        if self._executor is None:
+            from rootbuild.sandbox.executor import SandboxExecutor
+
+            self._executor = SandboxExecutor(read_slot_plan(self.slot))
+        return await self._executor.run(spec, on_output)
+
+
 def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Seams:
     """The real seams: the RUN sandbox, the store's base images and exporter."""
     return Seams(
-        executor=SandboxExecutor(read_slot_plan(options.slot)),
+        executor=_SandboxOnFirstRun(options.slot),
         base_images=StoreBaseImages(store, options.transport, progress, options.pull),
         exporter=StoreExporter(store, options.transport, docker_format=options.docker_format,
                                warn=progress.warn),
