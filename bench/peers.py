@@ -740,7 +740,8 @@ def report(bench: Bench, info: dict[str, str]) -> list[str]:
         rb = {p: bench.median(num, "rootbuild", p) for p in PHASES}
         refs = buildkit_refs(num)
         if refs:
-            lines.append("| BuildKit rootless (reference: issue 14; case 4: the earlier issue) | "
+            source = "the earlier issue" if num in BUILDKIT_COLD else "issue 14"
+            lines.append(f"| BuildKit rootless (reference: {source}) | "
                          + " | ".join(_fmt(refs.get(p)) for p in PHASES) + " | "
                          + " | ".join("" for _ in PHASES) + " | 1.00 |")
         for name in names:
