@@ -19,10 +19,13 @@ from test_build_run import Image, assert_nothing_left, build, build_to_layout, b
 pytestmark = pytest.mark.integration
 
 # /proc/uptime is the same clock in every step's pid namespace (no time namespace), in
-# hundredths of a second; each stage sleeps 2 s between its two readings.
+# hundredths of a second. Each stage sleeps SLEEP s between its two readings: long enough
+# that three steps started together overlap even when a loaded host starts their sandboxes
+# seconds apart.
+SLEEP = 4
 STAGE = (
     "FROM base AS {s}\n"
-    "RUN mkdir /t && cat /proc/uptime > /t/{s}.start && sleep 2"
+    f"RUN mkdir /t && cat /proc/uptime > /t/{{s}}.start && sleep {SLEEP}"
     " && cat /proc/uptime > /t/{s}.end\n"
 )
 DOCKERFILE = (
@@ -50,7 +53,7 @@ def test_three_independent_stages_all_run_at_once_by_default(rb: Harness) -> Non
     layout, _ = build_to_layout(rb, ctx, "--no-cache")
     spans = intervals(Image(rb, layout))
     for s, (start, end) in spans.items():
-        assert end - start >= 2, (s, spans)  # the readings are what the step did
+        assert end - start > SLEEP - 0.02, (s, spans)  # the readings are what the step did
     # Every pair overlaps: the third stage did not wait for one of the first two to end,
     # although this machine has fewer CPUs than stages (or as many: the default does not
     # count them).
