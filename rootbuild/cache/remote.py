@@ -40,14 +40,13 @@ import trio
 from rootbuild.cache.entry import CacheEntry
 from rootbuild.cache.local_cache import LocalCacheSource, write_local_cache
 from rootbuild.cache.mount_export import MountRecord
-from rootbuild.cache.registry_cache import RegistryCacheSource, push_cache
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.errors import ImageError, RegistryError, StoreError
 from rootbuild.image.digest import sha256_digest
 from rootbuild.image.oci import OCI_MANIFEST, Descriptor, canonical_json, parse_json_object
 from rootbuild.image.refs import parse_reference
 from rootbuild.image.store import Staging, Store
-from rootbuild.registry.client import TransportOptions
+from rootbuild.registry.transport import TransportOptions
 
 CACHE_CONFIG = "application/vnd.rootbuild.cache.config.v1+json"
 CACHE_VERSION = 1
@@ -195,6 +194,8 @@ class CacheSource(Protocol):
 
 def _source(store: Store, spec: CacheSpec, transport: TransportOptions, say: Say) -> CacheSource:
     if spec.kind == "registry":
+        from rootbuild.cache.registry_cache import RegistryCacheSource  # the HTTP client
+
         return RegistryCacheSource(store, parse_reference(spec.ref), transport, say)
     return LocalCacheSource(Path(spec.ref))
 
@@ -309,6 +310,8 @@ async def export_cache(
                     f"export cache to {spec.ref}: layer {layer.digest} is not in store {store.root}"
                 )
         if spec.kind == "registry":
+            from rootbuild.cache.registry_cache import push_cache  # the HTTP client
+
             digest = await push_cache(
                 store,
                 parse_reference(spec.ref),

@@ -24,8 +24,7 @@ from rootbuild.image.refs import ImageRef, parse_base_ref
 from rootbuild.image.store import Store
 from rootbuild.platform import Platform
 from rootbuild.progress import Progress
-from rootbuild.registry.client import TransportOptions
-from rootbuild.registry.pull import pull
+from rootbuild.registry.transport import TransportOptions
 
 
 def platform_of(image: StoredImage) -> Platform | None:
@@ -63,6 +62,8 @@ class StoreBaseImages:
         local = await trio.to_thread.run_sync(self.store.resolve, ref.name)
         if local is not None and platform_of(local) == platform and not self.always_pull:
             return local
+        from rootbuild.registry.pull import pull  # the HTTP client: only for a pull
+
         handle = self.progress.start(f"pulling {text}")
         try:
             image = await pull(

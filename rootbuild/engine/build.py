@@ -22,14 +22,13 @@ import contextlib
 import dataclasses
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import trio
 
 from rootbuild.cache.index import CacheIndex
 from rootbuild.cache.mounts import CacheMounts
-from rootbuild.cache.remote import export_cache, import_cache
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.context import BuildContext, find_dockerfile, load_ignore
 from rootbuild.dockerfile.parser import parse_dockerfile
@@ -45,7 +44,7 @@ from rootbuild.engine.network import resolve as resolve_network
 from rootbuild.engine.options import BuildOptions, BuildResult
 from rootbuild.engine.planning import plan_build
 from rootbuild.engine.remote_source import RemoteSources
-from rootbuild.engine.seams import Exporter, Seams
+from rootbuild.engine.seams import Executor, Exporter, Seams
 from rootbuild.engine.secrets import BuildSources, check_required
 from rootbuild.engine.ssh_agent import SshAgents
 from rootbuild.engine.stage import Stage, StageResult, Workspace
@@ -56,8 +55,8 @@ from rootbuild.image.refs import OutputRef
 from rootbuild.image.store import Store, force_rmtree
 from rootbuild.platform import host_platform
 from rootbuild.progress import Progress
-from rootbuild.sandbox.executor import SandboxExecutor
 from rootbuild.sandbox.idmap import read_slot_plan
+from rootbuild.sandbox.spec import StepResult, StepSpec
 from rootbuild.stages.args import unused_build_args, unused_build_args_warning
 from rootbuild.stages.config import settle_created
 from rootbuild.stages.plan import BuildPlan, StagePlan
@@ -66,10 +65,32 @@ from rootbuild.stages.scheduler import run_plan
 __all__ = ["BuildOptions", "BuildResult", "build", "default_seams"]
 
 
+class _SandboxOnFirstRun:
+    """The real ``Executor`` (``SandboxExecutor``), made at the build's first RUN step: a
+    build whose steps all come from the step cache never imports the sandbox's process
+    machinery (issue 14: an unchanged rebuild pays only for what it does)."""
+
+    def __init__(self, slot: int | None, label: str = "") -> None:
+        self.slot = slot
+        self.label = label  # the store: shown by the zygote's command line
+        self._executor: Executor | None = None
+
+    async def run(self, spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
+        if self._executor is None:
+            from rootbuild.sandbox.executor import SandboxExecutor
+
+            self._executor = SandboxExecutor(read_slot_plan(self.slot), label=self.label)
+        return await self._executor.run(spec, on_output)
+
+    async def aclose(self) -> None:
+        if self._executor is not None:
+            await self._executor.aclose()
+
+
 def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Seams:
     """The real seams: the RUN sandbox, the store's base images and exporter."""
     return Seams(
-        executor=SandboxExecutor(read_slot_plan(options.slot), label=str(store.root)),
+        executor=_SandboxOnFirstRun(options.slot, label=str(store.root)),
         base_images=StoreBaseImages(store, options.transport, progress, options.pull),
         exporter=StoreExporter(store, options.transport, docker_format=options.docker_format,
                                warn=progress.warn),
@@ -242,6 +263,10 @@ async def _import_caches(
 ) -> RemoteCache | None:
     """Every ``--cache-from`` source, read (manifest and config only) before the build; one
     that cannot be read is a warning, as with BuildKit."""
+    if not options.cache_from:
+        return None
+    from rootbuild.cache.remote import import_cache  # the registry client: only when asked
+
     imported: list[RemoteCache] = []
     for spec in options.cache_from:
         handle = progress.start(f"importing cache from {_describe(spec)}")
@@ -267,6 +292,8 @@ async def _export_cache(
 ) -> None:
     """``--cache-to``: mode=min exports the steps whose layers are in the image (the target
     stage and the stages it is built FROM), mode=max every step of the build."""
+    from rootbuild.cache.remote import export_cache  # the registry client: only when asked
+
     if spec.mode == "max":
         stages = list(the_plan.order)
     else:

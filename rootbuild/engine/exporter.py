@@ -20,8 +20,7 @@ from rootbuild.image.oci import StoredImage
 from rootbuild.image.refs import OutputRef
 from rootbuild.image.rootfs import RootfsView, materialize
 from rootbuild.image.store import Store
-from rootbuild.registry.client import TransportOptions
-from rootbuild.registry.push import push
+from rootbuild.registry.transport import TransportOptions
 
 
 class StoreExporter:
@@ -37,6 +36,8 @@ class StoreExporter:
         say: Callable[[str], None],
     ) -> str | None:
         if output.transport == "docker":
+            from rootbuild.registry.push import push  # the HTTP client: only for a push
+
             digest = await push(
                 self.store, image, output.path, transport=self.transport,
                 docker_format=self.docker_format, progress=say,

@@ -21,7 +21,7 @@ from rootbuild.errors import UsageError
 from rootbuild.image.oci import StoredImage
 from rootbuild.image.refs import OutputRef
 from rootbuild.platform import Platform, host_platform
-from rootbuild.registry.client import TransportOptions
+from rootbuild.registry.transport import TransportOptions
 from rootbuild.sandbox.limits import (
     UNTRUSTED_LOG_BYTES,
     UNTRUSTED_MEMORY,
@@ -47,7 +47,7 @@ class BuildOptions:
     cache_from: tuple[CacheSpec, ...] = ()
     cache_to: tuple[CacheSpec, ...] = ()
     outputs: tuple[OutputRef, ...] = ()
-    jobs: int = 1
+    jobs: int | None = None  # stages at once; None: every ready stage (BuildKit's default)
     compression: Compression = "gzip"
     target_platform: Platform = field(default_factory=host_platform)
     source_date_epoch: int | None = None
@@ -96,7 +96,7 @@ class BuildOptions:
 
     def validate(self) -> None:
         """Refuse what no build may run with (``UsageError``, exit code 2)."""
-        if self.jobs < 1:
+        if self.jobs is not None and self.jobs < 1:
             raise UsageError(f"build: --jobs must be at least 1, not {self.jobs}")
         if self.network not in ("", *NETWORK_MODES):
             raise UsageError(f"build: unknown --network {self.network!r}")

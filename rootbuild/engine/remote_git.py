@@ -57,7 +57,7 @@ from rootbuild.engine.fetch_guard import (
 from rootbuild.engine.remote_ref import GitSource, redact, strip_credentials
 from rootbuild.engine.remote_source import Checkout
 from rootbuild.errors import StepError
-from rootbuild.registry.client import TransportOptions
+from rootbuild.registry.transport import TransportOptions
 
 GIT_TIMEOUT = 600.0
 _USERINFO = re.compile(r"://[^/@\s]+@")

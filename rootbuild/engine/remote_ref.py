@@ -23,7 +23,6 @@ import posixpath
 import re
 from dataclasses import dataclass
 from datetime import UTC
-from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from rootbuild.errors import DockerfileError, Location
@@ -130,6 +129,8 @@ def http_mtime(value: str | None) -> int | None:
     seconds; None when absent or unparsable (the file then gets the build's time)."""
     if not value:
         return None
+    from email.utils import parsedate_to_datetime  # email and calendar: only for ADD <url>
+
     try:
         when = parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError):

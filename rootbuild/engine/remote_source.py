@@ -52,7 +52,7 @@ from rootbuild.engine.remote_ref import (
     parse_remote,
 )
 from rootbuild.errors import Location, StepError
-from rootbuild.registry.client import DEFAULT_TRANSPORT, TransportOptions
+from rootbuild.registry.transport import DEFAULT_TRANSPORT, TransportOptions
 
 
 @dataclass(frozen=True)

@@ -264,6 +264,9 @@ class Staging:
         )
 
     def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
+        digest = sha256_digest(data)
+        if self.has_blob(digest):  # already there (an unchanged rebuild's config and
+            return Descriptor(media_type, digest, len(data))  # manifest): no write, no fsync
         with self.ingest(media_type=media_type, what=media_type) as writer:
             writer.write(data)
         assert writer.descriptor is not None

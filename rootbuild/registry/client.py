@@ -27,7 +27,6 @@ import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,6 +38,8 @@ import trio
 from rootbuild.errors import RegistryError
 from rootbuild.registry.auth import Credentials, find_credentials, normalize_registry
 from rootbuild.registry.protocol import Challenge, api_host, is_loopback, parse_www_authenticate
+from rootbuild.registry.transport import DEFAULT_TRANSPORT as DEFAULT_TRANSPORT
+from rootbuild.registry.transport import TransportOptions as TransportOptions  # re-exported
 
 MAX_SMALL_BODY = 1 << 20
 MAX_REDIRECTS = 5
@@ -51,21 +52,6 @@ ContentFactory = Callable[[], Any]
 
 class TransientError(RegistryError):
     """A transfer broke off (reset, cut body, timeout): the caller may start it again."""
-
-
-@dataclass(frozen=True)
-class TransportOptions:
-    """How to reach registries: ``--tls-verify`` and ``--cert-dir``."""
-
-    tls_verify: bool = True
-    cert_dir: Path | None = None
-    # The only credentials file consulted (docker config.json format) instead of the
-    # user's usual ones: the build service gives each push its job's own credentials and
-    # every other request an empty file.
-    auth_file: Path | None = None
-
-
-DEFAULT_TRANSPORT = TransportOptions()
 
 
 def ssl_context(transport: TransportOptions, registry: str) -> ssl.SSLContext:

@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import trio
-
 from rootbuild.errors import UsageError
 
 if TYPE_CHECKING:
@@ -116,6 +114,8 @@ def _queue(args: argparse.Namespace, heartbeat: float | None = None) -> RedisQue
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    import trio
+
     from rootbuild.image.store import default_root
     from rootbuild.registry.client import TransportOptions
     from rootbuild.service.context_blob import DEFAULT_MAX_CONTEXT
@@ -191,6 +191,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
+    import trio
+
     queue = _queue(args)
     queue.status(args.id)  # an unknown job is an error, not an empty log
 

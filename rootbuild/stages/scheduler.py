@@ -2,9 +2,11 @@
 
 Rules:
 - A stage starts as soon as every stage it depends on has finished (not level by level, as
-  BuildKit's solver runs independent stages in parallel); at most ``jobs`` stages run at
-  once (a ``trio.CapacityLimiter``, taken only after the dependencies are done, so waiting
-  stages never hold a slot).
+  BuildKit's solver runs independent stages in parallel). ``jobs=None`` (the default)
+  runs every ready stage at once, as BuildKit runs every ready vertex: a stage that sleeps
+  or waits on I/O never holds back another, and the kernel places them on the CPUs.
+  ``jobs=N`` caps it at N stages (a ``trio.CapacityLimiter``, taken only after the
+  dependencies are done, so waiting stages never hold a slot).
 - ``build_stage`` gets the stage and the results of its dependencies (stage index -> result).
 - The first stage that fails cancels every other stage, and ``run_plan`` raises that very
   exception, never an ``ExceptionGroup``: the user sees one clean error. Failures raised by
@@ -17,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TypeVar
@@ -33,12 +36,13 @@ async def run_plan(
     plan: BuildPlan,
     build_stage: Callable[[StagePlan, Mapping[int, R]], Awaitable[R]],
     *,
-    jobs: int,
+    jobs: int | None = None,
 ) -> dict[int, R]:
-    """Build every stage of ``plan``; return each stage's result by stage index."""
-    if jobs < 1:
+    """Build every stage of ``plan``; return each stage's result by stage index. ``jobs``:
+    at most that many stages at once; None: every stage whose dependencies are built."""
+    if jobs is not None and jobs < 1:
         raise UsageError(f"run build: --jobs must be at least 1, not {jobs}")
-    limiter = trio.CapacityLimiter(jobs)
+    limiter = trio.CapacityLimiter(math.inf if jobs is None else jobs)
     finished = {stage.index: trio.Event() for stage in plan.stages}
     results: dict[int, R] = {}
     failures: list[Exception] = []

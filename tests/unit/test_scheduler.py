@@ -200,3 +200,23 @@ async def test_real_clock_parallelism() -> None:
     start = trio.current_time()
     await run_plan(_plan({0: (), 1: ()}), build, jobs=2)
     assert trio.current_time() - start < 0.38  # serial would take >= 0.4
+
+
+async def test_default_runs_every_ready_stage_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Issue 14: no cap by default, however many CPUs there are (BuildKit runs every ready
+    # vertex); 8 independent stages all run together, then the one that needs them.
+    running = 0
+    peak = 0
+
+    async def build(stage: StagePlan, deps: Mapping[int, None]) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await trio.sleep(1)
+        running -= 1
+
+    await run_plan(_plan({**{i: () for i in range(8)}, 8: tuple(range(8))}), build)
+    assert peak == 8
+    assert trio.current_time() == pytest.approx(2)  # virtual time: one round, then stage 8
