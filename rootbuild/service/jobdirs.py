@@ -89,8 +89,8 @@ def sweep_jobs(jobs: Path) -> list[Path]:
     removed: list[Path] = []
     try:
         names = sorted(os.listdir(jobs))
-    except FileNotFoundError:
-        return removed
+    except (FileNotFoundError, NotADirectoryError):
+        return removed  # no jobs yet (or not a directory: the job's claim will say so)
     for name in names:
         if name.endswith(LOCK_SUFFIX):
             continue
