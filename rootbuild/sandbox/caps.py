@@ -7,6 +7,12 @@ root of its user namespace loses every capability at exec; a FUSE server needs
 CAP_SYS_ADMIN there to mount. So the init raises CAP_SYS_ADMIN as an ambient capability
 (the kernel's way to keep one across exec for a non-root uid) just for those helpers.
 
+``helper_becomes_root()``: for slirp4netns (``usernet.py``), which must run as root of the
+namespace as it does without ``--slot`` (it joins the user namespace of its target unless it
+runs as uid 0, and joining one's own fails): in its helper process only, between fork and
+exec. The helper then runs as the slot's root uid, the step's own: no more than without a
+slot, where both are the user, and the step cannot name it (its own pid namespace).
+
 Rules: the step never inherits any of it: the ambient set and the inheritable set are
 cleared before the step is forked (an inheritable capability would survive the step's exec
 as root past the bounding set). Only the init calls these; nothing here outlives the step's
@@ -16,12 +22,15 @@ user namespace, whose capabilities they are.
 from __future__ import annotations
 
 import ctypes
+import os
+import signal
 
 CAP_SYS_ADMIN = 21
 _VERSION_3 = 0x20080522
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_PDEATHSIG = 1
 
 
 class _Header(ctypes.Structure):
@@ -61,3 +70,14 @@ def step_gets_none() -> None:
     if _libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "clear ambient capabilities")
     _set_inheritable(False)
+
+
+def helper_becomes_root() -> None:
+    """Switch this process (a helper forked by the init, about to exec) to uid and gid 0
+    of its user namespace, without supplementary groups; re-arm its parent-death signal,
+    which the kernel clears on a change of credentials."""
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    if _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")

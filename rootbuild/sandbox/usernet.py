@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rootbuild.errors import SandboxError
-from rootbuild.sandbox import netdeny
+from rootbuild.sandbox import caps, netdeny
 
 #: where slirp4netns is looked for (the init's PATH is the builder's; Debian's is /usr/bin)
 SEARCH_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -125,6 +125,10 @@ class UserNet:
         if os.getppid() == 1 or os.read(3, 1) != b"g":
             return  # the init gave up before its network namespace existed
         os.close(3)
+        if os.getuid() != 0:  # --slot: not root of the namespace (sandbox/caps.py)
+            caps.helper_becomes_root()
+            if os.getppid() == 1:
+                return  # the init died before the death signal was re-armed
         os.execv(self.binary, slirp_argv(self.binary, os.getppid(), 4, 5))
 
     def attach(self, denied: tuple[str, ...]) -> None:

@@ -72,6 +72,24 @@ def spawner(rb: Harness, name: str, count: int, mark: str) -> Path:
     ))
 
 
+def wait_holding(svc: Service, job: str, mark: str, count: int,
+                 seen: dict[int, tuple[int, int]]) -> None:
+    """Until ``count`` processes of ``mark`` were seen (collected in ``seen``); fails with
+    the job's record and logs if the job ends first."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        seen.update(holders(mark))
+        if len(seen) >= count:
+            return
+        record = svc.queue.status(job)
+        if record.state in TERMINAL:
+            raise AssertionError(f"{record}\n{svc.log_text(job)}\n"
+                                 + "\n".join(svc.worker_log(n) for n in svc.workers))
+        time.sleep(0.05)
+    raise AssertionError(f"{len(seen)} of {count} processes of job {job} seen\n"
+                         + "\n".join(svc.worker_log(n) for n in svc.workers))
+
+
 def test_concurrent_builds_run_in_their_own_slots_and_count_processes_apart(
         rb: Harness, service: Service) -> None:  # noqa: F811 (the fixture)
     """Two jobs at once on a ``--concurrency 2`` worker: each one's RUN processes run as
@@ -89,15 +107,10 @@ def test_concurrent_builds_run_in_their_own_slots_and_count_processes_apart(
     mark_a = f"{40 + uuid.uuid4().int % 10}.{uuid.uuid4().int % 10**6:06d}"
     mark_b = f"2.{uuid.uuid4().int % 10**6:06d}"
     job_a = service.submit(spawner(rb, "slot-a", 30, mark_a), "acme")
-    wait_until("job A's 30 processes", lambda: len(holders(mark_a)) == 30, timeout=90)
+    wait_holding(service, job_a, mark_a, 30, {})
     job_b = service.submit(spawner(rb, "slot-b", 30, mark_b), "globex")
     seen_b: dict[int, tuple[int, int]] = {}
-
-    def b_running() -> bool:
-        seen_b.update(holders(mark_b))
-        return len(seen_b) >= 30
-
-    wait_until("job B's 30 processes", b_running, timeout=90)
+    wait_holding(service, job_b, mark_b, 30, seen_b)
     a = holders(mark_a)
     assert len(a) == 30, "A still holds its processes while B starts its own"
     done_b = service.wait(job_b, TERMINAL, timeout=90)
