@@ -144,16 +144,26 @@ def sweep_store_tmp(store: Path) -> list[Path]:
     return removed
 
 
-def sweep(store: Path) -> list[Path]:
+def sweep(store: Path) -> tuple[list[Path], list[Path]]:
     """Every tenant's leftover job directories and store scratch under a worker's
-    ``store``: what a dead worker left; the paths removed."""
-    removed: list[Path] = []
+    ``store``: what a dead worker left; the job directories and scratch entries removed."""
+    jobs: list[Path] = []
+    scratch: list[Path] = []
     tenants = store / "tenants"
     try:
         names = sorted(os.listdir(tenants))
     except FileNotFoundError:
-        return removed
+        return jobs, scratch
     for tenant in names:
-        removed += sweep_jobs(tenants / tenant / "jobs")
-        removed += sweep_store_tmp(tenants / tenant / "store")
-    return removed
+        jobs += sweep_jobs(tenants / tenant / "jobs")
+        scratch += sweep_store_tmp(tenants / tenant / "store")
+    return jobs, scratch
+
+
+def said(jobs: list[Path], scratch: list[Path]) -> str:
+    """The worker's line about a sweep ("" when nothing was left)."""
+    if not jobs and not scratch:
+        return ""
+    return (f"removed {len(jobs)} job director{'y' if len(jobs) == 1 else 'ies'} and "
+            f"{len(scratch)} build scratch entr{'y' if len(scratch) == 1 else 'ies'} left "
+            "by workers gone")

@@ -61,7 +61,7 @@ from rootbuild.errors import (
     RootbuildError,
     StepTimeout,
 )
-from rootbuild.image.store import Store, force_rmtree
+from rootbuild.image.store import Store
 from rootbuild.registry.client import TransportOptions
 from rootbuild.registry.push import push
 from rootbuild.service import jobdirs
@@ -323,10 +323,9 @@ class Worker:
         (self.config.store / "tenants").mkdir(mode=0o700, exist_ok=True)
         self.anonymous.write_text(EMPTY_AUTH)
         self.anonymous.chmod(0o600)
-        left = jobdirs.sweep(self.config.store)  # what a dead worker left behind
+        left = jobdirs.said(*jobdirs.sweep(self.config.store))  # what dead workers left
         if left:
-            self.say(f"removed {len(left)} leftover job director"
-                     f"{'y' if len(left) == 1 else 'ies'} of workers gone")
+            self.say(left)
 
     async def run(self) -> None:
         self.prepare()
@@ -503,11 +502,13 @@ class Worker:
                          + "".join(traceback.format_exception(exc)))
             return outcome
         finally:
+            # claim cleans up after itself when it fails: only a held directory is ours
             with trio.CancelScope(shield=True):
-                if held is None:
-                    await trio.to_thread.run_sync(force_rmtree, work)
-                else:
-                    await trio.to_thread.run_sync(jobdirs.release, work, held)
+                if held is not None:
+                    try:
+                        await trio.to_thread.run_sync(jobdirs.release, work, held)
+                    except OSError as exc:  # the worker lives on; the next start sweeps it
+                        self.say(f"job {lease.job_id}: remove {work}: {exc}")
 
 
 def _split_cancelled(

@@ -52,12 +52,15 @@ def host_ids(pid: int) -> tuple[int, int]:
 
 
 def holders(mark: str) -> dict[int, tuple[int, int]]:
-    """pid -> host (uid, gid) of every live ``sleep MARK`` process."""
+    """pid -> host (uid, gid) of every live ``sleep MARK`` process (not the shell that
+    started them, whose command line names it too)."""
     out: dict[int, tuple[int, int]] = {}
     for line in step_processes_all_users(mark):
-        pid = int(line.split()[0])
+        pid, _, args = line.split(None, 2)
+        if args != f"sleep {mark}":
+            continue
         try:
-            out[pid] = host_ids(pid)
+            out[int(pid)] = host_ids(int(pid))
         except (OSError, KeyError):
             continue  # gone meanwhile
     return out
@@ -195,7 +198,8 @@ def test_a_restarted_worker_sweeps_a_killed_workers_job_directories_only(
     time.sleep(max(0.0, deadline + 1 - time.time()))
     service.start_worker("w3")
     wait_until("w3 to start", lambda: "claiming jobs" in service.worker_log("w3"), timeout=30)
-    assert "removed 1 leftover job directory" in service.worker_log("w3")
+    assert (f"removed 1 job directory and {len(scratch_a)} build scratch entr"
+            in service.worker_log("w3")), service.worker_log("w3")
     assert not dir_a.exists()
     assert all(not p.exists() for p in scratch_a)
     # the live worker's: untouched, and its build still running

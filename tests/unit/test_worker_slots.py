@@ -129,8 +129,10 @@ def test_sweep_removes_only_what_no_live_process_holds(tmp_path: Path) -> None:
         killed.wait()
         bare.mkdir()  # a directory without a lock file: no live owner either
         (jobs / "gone.1.lock").write_text("")  # a lock file whose directory is gone
-        removed = jobdirs.sweep(tmp_path)
-        assert sorted(removed) == sorted([dead, bare])
+        removed, scratch = jobdirs.sweep(tmp_path)
+        assert sorted(removed) == sorted([dead, bare]) and scratch == []
+        assert jobdirs.said(removed, scratch) == (
+            "removed 2 job directories and 0 build scratch entries left by workers gone")
         assert sorted(p.name for p in jobs.iterdir()) == ["live.1", "live.1.lock"]
         assert (live / "context").is_dir()
     finally:
@@ -151,9 +153,10 @@ def test_sweep_empties_a_tenant_stores_scratch_only_when_no_build_holds_it(
     fd = os.open(store / "gc.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # a running build (Store.shared_lock)
-        assert jobdirs.sweep(tmp_path) == []
+        assert jobdirs.sweep(tmp_path) == ([], [])
         assert (store / "tmp" / "work-1" / "f").exists()
     finally:
         os.close(fd)
-    assert jobdirs.sweep(tmp_path) == [store / "tmp" / "work-1"]
+    assert jobdirs.sweep(tmp_path) == ([], [store / "tmp" / "work-1"])
+    assert jobdirs.said([], []) == ""
     assert list((store / "tmp").iterdir()) == []
