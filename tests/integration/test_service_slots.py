@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import Harness
+from conftest import ROOTBUILD, Harness
 from test_build_run import busybox_context, error_lines
 from test_service_worker import (  # noqa: F401 (pytest fixtures)
     TERMINAL,
@@ -29,6 +31,13 @@ from test_service_worker import (  # noqa: F401 (pytest fixtures)
     service,
     step_processes_all_users,
     wait_until,
+)
+from test_untrusted_network import (  # noqa: F401 (pytest fixtures)
+    Canary,
+    canary,
+    probe,
+    probe_context,
+    probe_lines,
 )
 
 from rootbuild.sandbox.idmap import SLOT_SPAN, parse_subid
@@ -248,3 +257,51 @@ def test_an_internal_error_gives_the_tenant_an_incident_id_and_the_worker_the_tr
     after = worker.split(f"(incident {code})", 1)[1]
     assert "Traceback (most recent call last)" in after and "FileExistsError" in after
     assert (tenant / "jobs").is_file()  # nothing was made of it
+
+
+def slirps_in(uids: set[int]) -> dict[int, int]:
+    """pid -> host uid of every slirp4netns running as one of ``uids``."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,uid=,comm="], capture_output=True,
+                         text=True).stdout
+    found = {}
+    for line in out.splitlines():
+        pid, uid, comm = line.split(None, 2)
+        if comm.strip() == "slirp4netns" and int(uid) in uids:
+            found[int(pid)] = int(uid)
+    return found
+
+
+def test_a_slot_build_gets_the_isolated_network_and_leaves_no_slirp4netns(
+        rb: Harness, probe: bytes, canary: Canary) -> None:  # noqa: F811 (the fixtures)
+    """What every worker job is: ``--untrusted --slot 1``. slirp4netns comes up in the
+    slot's namespace (it runs as the slot's root, as it runs as the user without a slot),
+    the step reaches no canary on the host's 127.0.0.1, directly or through the gateway,
+    and has public egress; no slirp4netns is left after the build."""
+    port = canary.listen(socket.AF_INET, ("127.0.0.1", 0)).getsockname()[1]
+    mark = marker()
+    ctx = probe_context(rb, probe, "slotnet", (
+        f"RUN ! /netprobe tcp 127.0.0.1 {port} && ! /netprobe tcp 10.0.2.2 {port} && "
+        f"/netprobe route 1.1.1.1 && /netprobe loopback && sleep {mark}"))
+    slot_root = blocks(rb, "/etc/subuid")[1]
+    ours = {rb.user.uid, *blocks(rb, "/etc/subuid")}
+    argv = rb.command([str(ROOTBUILD), "build", "--root", str(rb.store), "--progress=plain",
+                       "--untrusted", "--slot", "1", "--timeout", "60", str(ctx)])
+    seen: dict[int, int] = {}
+    with subprocess.Popen(argv, cwd=rb.workdir, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as child:
+        try:
+            wait_until("the step to sleep", lambda: holders(mark), timeout=90)
+            seen = slirps_in(ours)
+        finally:
+            for pid in holders(mark):  # end the step (the build fails; its probes ran)
+                os.kill(pid, signal.SIGKILL)
+            _, err = child.communicate(timeout=60)
+    assert set(seen.values()) == {slot_root}, (seen, slot_root)
+    lines = probe_lines(err)
+    assert lines[f"tcp 127.0.0.1:{port}"].startswith("failed:"), err
+    assert lines[f"tcp 10.0.2.2:{port}"] == "failed: Permission denied", err
+    assert lines["route 1.1.1.1"] == "via 10.0.2.100", err
+    assert lines["loopback 127.0.0.1"] == "connected", err
+    assert canary.hits == []
+    wait_until("slirp4netns to end", lambda: not slirps_in(ours), timeout=15)
+    assert holders(mark) == {} and mounts_under(rb) == []
