@@ -139,6 +139,10 @@ def test_concurrent_builds_run_in_their_own_slots_and_count_processes_apart(
     assert {uid_a, uid_b} == set(uid_blocks), (uid_a, uid_b, uid_blocks)
     assert {gid_a, gid_b} == set(gid_blocks), (gid_a, gid_b, gid_blocks)
     assert rb.user.uid not in (uid_a, uid_b)
+    # the worker's --pids-limit reached the step: its kernel limit, 2 x 40 + 32 (limits.py)
+    nproc = [line.split()[2:4] for line in Path(f"/proc/{next(iter(a))}/limits").read_text()
+             .splitlines() if line.startswith("Max processes")]
+    assert nproc == [["112", "112"]], nproc
     # the host's count per uid: A's uid runs A's step and nothing of B's
     by_uid: dict[int, int] = {}
     for entry in os.listdir("/proc"):
