@@ -64,7 +64,8 @@ def slot_shortage(base: int, concurrency: int, *, subuid: str, subgid: str, name
     more = need - min(short.values())
     first = _free_start(subuid, subgid)
     last = first + more * SLOT_SPAN - 1
-    return (f"{why} need {need} block(s) of {SLOT_SPAN} subordinate ids for {name!r}; {held}; "
+    verb = "needs" if len(slots) == 1 else "need"
+    return (f"{why} {verb} {need} block(s) of {SLOT_SPAN} subordinate ids for {name!r}; {held}; "
             f"fix: 'usermod --add-subuids {first}-{last} --add-subgids {first}-{last} {name}' "
             f"(as root; any free range of {more * SLOT_SPAN} ids will do)")
 

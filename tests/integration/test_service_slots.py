@@ -163,15 +163,15 @@ def test_a_worker_whose_slots_exceed_the_subordinate_ids_refuses_to_start(
         rb: Harness, service: Service) -> None:  # noqa: F811 (the fixture)
     """Three slots (the user has two blocks), or a base past them: one line naming what is
     missing and the usermod that adds it, exit 2, no traceback, nothing claimed."""
-    for args, which in ((["--concurrency", "3"], "slots 0..2"),
-                        (["--slot-base", "2"], "slot 2")):
+    for args, which, verb in ((["--concurrency", "3"], "slots 0..2", "need"),
+                              (["--slot-base", "2"], "slot 2", "needs")):
         proc = rb.run("worker", "--redis", service.url, "--store", str(service.store), *args,
                       store=False, check=False, timeout=30)
         assert proc.returncode == 2, proc.stderr
         lines = error_lines(proc.stderr)
         assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert lines[0].startswith(f"rootbuild: worker: {which} "), lines
-        assert "need 3 block(s) of 65536 subordinate ids" in lines[0]
+        assert f") {verb} 3 block(s) of 65536 subordinate ids" in lines[0], lines
         assert "/etc/subuid holds 2 and /etc/subgid holds 2" in lines[0]
         assert "--add-subgids" in lines[0] and lines[0].rstrip().endswith("will do)")
         assert f"{rb.user.name}'" in lines[0]

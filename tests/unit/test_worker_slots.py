@@ -70,6 +70,7 @@ def test_slots_beyond_the_ranges_are_refused_with_the_fix() -> None:
     one = slot_shortage(0, 1, subuid=SUBUID, subgid="", name="alice", uid=1000,
                         helpers=True)
     assert one is not None and "slot 0 (" in one and "/etc/subgid holds 0" in one
+    assert ") needs 1 block(s) of" in one
     assert "/etc/subuid" not in one.split(";")[1]  # only what is missing is named
 
 
