@@ -11,6 +11,7 @@ redis-server per test on a unix socket.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -115,8 +116,8 @@ def test_concurrent_builds_run_in_their_own_slots_and_count_processes_apart(
     gid_blocks = blocks(rb, "/etc/subgid")[:2]
     assert len(uid_blocks) == 2 and len(gid_blocks) == 2, "scripts/test.sh gives two blocks"
     service.start_worker("w1", "--concurrency", "2", "--pids-limit", "40")
-    # A's sleepers outlive B's whole build (B's base setup included)
-    mark_a = f"{40 + uuid.uuid4().int % 10}.{uuid.uuid4().int % 10**6:06d}"
+    # A's sleepers outlive B's whole build (the test ends them), B's are short
+    mark_a = marker()
     mark_b = f"2.{uuid.uuid4().int % 10**6:06d}"
     job_a = service.submit(spawner(rb, "slot-a", 30, mark_a), "acme")
     wait_holding(service, job_a, mark_a, 30, {})
@@ -154,6 +155,8 @@ def test_concurrent_builds_run_in_their_own_slots_and_count_processes_apart(
             by_uid[uid] = by_uid.get(uid, 0) + 1
     assert 30 <= by_uid.get(uid_a, 0) <= 40, by_uid.get(uid_a)
     assert by_uid.get(uid_b, 0) == 0  # B is done: its slot's uid runs nothing now
+    for pid in holders(mark_a):  # A's step then ends well: its shell's wait returns
+        os.kill(pid, signal.SIGKILL)
     done_a = service.wait(job_a, TERMINAL, timeout=90)
     assert done_a.state is JobState.SUCCESS, (done_a, service.log_text(job_a))
     assert holders(mark_a) == {} and mounts_under(rb) == []
@@ -176,6 +179,18 @@ def test_a_worker_whose_slots_exceed_the_subordinate_ids_refuses_to_start(
         assert "--add-subgids" in lines[0] and lines[0].rstrip().endswith("will do)")
         assert f"{rb.user.name}'" in lines[0]
     assert not service.store.exists()  # refused before anything
+
+
+def lock_free(path: Path) -> bool:
+    """No process holds a flock on ``path`` (taken and let go at once)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def test_a_restarted_worker_sweeps_a_killed_workers_job_directories_only(
@@ -204,6 +219,11 @@ def test_a_restarted_worker_sweeps_a_killed_workers_job_directories_only(
     first.wait()
     wait_until("A's step to die", lambda: not step_processes_all_users(mark_a), timeout=10)
     assert (dir_a / "Dockerfile").is_file()  # left behind
+    # the killed build's FUSE servers end with its mounts; then nothing holds its store
+    acme_store = service.store / "tenants" / "acme" / "store"
+    wait_until("A's mounts to go",
+               lambda: not [m for m in mounts_under(rb) if "/tenants/acme/" in m], timeout=15)
+    wait_until("A's store to be free", lambda: lock_free(acme_store / "gc.lock"), timeout=15)
     scratch_a = list((service.store / "tenants" / "acme" / "store" / "tmp").iterdir())
     assert scratch_a, "the killed build's scratch stays too"
     b_before = sorted(p.relative_to(dir_b) for p in dir_b.rglob("*"))
