@@ -25,6 +25,11 @@ uid=$(id -u "$user")
 first=$((100000 + (uid % 1000) * 65536))
 grep -q "^$user:" /etc/subuid || usermod --add-subuids "$first-$((first + 65535))" "$user"
 grep -q "^$user:" /etc/subgid || usermod --add-subgids "$first-$((first + 65535))" "$user"
+# A second block (the worker's slot 1: each concurrent build maps RUN's root to its own
+# block), placed above every test user's first block; added to a user made before it too.
+second=$((100000 + (1000 + uid % 1000) * 65536))
+grep -q "^$user:$second:65536\$" /etc/subuid || usermod --add-subuids "$second-$((second + 65535))" "$user"
+grep -q "^$user:$second:65536\$" /etc/subgid || usermod --add-subgids "$second-$((second + 65535))" "$user"
 # A second user with no range: the tests of RUN's single-mapping fallback run as it.
 nosub="$user-nosub"
 id "$nosub" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$nosub"

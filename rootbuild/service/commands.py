@@ -63,6 +63,15 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                    help="after SIGTERM, running builds get this long (default 30)")
     w.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS",
                    help="lease renewal interval; a lease is lost after 3 missed (default 2)")
+    w.add_argument("--slot-base", type=int, default=0, metavar="N",
+                   help="build slot of the first concurrent build: build i (0..concurrency-1) "
+                        "maps RUN's root to block N+i of 65536 ids of your /etc/subuid and "
+                        "/etc/subgid ranges (its own host uids: processes counted per slot, "
+                        "no signals across slots); two workers of one user on one machine "
+                        "need disjoint slots, e.g. --slot-base 0 and --slot-base 4 with "
+                        "--concurrency 4 (default 0)")
+    w.add_argument("--pids-limit", type=int, default=None, metavar="N",
+                   help="processes each RUN step may run at once (default 512)")
     add_transport(w)
 
     s = sub.add_parser("submit", help="queue a build for the build service")
@@ -129,6 +138,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             raise UsageError(f"worker: --{name.replace('_', '-')} must be positive")
     if args.grace < 0:
         raise UsageError("worker: --grace must not be negative")
+    if args.pids_limit is not None and args.pids_limit <= 0:
+        raise UsageError(f"worker: --pids-limit must be positive, not {args.pids_limit}")
+    from rootbuild.service.slots import check_worker_slots
+
+    check_worker_slots(args.slot_base, args.concurrency)  # before connecting: one line
     queue = _queue(args, args.heartbeat)
     store = args.store or default_root() / "service"
     fields = {"name": args.name} if args.name else {}
@@ -137,6 +151,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         credentials_dir=args.credentials_dir,
         max_context=args.max_context or DEFAULT_MAX_CONTEXT,
         step_timeout=args.timeout, job_timeout=args.job_timeout, grace=args.grace,
+        slot_base=args.slot_base, pids_limit=args.pids_limit,
         transport=TransportOptions(tls_verify=args.tls_verify == "true",
                                    cert_dir=args.cert_dir),
         **fields,

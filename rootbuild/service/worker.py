@@ -25,6 +25,12 @@ Rules:
   config.json format), read at push time only and only for the push; the build itself
   (base pulls) runs with an empty credentials file, never the worker user's own.
 - The worker opens no port; it only connects to Redis and registries.
+- Slots (``slots.py``): slot task i builds with ``--slot`` ``slot_base + i``, so each
+  concurrent build's RUN root is its own subordinate uid range (RLIMIT_NPROC per slot, no
+  signals across slots). A job directory is held by a lock while its job runs
+  (``jobdirs.py``); at start the worker sweeps the ones no live worker holds.
+- An INTERNAL_ERROR gets an incident id: the worker's stderr line carries it with the
+  traceback, the tenant's log one line with the id alone.
 - SIGTERM/SIGINT: stop claiming, let running builds finish for ``grace`` seconds, then
   cancel them without completing (their leases lapse and another worker reruns them).
 """
@@ -40,6 +46,7 @@ import socket
 import sys
 import threading
 import traceback
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +61,10 @@ from rootbuild.errors import (
     RootbuildError,
     StepTimeout,
 )
-from rootbuild.image.store import Store, force_rmtree
+from rootbuild.image.store import Store
 from rootbuild.registry.client import TransportOptions
 from rootbuild.registry.push import push
+from rootbuild.service import jobdirs
 from rootbuild.service.context_blob import (
     DEFAULT_MAX_CONTEXT,
     ContextBlobError,
@@ -64,6 +72,7 @@ from rootbuild.service.context_blob import (
     unpack_context,
 )
 from rootbuild.service.jobs import FailureInfo, JobState, Lease, QueueError
+from rootbuild.service.slots import worker_slots
 from rootbuild.service.trio_queue import LeaseEnd, TrioQueue
 
 EMPTY_AUTH = '{"auths": {}}\n'
@@ -86,6 +95,8 @@ class WorkerConfig:
     transport: TransportOptions = field(default_factory=TransportOptions)
     log_line_max: int = 8192  # longer lines are cut (the queue caps the whole log)
     poll: float = 0.2  # seconds between claims when the queue is empty
+    slot_base: int = 0  # slot task i builds with --slot slot_base + i (slots.py)
+    pids_limit: int | None = None  # each RUN step's (None: the untrusted default)
 
 
 @dataclass(frozen=True)
@@ -138,11 +149,12 @@ class JobSpec:
 
 
 def job_options(spec: JobSpec, context_dir: Path, dockerfile: Path, config: WorkerConfig,
-                anonymous_auth: Path) -> BuildOptions:
+                anonymous_auth: Path, slot: int | None = None) -> BuildOptions:
     """A job's ``BuildOptions``: the one place a job's spec and the worker's configuration
     meet. Always untrusted (RUN gets the untrusted network), no credentials of the
     worker's user.
-    ``dockerfile`` is the spec's Dockerfile written beside (not in) the context."""
+    ``dockerfile`` is the spec's Dockerfile written beside (not in) the context; ``slot``
+    the build slot of the worker's slot task running the job (``slots.worker_slots``)."""
     return BuildOptions(
         context_dir=context_dir,
         dockerfile=str(dockerfile),
@@ -154,6 +166,8 @@ def job_options(spec: JobSpec, context_dir: Path, dockerfile: Path, config: Work
         step_timeout=config.step_timeout,
         transport=dataclasses.replace(config.transport, auth_file=anonymous_auth),
         push=False,  # pushed by the worker with the job's own credentials
+        slot=slot,
+        pids_limit=config.pids_limit,
     )
 
 
@@ -268,6 +282,14 @@ def classify(exc: BaseException, pushing: bool) -> Outcome:
                    failure=FailureInfo("internal", f"{type(exc).__name__}: {exc}"))
 
 
+def incident(outcome: Outcome, code: str) -> Outcome:
+    """An INTERNAL_ERROR as the tenant sees it: one message naming an incident id (the
+    worker's stderr line carries the same id and the traceback); the error's own text,
+    which may name the worker's paths or state, stays in the worker's log."""
+    message = f"internal error in the build service (incident {code})"
+    return Outcome(outcome.state, outcome.result, FailureInfo("internal", message))
+
+
 def credentials_file(config: WorkerConfig, ref: str | None) -> Path | None:
     """The auth file ``ref`` names in the worker's configuration (None: push anonymously)."""
     if ref is None:
@@ -301,6 +323,9 @@ class Worker:
         (self.config.store / "tenants").mkdir(mode=0o700, exist_ok=True)
         self.anonymous.write_text(EMPTY_AUTH)
         self.anonymous.chmod(0o600)
+        left = jobdirs.said(*jobdirs.sweep(self.config.store))  # what dead workers left
+        if left:
+            self.say(left)
 
     async def run(self) -> None:
         self.prepare()
@@ -309,12 +334,12 @@ class Worker:
             nursery.start_soon(self._signals)
             nursery.start_soon(self._reaper)
             async with trio.open_nursery() as slots:
-                for _ in range(self.config.concurrency):
-                    slots.start_soon(self._slot)
+                for slot in worker_slots(self.config.slot_base, self.config.concurrency):
+                    slots.start_soon(self._slot, slot)
             nursery.cancel_scope.cancel()  # every slot ended: stop the reaper and signals
         self.say("stopped")
 
-    async def _slot(self) -> None:
+    async def _slot(self, slot: int | None = None) -> None:
         while not self.stopping:
             try:
                 # tq.claim, not claim_wait: a claim is never abandoned mid-call, so no job
@@ -326,7 +351,7 @@ class Worker:
             if lease is None:
                 await trio.sleep(self.config.poll)
                 continue
-            await self.run_job(lease)
+            await self.run_job(lease, slot)
 
     def _error(self, exc: QueueError) -> None:
         """A queue error, said once until a different one comes (no line per poll)."""
@@ -366,7 +391,7 @@ class Worker:
         for scope in list(self.running.values()):
             scope.cancel()
 
-    async def run_job(self, lease: Lease) -> JobState | None:
+    async def run_job(self, lease: Lease, slot: int | None = None) -> JobState | None:
         """Run one claimed job to its end; the state completed, or None (nothing recorded:
         the lease was lost, Redis gone, or the worker is shutting down)."""
         self.say(f"job {lease.job_id} of {lease.tenant}: attempt {lease.attempt}")
@@ -385,7 +410,7 @@ class Worker:
                 nursery.start_soon(watch)
                 nursery.start_soon(log.flush_loop, self.tq, lease)
                 with job_scope:
-                    outcome = await self._build(lease, log)
+                    outcome = await self._build(lease, log, slot)
                 nursery.cancel_scope.cancel()
         finally:
             del self.running[lease.job_id]
@@ -414,19 +439,20 @@ class Worker:
                  + ("" if accepted else " (refused: the lease moved on)"))
         return outcome.state if accepted else None
 
-    async def _build(self, lease: Lease, log: JobLog) -> Outcome | None:
+    async def _build(self, lease: Lease, log: JobLog,
+                     slot: int | None = None) -> Outcome | None:
         """Build (and push) the job; its outcome, or None when cancelled."""
         tenant_dir = self.config.store / "tenants" / lease.tenant
         work = tenant_dir / "jobs" / f"{lease.job_id}.{lease.attempt}"
         pushing = False
+        held: int | None = None  # the job directory's lock (jobdirs.py)
         try:
             spec = JobSpec.parse(lease.spec)
             limit = self.config.job_timeout
             if spec.timeout is not None:
                 limit = min(limit, spec.timeout)
             with trio.move_on_after(limit) as clock:
-                force_rmtree(work)
-                work.mkdir(mode=0o700, parents=True)
+                held = await trio.to_thread.run_sync(jobdirs.claim, work)
                 data = await trio.to_thread.run_sync(
                     fetch_context, self.tq.queue.client, self.tq.queue.prefix, spec.context,
                     self.config.max_context)
@@ -440,7 +466,7 @@ class Worker:
                     (work / "Dockerfile.dockerignore").write_text(
                         spec.dockerignore, errors="surrogateescape")
                 options = job_options(spec, context_dir, dockerfile, self.config,
-                                      self.anonymous)
+                                      self.anonymous, slot)
                 result = await build(options, store, log)
                 pushed: dict[str, str] = {}
                 if spec.push:
@@ -470,12 +496,19 @@ class Worker:
                 raise
             outcome = classify(rest if rest is not None else exc, pushing)
             if outcome.state is JobState.INTERNAL_ERROR:
-                self.say(f"job {lease.job_id}: internal error\n"
+                code = uuid.uuid4().hex[:12]
+                outcome = incident(outcome, code)
+                self.say(f"job {lease.job_id}: internal error (incident {code})\n"
                          + "".join(traceback.format_exception(exc)))
             return outcome
         finally:
+            # claim cleans up after itself when it fails: only a held directory is ours
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(force_rmtree, work)
+                if held is not None:
+                    try:
+                        await trio.to_thread.run_sync(jobdirs.release, work, held)
+                    except OSError as exc:  # the worker lives on; the next start sweeps it
+                        self.say(f"job {lease.job_id}: remove {work}: {exc}")
 
 
 def _split_cancelled(

@@ -33,7 +33,7 @@ EDGES: dict[str, set[str]] = {
         "snapshot", "sandbox", "registry", "cache", "netrules",
     },
     "testing": {"errors", "platform", "image", "sandbox", "snapshot"},
-    "service": {"errors", "context", "image", "registry", "cache", "engine"},
+    "service": {"errors", "context", "image", "registry", "cache", "engine", "sandbox"},
     "doctor": {"sandbox"},  # which limits are enforced by what (sandbox/limits.py)
     "cli": {
         "doctor", "errors", "platform", "progress", "image", "registry", "cache", "engine",
