@@ -298,8 +298,8 @@ def slirps_in(uids: set[int]) -> dict[int, int]:
 def test_a_slot_build_gets_the_isolated_network_and_leaves_no_slirp4netns(
         rb: Harness, probe: bytes, canary: Canary) -> None:  # noqa: F811 (the fixtures)
     """What every worker job is: ``--untrusted --slot 1``. slirp4netns comes up in the
-    slot's namespace (it runs as the user, outside the slot's ids, with the capabilities of
-    the build's namespace it needs: sandbox/caps.py),
+    slot's namespace (its helper keeps the capabilities of the build's namespace it needs,
+    sandbox/caps.py, and its own sandbox set-up then makes it the slot's root),
     the step reaches no canary on the host's 127.0.0.1, directly or through the gateway,
     and has public egress; no slirp4netns is left after the build."""
     port = canary.listen(socket.AF_INET, ("127.0.0.1", 0)).getsockname()[1]
@@ -307,6 +307,7 @@ def test_a_slot_build_gets_the_isolated_network_and_leaves_no_slirp4netns(
     ctx = probe_context(rb, probe, "slotnet", (
         f"RUN ! /netprobe tcp 127.0.0.1 {port} && ! /netprobe tcp 10.0.2.2 {port} && "
         f"/netprobe route 1.1.1.1 && /netprobe loopback && sleep {mark}"))
+    slot_root = blocks(rb, "/etc/subuid")[1]
     ours = {rb.user.uid, *blocks(rb, "/etc/subuid")}
     argv = rb.command([str(ROOTBUILD), "build", "--root", str(rb.store), "--progress=plain",
                        "--untrusted", "--slot", "1", "--timeout", "60", str(ctx)])
@@ -320,7 +321,7 @@ def test_a_slot_build_gets_the_isolated_network_and_leaves_no_slirp4netns(
             for pid in holders(mark):  # end the step (the build fails; its probes ran)
                 os.kill(pid, signal.SIGKILL)
             _, err = child.communicate(timeout=60)
-    assert seen and set(seen.values()) == {rb.user.uid}, seen
+    assert set(seen.values()) == {slot_root}, (seen, slot_root)
     lines = probe_lines(err)
     assert lines[f"tcp 127.0.0.1:{port}"].startswith("failed:"), err
     assert lines[f"tcp 10.0.2.2:{port}"] == "failed: Permission denied", err
