@@ -65,6 +65,14 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                    help="after SIGTERM, running builds get this long (default 30)")
     w.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS",
                    help="lease renewal interval; a lease is lost after 3 missed (default 2)")
+    w.add_argument("--pids-limit", type=int, default=None, metavar="N",
+                   help="processes a job's RUN step may have at once (default 512)")
+    w.add_argument("--memory", default=None, metavar="SIZE",
+                   help="resident memory of a job's RUN step, e.g. 512m (default 2g)")
+    w.add_argument("--disk-limit", default=None, metavar="SIZE",
+                   help="bytes a job's RUN steps may write in all (default 10GB)")
+    w.add_argument("--log-limit", default=None, metavar="SIZE",
+                   help="output kept per RUN step; the rest is dropped (default 2m)")
     add_transport(w)
 
     s = sub.add_parser("submit", help="queue a build for the build service")
@@ -129,6 +137,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             raise UsageError(f"worker: --{name.replace('_', '-')} must be positive")
     if args.grace < 0:
         raise UsageError("worker: --grace must not be negative")
+    if args.pids_limit is not None and args.pids_limit <= 0:
+        raise UsageError(f"worker: --pids-limit must be positive, not {args.pids_limit}")
     queue = _queue(args, args.heartbeat)
     store = args.store or default_root() / "service"
     fields = {"name": args.name} if args.name else {}
@@ -139,10 +149,22 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         step_timeout=args.timeout, job_timeout=args.job_timeout, grace=args.grace,
         transport=TransportOptions(tls_verify=args.tls_verify == "true",
                                    cert_dir=args.cert_dir),
+        pids_limit=args.pids_limit, memory_limit=_worker_size("--memory", args.memory),
+        disk_limit=_worker_size("--disk-limit", args.disk_limit),
+        log_limit=_worker_size("--log-limit", args.log_limit),
         **fields,
     )
     trio.run(Worker(TrioQueue(queue), config).run)
     return 0
+
+
+def _worker_size(flag: str, text: str | None) -> int | None:
+    from rootbuild.engine.run_flags import positive_size
+
+    try:
+        return None if text is None else positive_size(flag, text, "512m, 10GB")
+    except UsageError as exc:
+        raise UsageError("worker: " + str(exc).removeprefix("build: ")) from None
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
