@@ -252,6 +252,39 @@ def test_the_fork_bomb_is_named_every_time(rb: Harness, service: Service) -> Non
     assert_no_scratch(service, "mallory")
 
 
+def test_copy_layers_count_against_the_jobs_disk_limit(rb: Harness, service: Service) -> None:
+    """The disk limit is the job's, COPY/ADD layers included: two COPYs of a 5 MiB file
+    under the worker's ``--disk-limit 8MB`` end FAILURE at the second COPY's line, naming
+    the limit; one COPY and a RUN writing 4 MiB end at the RUN. The store keeps nothing
+    of either."""
+    service.start_worker("w1", *LIMIT_FLAGS)
+    big = {"big.bin": os.urandom(5 << 20)}
+    warm = busybox_context(rb, "warm-copy", "FROM scratch\nCOPY rootfs/ /\n", TOOLS)
+    assert service.wait(service.submit(warm, "mallory"), TERMINAL).state is JobState.SUCCESS
+    tenant_store = service.store / "tenants" / "mallory" / "store"
+    before = store_bytes(tenant_store)
+    twice = busybox_context(rb, "copy-twice", (
+        "FROM scratch\nCOPY rootfs/ /\nCOPY big.bin /a\nCOPY big.bin /b\n"), {**TOOLS, **big})
+    then_run = busybox_context(rb, "copy-run", (
+        "FROM scratch\nCOPY rootfs/ /\nCOPY big.bin /a\n"
+        "RUN dd if=/dev/zero of=/c bs=1M count=4\n"), {**TOOLS, **big})
+    job = service.submit(twice, "mallory")
+    done = service.wait(job, TERMINAL, timeout=180)
+    assert done.state is JobState.FAILURE, (done, service.log_text(job))
+    info = status_json(service, job)["failure_info"]
+    assert info == {"reason": "build_failed", "step": "Dockerfile:4",
+                    "message": "COPY: disk limit 8MB exceeded by the build's layers"}, info
+    job = service.submit(then_run, "mallory")
+    done = service.wait(job, TERMINAL, timeout=180)
+    assert done.state is JobState.FAILURE, (done, service.log_text(job))
+    info = status_json(service, job)["failure_info"]
+    assert info["step"] == "Dockerfile:4", info
+    assert info["message"].startswith("RUN: disk limit 8MB exceeded"), info
+    assert mounts_under(rb) == []
+    assert_no_scratch(service, "mallory")
+    assert store_bytes(tenant_store) - before < 1 << 20, (before, store_bytes(tenant_store))
+
+
 def test_processes_over_the_limit_at_the_steps_exit_are_named(
         rb: Harness, service: Service) -> None:
     """A step that starts 25 sleepers under ``--pids-limit 20`` and exits at once (status
