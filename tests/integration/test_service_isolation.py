@@ -308,6 +308,29 @@ def test_processes_over_the_limit_at_the_steps_exit_are_named(
     assert_no_scratch(service, "mallory")
 
 
+def test_the_exit_stop_changes_no_signal_or_exit_status(rb: Harness) -> None:
+    """Under a pids limit the step's pid 1 is traced for its exit stop only: a signal it
+    handles still reaches its handler, signals it does not handle are still dropped (pid 1
+    of a namespace), a child's exit still wakes ``wait``, and its exit status is reported
+    as it was: the step's command stays pid 1, as Docker says of it: "running programs as
+    PID 1 means the program now has the special responsibilities and behaviors associated
+    with PID 1 in Linux, such as reaping child processes."
+    (https://docs.docker.com/reference/build-checks/json-args-recommended/)"""
+    ctx = busybox_context(rb, "signals", (
+        "FROM scratch\nCOPY rootfs/ /\n"
+        "RUN trap 'echo got-usr1' USR1; kill -USR1 $$; (kill -TERM 1; kill -KILL 1; "
+        "echo still-here); sleep 0.2 & wait; echo waited\n"
+        "RUN exit 7\n"), TOOLS)
+    proc = rb.run("build", "--progress=plain", "--untrusted", "--pids-limit", "20", str(ctx),
+                  check=False)
+    assert proc.returncode == 1, proc.stderr
+    for line in ("got-usr1", "still-here", "waited"):
+        assert re.search(rf"^#\d+ [\d.]+s {line}$", proc.stderr, re.M), proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("rootbuild:")] == [
+        'rootbuild: Dockerfile:4: RUN: process "/bin/sh -c exit 7" did not complete '
+        "successfully: exit code: 7"], proc.stderr
+
+
 def test_a_log_flood_is_clipped_with_a_note_not_failed(rb: Harness, service: Service) -> None:
     """100 MB of output under the worker's ``--log-limit 64k``: the job succeeds, its log
     holds the step's first 64 KiB and one note saying the rest was dropped, and the
