@@ -231,8 +231,8 @@ def test_each_limit_ends_the_job_naming_it_and_leaves_nothing(
 
 
 def test_the_fork_bomb_is_named_every_time(rb: Harness, service: Service) -> None:
-    """A bomb whose shell meets the kernel's RLIMIT_NPROC between two polls of the
-    watchdog (it fails to fork and exits within milliseconds) is still reported as the
+    """A bomb whose shell may meet the kernel's RLIMIT_NPROC between two polls of the
+    watchdog (it then fails to fork and exits within milliseconds) is reported as the
     pids limit, never as the shell's own "can't fork" exit status: ten jobs in a row."""
     service.start_worker("w1", "--pids-limit", "20")
     mark = f"{100 + secrets.randbelow(800)}.{secrets.randbelow(10**6):06d}"
@@ -425,3 +425,21 @@ def test_tenants_share_no_cache_mount_and_no_step_result(rb: Harness,
     leaked = [p for p in globex.rglob("*") if p.is_file() and
               token.encode() in p.read_bytes()]
     assert leaked == [], leaked
+
+
+@pytest.mark.parametrize(("flag", "value", "needle"), [
+    ("--pids-limit", "0", "worker: --pids-limit must be positive, not 0"),
+    ("--memory", "lots", "worker: invalid --memory 'lots'"),
+    ("--disk-limit", "0", "worker: invalid --disk-limit '0'"),
+    ("--log-limit", "0k", "worker: invalid --log-limit '0k'"),
+])
+def test_the_worker_refuses_bad_limits(rb: Harness, service: Service, flag: str, value: str,
+                                       needle: str) -> None:
+    """A bad limit flag: one line naming it, exit status 2, no traceback, no job taken."""
+    job = service.submit(busybox_context(rb, "untouched", "FROM scratch\nCOPY rootfs/ /\n"),
+                         "mallory")
+    proc = service.cli("worker", "--store", str(service.store), flag, value, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rootbuild: " + needle), proc.stderr
+    assert service.queue.status(job).state is JobState.QUEUED
