@@ -308,6 +308,33 @@ def test_processes_over_the_limit_at_the_steps_exit_are_named(
     assert_no_scratch(service, "mallory")
 
 
+@pytest.mark.parametrize("slot", [[], ["--slot", "0"]], ids=["own-uid", "slot"])
+def test_the_exit_stop_counts_in_a_slot_too(rb: Harness, slot: list[str]) -> None:
+    """The same burst-and-exit step through ``rootbuild build``, with and without
+    ``--slot 0`` (the init then is not root of its namespace and the step runs in a
+    nested one, as a subordinate uid, USER included): the limit is named each time.
+    (Not ``--untrusted``: its isolated network needs main's e6dd3e3 in a slot.)"""
+    mark = f"{100 + secrets.randbelow(800)}.{secrets.randbelow(10**6):06d}"
+    run = f"for i in {' '.join(str(i) for i in range(25))}; do sleep {mark} & done; exit 3"
+    ctx = busybox_context(rb, "burstcli", f"FROM scratch\nCOPY rootfs/ /\nRUN {run}\n")
+    for _ in range(3):
+        proc = rb.run("build", "-q", "--pids-limit", "20", *slot, str(ctx),
+                      check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert [ln for ln in proc.stderr.splitlines() if ln.startswith("rootbuild:")] == [
+            f'rootbuild: Dockerfile:3: RUN: process "/bin/sh -c {run}" was killed: pids '
+            "limit 20 reached"], proc.stderr
+    user = busybox_context(rb, "burstuser", (
+        f"FROM scratch\nCOPY rootfs/ /\nUSER app\nRUN {run}\n"))
+    proc = rb.run("build", "-q", "--pids-limit", "20", *slot, str(user),
+                  check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "Dockerfile:4: RUN: process" in proc.stderr and "pids limit 20 reached" in \
+        proc.stderr, proc.stderr
+    assert processes_naming(f"sleep {mark}") == []
+    assert mounts_under(rb) == []
+
+
 def test_the_exit_stop_changes_no_signal_or_exit_status(rb: Harness) -> None:
     """Under a pids limit the step's pid 1 is traced for its exit stop only: a signal it
     handles still reaches its handler, signals it does not handle are still dropped (pid 1
