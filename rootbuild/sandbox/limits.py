@@ -249,7 +249,8 @@ def enforcement(slot_ranges: int) -> list[tuple[str, str]]:
     slots = (f"--slot 0..{slot_ranges - 1} map RUN's root to its own subordinate ids"
              if slot_ranges else "no subordinate range: --slot unavailable")
     return [
-        ("pids", "RLIMIT_NPROC in the step plus a count of its pid namespace; " + slots),
+        ("pids", "RLIMIT_NPROC in the step plus a count of its pid namespace (and once "
+                 "more at its pid 1's exit, by ptrace); " + slots),
         ("memory", memory),
         ("log", "the builder drops a step's output beyond the limit (one note line)"),
         ("timeout", "the builder kills the step's pid namespace at the deadline"),

@@ -436,6 +436,8 @@ def test_tenants_share_no_cache_mount_and_no_step_result(rb: Harness,
         done = service.wait(job, TERMINAL)
         log = service.log_text(job)
         assert done.state is JobState.SUCCESS, (done, log)
+        record = status_json(service, job)
+        assert (record["state"], record["failure_info"]) == ("SUCCESS", None), record
         return log
 
     assert "wrote" in run(writer, "acme")
