@@ -17,19 +17,24 @@ Rules:
 - Sizes read as Docker reads them (go-units ``RAMInBytes``: multiples of 1024, ``100MB``
   is 100 MiB); the message says the limit the same way.
 - A limit is not part of any cache key: a step that fits its limit makes the same layer
-  as without one. Layers taken from the step cache are not new data and are not counted;
-  neither are COPY/ADD layers (the context and remote sources have their own caps).
+  as without one. Layers taken from the step cache are not new data and are not counted.
+- COPY/ADD layers the build makes count too (``DiskAccount.charge``, their entries as
+  written, before the layer is): a COPY or ADD over what is left fails at its line naming
+  the limit, and what it left is all the next RUN step gets. Without that, a job could
+  add to the disk what its context and remote sources hold, again at every COPY.
 - Why the build's and not each step's: a build service must bound what one job can add
   to the disk; a per-step limit lets a Dockerfile of many steps write that many times it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rootbuild.engine.run_flags import positive_size
 from rootbuild.errors import UsageError
+from rootbuild.image.layer_write import TarEntry
 from rootbuild.image.layermeta import LayerMeta
 
 if TYPE_CHECKING:
@@ -112,3 +117,17 @@ class DiskAccount:
         entries = [e for e in meta.entries.values() if not e.implicit]
         self.bytes_used += sum(e.size + ENTRY_BYTES for e in entries)
         self.inodes_used += len(entries)
+
+    def charge(self, entries: Sequence[TarEntry], disk: int | None, inodes: int | None
+               ) -> str:
+        """A COPY/ADD layer about to be written: counted, or, when it does not fit in
+        what is left, the limit it would break ("disk", "inodes"; nothing counted)."""
+        size = sum(e.size + ENTRY_BYTES for e in entries)
+        left_disk, left_inodes = self.left(disk, inodes)
+        if left_disk is not None and size > left_disk:
+            return "disk"
+        if left_inodes is not None and len(entries) > left_inodes:
+            return "inodes"
+        self.bytes_used += size
+        self.inodes_used += len(entries)
+        return ""

@@ -259,6 +259,13 @@ class Stage:
         else:
             assert isinstance(action, CopyStep)
             entries = await self.copy_entries(action, where)
+            if entries is not None:  # --disk-limit: the build's layers (disk_limit.py)
+                entries = list(entries)
+                spent = self.work.disk.charge(entries, *limits_of(self.env.options))
+                if spent:
+                    name = "ADD" if action.is_add else "COPY"
+                    raise StepError(f"{name}: {limit_message(self.env.options, spent)} "
+                                    "by the build's layers", where)
         if entries is None:
             return None
         options = self.env.options

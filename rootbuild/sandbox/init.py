@@ -41,6 +41,7 @@ import select
 import signal
 import stat
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, NoReturn
@@ -50,6 +51,7 @@ from rootbuild.image.layermeta import LayerMeta
 from rootbuild.sandbox import caps, mounts, secrets, step_mounts, usernet
 from rootbuild.sandbox.affinity import StepCpu, children
 from rootbuild.sandbox.child import ChildPlan, child_main
+from rootbuild.sandbox.exit_stop import ExitStop
 from rootbuild.sandbox.idmap import IdMapPlan, write_own_maps
 from rootbuild.sandbox.limits import Watchdog, nproc_ulimits, nproc_value
 from rootbuild.sandbox.rootfs import provider_for
@@ -204,26 +206,42 @@ def _kill_descendants(keep: set[int]) -> None:
             return
 
 
-def _wait_step(pid: int, ctl: int, cpu: StepCpu, watch: Watchdog | None = None
-               ) -> tuple[int, bool, str]:
+def _wait_step(pid: int, ctl: int, cpu: StepCpu, watch: Watchdog | None = None,
+               stop: ExitStop | None = None) -> tuple[int, bool, str]:
     """Wait for the step's pid 1 (or a kill request), watching its CPU placement and its
-    limits (``limits.Watchdog``) meanwhile. Returns (status, killed, the limit it broke)."""
+    limits (``limits.Watchdog``) meanwhile, and once more at pid 1's exit stop (``stop``,
+    exit_stop.py). Returns (status, killed, the limit it broke)."""
     pidfd = os.pidfd_open(pid)
     killed = False
     broke = ""
+    wake = _StopWake() if stop is not None else None
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         poller.register(ctl, select.POLLIN)
+        if wake is not None:
+            poller.register(wake.fd, select.POLLIN)
+        due = 0.0  # the next poll of CPU placement and limits
         while True:
             waits = [t for t in (cpu.interval, watch.interval if watch else None)
                      if t is not None]
             events = dict(poller.poll(min(waits) * 1000 if waits else None))
-            if not events:
+            woke = wake is not None and events.pop(wake.fd, None) is not None
+            if wake is not None and stop is not None and (woke or not events):
+                wake.drain()  # a stop before the wake was set up is found at the next poll
+                if stop.handle():  # pid 1 is leaving: its processes all still live
+                    if watch is not None and not killed and (broke := watch.tick() or ""):
+                        killed = True
+                        os.kill(pid, signal.SIGKILL)
+                    stop.release()
+            # a poll's time (a stream of stops must not starve the polls)
+            if not events and (not woke or time.monotonic() >= due):
+                due = time.monotonic() + (min(waits) if waits else 0.0)
                 cpu.tick()
                 if watch is not None and not killed and (broke := watch.tick() or ""):
                     killed = True  # the whole pid namespace dies with its pid 1
                     os.kill(pid, signal.SIGKILL)
+            if not events:
                 continue
             if pidfd in events:
                 break
@@ -239,8 +257,30 @@ def _wait_step(pid: int, ctl: int, cpu: StepCpu, watch: Watchdog | None = None
         raise
     finally:
         os.close(pidfd)
+        if wake is not None:
+            wake.close()
     _, status = os.waitpid(pid, 0)
     return status, killed, broke
+
+
+class _StopWake:
+    """SIGCHLD (a traced step's stops, among others) wakes ``_wait_step``'s poll."""
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old = signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.fd, 4096):
+                pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._old_fd)
+        signal.signal(signal.SIGCHLD, self._old)
+        os.close(self.fd)
+        os.close(self._w)
 
 
 def _exit_code(status: int) -> int:
@@ -315,6 +355,9 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
             else:
                 mounts.unshare(mounts.CLONE_NEWPID)
             pid, message = _start_child(child)
+            # the pids limit is counted once more at pid 1's exit (exit_stop.py)
+            stop = ExitStop.attach(pid) if spec.limits.pids is not None and not message \
+                and not host_bind else None
             if message:
                 os.waitpid(pid, 0)
                 kind, _, text = message.partition(":")
@@ -323,7 +366,7 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
             status.send(event="started")
             try:
                 watch = Watchdog(spec.limits, pid) if spec.limits.watched else None
-                wait_status, killed, broke = _wait_step(pid, ctl, cpu, watch)
+                wait_status, killed, broke = _wait_step(pid, ctl, cpu, watch, stop)
             finally:
                 if host_bind:
                     _kill_descendants(keep)

@@ -11,8 +11,10 @@ Rules:
 - Processes: the watchdog counts the step's pid namespace (every uid) and ends the step
   when it reaches the limit, naming it. RLIMIT_NPROC is the kernel's hard stop behind it,
   at twice the limit plus ``NPROC_SLACK`` (the kernel's count can include the init's and
-  FUSE servers' threads): a bomb faster than one poll meets it first, and then the step
-  fails with its own "can't fork" instead of the named limit. With ``--slot`` the step's
+  FUSE servers' threads): a bomb faster than one poll meets it first, its shell exits on
+  "can't fork" and the pid namespace dies with it; so the init also counts once more at
+  pid 1's exit stop (``exit_stop.py``), while every process of the step still lives, and
+  the step is then reported as having reached the limit. With ``--slot`` the step's
   root is its own subordinate uid and the step runs in a nested user namespace
   (``nest.py``) created under the limit, so the kernel counts all its processes, of every
   uid, per slot, and slots cannot signal each other.
@@ -247,7 +249,8 @@ def enforcement(slot_ranges: int) -> list[tuple[str, str]]:
     slots = (f"--slot 0..{slot_ranges - 1} map RUN's root to its own subordinate ids"
              if slot_ranges else "no subordinate range: --slot unavailable")
     return [
-        ("pids", "RLIMIT_NPROC in the step plus a count of its pid namespace; " + slots),
+        ("pids", "RLIMIT_NPROC in the step plus a count of its pid namespace (and once "
+                 "more at its pid 1's exit, by ptrace); " + slots),
         ("memory", memory),
         ("log", "the builder drops a step's output beyond the limit (one note line)"),
         ("timeout", "the builder kills the step's pid namespace at the deadline"),

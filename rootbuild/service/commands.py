@@ -71,7 +71,13 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                         "need disjoint slots, e.g. --slot-base 0 and --slot-base 4 with "
                         "--concurrency 4 (default 0)")
     w.add_argument("--pids-limit", type=int, default=None, metavar="N",
-                   help="processes each RUN step may run at once (default 512)")
+                   help="processes a job's RUN step may have at once (default 512)")
+    w.add_argument("--memory", default=None, metavar="SIZE",
+                   help="resident memory of a job's RUN step, e.g. 512m (default 2g)")
+    w.add_argument("--disk-limit", default=None, metavar="SIZE",
+                   help="bytes a job's new layers (RUN, COPY, ADD) may hold in all (default 10GB)")
+    w.add_argument("--log-limit", default=None, metavar="SIZE",
+                   help="output kept per RUN step; the rest is dropped (default 2m)")
     add_transport(w)
 
     s = sub.add_parser("submit", help="queue a build for the build service")
@@ -151,13 +157,25 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         credentials_dir=args.credentials_dir,
         max_context=args.max_context or DEFAULT_MAX_CONTEXT,
         step_timeout=args.timeout, job_timeout=args.job_timeout, grace=args.grace,
-        slot_base=args.slot_base, pids_limit=args.pids_limit,
+        slot_base=args.slot_base,
         transport=TransportOptions(tls_verify=args.tls_verify == "true",
                                    cert_dir=args.cert_dir),
+        pids_limit=args.pids_limit, memory_limit=_worker_size("--memory", args.memory),
+        disk_limit=_worker_size("--disk-limit", args.disk_limit),
+        log_limit=_worker_size("--log-limit", args.log_limit),
         **fields,
     )
     trio.run(Worker(TrioQueue(queue), config).run)
     return 0
+
+
+def _worker_size(flag: str, text: str | None) -> int | None:
+    from rootbuild.engine.run_flags import positive_size
+
+    try:
+        return None if text is None else positive_size(flag, text, "512m, 10GB")
+    except UsageError as exc:
+        raise UsageError("worker: " + str(exc).removeprefix("build: ")) from None
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:

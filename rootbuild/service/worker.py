@@ -10,7 +10,8 @@ Rules:
 - A job's ``BuildOptions`` come from one function, ``job_options`` (spec + worker config):
   new build options (limits, network) are one line there. Jobs are always ``untrusted``,
   so their RUN network is the untrusted default (``isolated``: public egress only, or
-  ``none`` with a warning where slirp4netns cannot run).
+  ``none`` with a warning where slirp4netns cannot run), and their limits (pids, memory,
+  disk, log bytes) are the worker's flags or else the untrusted defaults.
 - The lease decides: when ``keep_lease`` returns (cancelled, lost, or Redis unreachable for
   the reclaim time) the build's cancel scope is cancelled, which kills the running step's
   pid namespace; only a cancel completes the job (CANCELLED); a lost or unreachable lease
@@ -96,7 +97,11 @@ class WorkerConfig:
     log_line_max: int = 8192  # longer lines are cut (the queue caps the whole log)
     poll: float = 0.2  # seconds between claims when the queue is empty
     slot_base: int = 0  # slot task i builds with --slot slot_base + i (slots.py)
-    pids_limit: int | None = None  # each RUN step's (None: the untrusted default)
+    # each job's limits (None: the --untrusted default, engine/options.py, disk_limit.py)
+    pids_limit: int | None = None
+    memory_limit: int | None = None
+    disk_limit: int | None = None
+    log_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,8 @@ def job_options(spec: JobSpec, context_dir: Path, dockerfile: Path, config: Work
         transport=dataclasses.replace(config.transport, auth_file=anonymous_auth),
         push=False,  # pushed by the worker with the job's own credentials
         slot=slot,
-        pids_limit=config.pids_limit,
+        pids_limit=config.pids_limit, memory_limit=config.memory_limit,
+        disk_limit=config.disk_limit, log_limit=config.log_limit,
     )
 
 

@@ -30,6 +30,12 @@ def context(rb: Harness, name: str, run: str) -> Path:
     return busybox_context(rb, name, BASE + run, TOOLS)
 
 
+def prime(rb: Harness) -> None:
+    """Build the base first: its COPY layer is then taken from the cache (not new data),
+    so the RUN step gets the whole limit (COPY/ADD layers the build makes count too)."""
+    build(rb, busybox_context(rb, "primed-base", BASE, TOOLS))
+
+
 def fails_with(rb: Harness, ctx: Path, pattern: str, *args: str, marker: str,
                new_cache: bool = False) -> str:
     """The build fails with exactly one error line matching ``pattern``; the store is as
@@ -79,6 +85,7 @@ def test_under_the_limit_the_step_works_and_df_shows_the_limit(rb: Harness) -> N
     ctx = context(rb, "under", (
         "RUN dd if=/dev/zero of=/f bs=1M count=10 && df -k / | tail -n 1 > /df\n"
     ))
+    prime(rb)
     layout, _ = build_to_layout(rb, ctx, "--disk-limit", "30MB")
     image = Image(rb, layout)
     assert len(image.file("f")) == 10 * MiB
@@ -89,6 +96,7 @@ def test_under_the_limit_the_step_works_and_df_shows_the_limit(rb: Harness) -> N
 
 def test_untrusted_builds_get_the_default_limit(rb: Harness) -> None:
     ctx = context(rb, "untrusted", "RUN df -k / | tail -n 1 > /df && df -i / | tail -n 1 > /di\n")
+    prime(rb)
     layout, _ = build_to_layout(rb, ctx, "--untrusted")
     image = Image(rb, layout)
     disk = os.statvfs(rb.store)  # a smaller disk than the limit is what df shows
@@ -149,5 +157,6 @@ def test_a_tmpfs_mount_is_capped_by_the_limit(rb: Harness) -> None:
     ctx = context(rb, "tmpfs", (
         "RUN --mount=type=tmpfs,target=/t df -k /t | tail -n 1 > /df\n"
     ))
+    prime(rb)
     layout, _ = build_to_layout(rb, ctx, "--disk-limit", "30MB")
     assert int(Image(rb, layout).text("df").split()[1]) == 30 * 1024

@@ -57,3 +57,33 @@ def test_the_inode_limit_is_named_as_such(rig: Rig) -> None:
     rig.executor = _script({"touch": FakeRun(exit_code=1, limit_exceeded="inodes")})
     rig.fails("FROM scratch\nRUN touch\n", StepError,
               r"^Dockerfile:2: RUN: inode limit 50 exceeded: ", inode_limit=50)
+
+
+def test_copy_layers_count_against_the_builds_limit(rig: Rig) -> None:
+    """A COPY layer the build writes is charged as a RUN layer is: the next RUN step gets
+    what is left (2 files of 1000 bytes and their headers; the directory entry and its
+    header too); a cached COPY is not new data and is not charged again."""
+    rig.write({"a.txt": "x" * 1000, "b.txt": "y" * 1000})
+    rig.build("FROM scratch\nCOPY a.txt b.txt /d/\nRUN a\n", disk_limit=100 * MiB,
+              inode_limit=50)
+    spec = rig.executor.specs[-1]
+    assert spec.disk_limit is not None and spec.inode_limit is not None
+    charged = 100 * MiB - spec.disk_limit
+    assert 2 * (1000 + 512) <= charged <= 2 * (1000 + 512) + 2 * 512, charged
+    assert 50 - spec.inode_limit in (2, 3)  # the files, and /d/ when the layer holds it
+    rig.build("FROM scratch\nCOPY a.txt b.txt /d/\nRUN a2\n", disk_limit=100 * MiB,
+              inode_limit=50)
+    assert rig.executor.specs[-1].disk_limit == 100 * MiB  # the COPY came from the cache
+
+
+def test_a_copy_over_the_limit_fails_at_its_line_and_writes_nothing(rig: Rig) -> None:
+    rig.write({"big.bin": "z" * 8000})
+    before = rig.snapshot()
+    rig.fails("FROM scratch\nCOPY big.bin /\nRUN a\n", StepError,
+              r"^Dockerfile:2: COPY: disk limit 4KB exceeded by the build's layers$",
+              disk_limit=4096)
+    rig.fails("FROM scratch\nADD big.bin /\n", StepError,
+              r"^Dockerfile:2: ADD: disk limit 4KB exceeded by the build's layers$",
+              disk_limit=4096)
+    assert rig.commands() == []
+    assert rig.snapshot() == before
