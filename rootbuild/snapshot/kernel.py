@@ -257,11 +257,11 @@ def write_under(plan: ViewPlan, dest: Path) -> None:
         os.close(root)
 
 
-def stack_lowers(lowers: Sequence[LowerLayer], views: Path) -> tuple[list[Path], EntryMeta]:
-    """The lowerdirs of ``lowers`` (topmost first) with their ``under``/``over`` trees
-    written in ``views`` (created), and the merged root's attributes. Refuses lowers the
-    kernel cannot present (``kernel_view`` rules)."""
-    metas = [LayerMeta.load(lo.meta_path) for lo in lowers]
+def stack_lowers(lowers: Sequence[LowerLayer], views: Path, metas: Sequence[LayerMeta]
+                 ) -> tuple[list[Path], EntryMeta]:
+    """The lowerdirs of ``lowers`` (topmost first; ``metas`` theirs) with their
+    ``under``/``over`` trees written in ``views`` (created), and the merged root's
+    attributes. Refuses lowers the kernel cannot present (``kernel_view`` rules)."""
     plans = [plan_layer(meta, metas[:i]) for i, meta in enumerate(metas)]
     problems = [f"{p}" for plan in plans for p in plan.unrepresentable]
     if problems:
@@ -394,13 +394,9 @@ def write_layer_tree(upper: Path, meta: LayerMeta, tree: Path) -> None:
         os.close(root)
 
 
-def _merged_lookup(lowers: Sequence[LowerLayer]) -> tuple[list[LayerMeta], range]:
-    metas = [LayerMeta.load(lo.meta_path) for lo in lowers]
-    return metas, range(len(metas) - 1, -1, -1)
-
-
-def upper_to_changes(upper: Path, lowers: Sequence[LowerLayer], tree: Path) -> StepChanges:
-    metas, order = _merged_lookup(lowers)
+def upper_to_changes(upper: Path, metas: Sequence[LayerMeta], tree: Path) -> StepChanges:
+    """The step's layer at ``tree`` from ``upper`` over lowers with ``metas``."""
+    order = range(len(metas) - 1, -1, -1)
 
     def lower(path: str) -> EntryMeta | None:
         if not path:
@@ -417,8 +413,8 @@ def upper_to_changes(upper: Path, lowers: Sequence[LowerLayer], tree: Path) -> S
 
 
 class _KernelStep:
-    def __init__(self, lowers: Sequence[LowerLayer], work: Path, mountpoint: Path) -> None:
-        self.lowers = lowers
+    def __init__(self, metas: Sequence[LayerMeta], work: Path, mountpoint: Path) -> None:
+        self.metas = metas
         self.work = work
         self.mountpoint = mountpoint
         self.mounted = False
@@ -430,7 +426,7 @@ class _KernelStep:
         self.done = True
         self.close()
         try:
-            return upper_to_changes(self.work / "upper", self.lowers, self.work / "layer")
+            return upper_to_changes(self.work / "upper", self.metas, self.work / "layer")
         finally:
             self.clean()
 
@@ -525,6 +521,8 @@ class KernelOverlaySnapshotter:
     """The kernel's overlayfs in the build's user namespace (``userxattr``)."""
 
     name = "overlay"
+    presents_devices = False  # lowers with device nodes are refused (kernel_view.py)
+    exact_dir_nlink = False  # overlayfs shows a merged directory's st_nlink as 1
 
     def probe(self) -> str | None:
         release = _kernel_release()
@@ -563,9 +561,10 @@ class KernelOverlaySnapshotter:
                 "--inode-limit) is not enforced on its upper yet; use --snapshotter fuse"
             )
         work.mkdir(mode=0o700)
-        step = _KernelStep(lowers, work, mountpoint)
+        metas = [LayerMeta.load(lo.meta_path) for lo in lowers]
+        step = _KernelStep(metas, work, mountpoint)
         try:
-            dirs, root = stack_lowers(lowers, work / "views")
+            dirs, root = stack_lowers(lowers, work / "views", metas)
             (work / "upper").mkdir(mode=0o755)
             (work / "ovl-work").mkdir(mode=0o700)
             _root_attrs(work / "upper", root)
@@ -590,7 +589,8 @@ class KernelOverlaySnapshotter:
         work.mkdir(mode=0o700)
         mounted = False
         try:
-            dirs, root = stack_lowers(lowers, work / "views")
+            metas = [LayerMeta.load(lo.meta_path) for lo in lowers]
+            dirs, root = stack_lowers(lowers, work / "views", metas)
             top = work / "views" / "root"  # the merged root's attributes, and overlayfs
             top.mkdir(mode=0o755)  # wants two lowers when there is no upper
             _root_attrs(top, root)
