@@ -15,8 +15,10 @@ Rules (overlayfs.rst, "whiteouts and opaque directories", "user xattr"):
 - Every other upper entry is a change: the upper holds only what was created, written or
   copied up (with its parent directories). Several upper names of one inode are one file
   and hard links to its first name (tar order), as in ``diff.py``; sockets are left out.
-- The root (the upper directory itself) is an entry only when its mode, owner or mtime
-  differ from the merged lowers' root (``kernel.py`` creates it with those).
+- The root (the upper directory itself) is an entry only when its mode, owner or xattrs
+  differ from the merged lowers' root (``kernel.py`` creates it with those): the FUSE
+  overlay emits it only for such attribute changes, not for entries added or removed in
+  it. (A step that only sets /'s mtime, ``touch /``, is the one case left out here.)
 - Pure: the walk is done by ``kernel.py``; unit tests give a fake one.
 """
 
@@ -119,8 +121,8 @@ def changes_from_upper(
         if node.path == "":
             root = lower("")
             mine = entry_of(node)
-            if root is None or (root.mode, root.uid, root.gid, root.mtime) != (
-                    mine.mode, mine.uid, mine.gid, mine.mtime):
+            if root is None or (root.mode, root.uid, root.gid, root.xattrs) != (
+                    mine.mode, mine.uid, mine.gid, mine.xattrs):
                 entries.append(mine)
             continue
         if node.kind == "dir":

@@ -17,8 +17,13 @@ from pathlib import Path
 
 import pytest
 from conftest import Harness
-from test_build_run import assert_nothing_left, build, build_to_layout, busybox_context, \
-    error_lines
+from test_build_run import (
+    assert_nothing_left,
+    build,
+    build_to_layout,
+    busybox_context,
+    error_lines,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +79,7 @@ def test_auto_uses_fuse_and_doctor_says_why(rb: Harness) -> None:
     ctx = busybox_context(rb, "auto", "FROM scratch\nCOPY rootfs/ /\nRUN echo hi > /f\n")
     layout, _ = build_to_layout(rb, ctx)
     assert layout.exists()
-    doctor = rb.run("doctor", check=False)
+    doctor = rb.run("doctor", store=False, check=False)
     lines = doctor.stdout.splitlines()
     assert "ok   snapshotter auto: picks fuse: the first usable one in preference order" \
         in lines
@@ -85,8 +90,10 @@ def test_auto_uses_fuse_and_doctor_says_why(rb: Harness) -> None:
 
 def test_kernel_overlay_refuses_a_disk_limit_in_one_line(rb: Harness) -> None:
     ctx = busybox_context(rb, "limit", "FROM scratch\nCOPY rootfs/ /\nRUN echo hi > /f\n")
+    build(rb, ctx, "--snapshotter", "overlay")  # the store as a first build leaves it
     before = rb.store_snapshot()
-    proc = build(rb, ctx, "--snapshotter", "overlay", "--disk-limit", "10m", check=False)
+    proc = build(rb, ctx, "--no-cache", "--snapshotter", "overlay", "--disk-limit", "10m",
+                 check=False)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     lines = error_lines(proc.stderr)
