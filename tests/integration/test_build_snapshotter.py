@@ -109,3 +109,15 @@ def test_unknown_snapshotter_is_a_usage_error(rb: Harness) -> None:
     proc = build(rb, ctx, "--snapshotter", "zfs", check=False)
     assert proc.returncode == 2
     assert "invalid choice: 'zfs'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_without_a_subuid_range_the_kernel_overlay_says_why(rb_nosub: Harness) -> None:
+    doctor = rb_nosub.run("doctor", store=False, check=False)
+    line = next(line for line in doctor.stdout.splitlines()
+                if line.startswith("warn snapshotter overlay"))
+    assert "not usable: no subordinate id range for this user in /etc/subuid" in line
+    ctx = busybox_context(rb_nosub, "nosub", "FROM scratch\nCOPY rootfs/ /\nRUN true\n")
+    proc = build(rb_nosub, ctx, "--snapshotter", "overlay", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "use snapshotter overlay: no subordinate id range" in lines[0]

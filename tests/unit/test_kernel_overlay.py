@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import pytest
+
 from rootbuild.engine.options import SNAPSHOTTER_CHOICES
 from rootbuild.image.layermeta import EntryMeta, LayerMeta, resolve_entry
-from rootbuild.snapshot import AUTO, CHOICES, SNAPSHOTTERS
+from rootbuild.snapshot import AUTO, CHOICES, SNAPSHOTTERS, KernelOverlaySnapshotter, kernel
 from rootbuild.snapshot.kernel_view import needs_fix, plan_layer, root_entry
 from rootbuild.snapshot.upper_changes import UpperNode, changes_from_upper
 
@@ -226,3 +228,11 @@ def test_every_snapshotter_is_a_choice_and_auto_keeps_fuse() -> None:
     assert CHOICES == ("auto", *SNAPSHOTTERS) == SNAPSHOTTER_CHOICES
     assert set(SNAPSHOTTERS) == {"fuse", "overlay"}
     assert AUTO == ("fuse",)  # until the kernel overlay passes the conformance suite
+
+
+def test_probe_says_the_kernel_is_too_old(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "_kernel_release", lambda: (5, 10))
+    monkeypatch.setattr(kernel.platform, "release", lambda: "5.10.0-28-amd64")
+    reason = KernelOverlaySnapshotter().probe()
+    assert reason is not None and reason.startswith(
+        "kernel 5.10.0-28-amd64 is too old: the kernel overlay needs 6.8+")
