@@ -424,9 +424,13 @@ class _KernelStep:
         if self.done:
             raise SandboxError(f"finish overlay {self.mountpoint}: already finished")
         self.done = True
-        self.close()
         try:
+            self.close()
             return upper_to_changes(self.work / "upper", self.metas, self.work / "layer")
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            raise SandboxError(f"finish the kernel overlay {self.mountpoint}:{where} "
+                               f"{exc.strerror or exc}") from exc
         finally:
             self.clean()
 

@@ -6,7 +6,8 @@ cannot do is refused with one line.
 Layers are compared by their diff IDs under ``SOURCE_DATE_EPOCH`` (every mtime clamped to
 it, as BuildKit's ``rewrite-timestamp``), so only content, names, owners, modes, kinds,
 whiteouts and opaque markers count: the steps create, chown, setuid, hard-link, symlink,
-delete lower files (whiteouts) and re-create a lower directory (an opaque marker).
+delete lower files (whiteouts), re-create a lower directory (an opaque marker) and read
+another stage through ``RUN --mount=from`` (the snapshotter's read-only ``view``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.integration
 
 EPOCH = "1700000000"
 DOCKERFILE = (
+    "FROM scratch AS other\n"
+    "COPY rootfs/etc/passwd /from-other\n"
     "FROM scratch\n"
     "COPY rootfs/ /\n"
     "RUN mkdir -p /srv/app && echo hi > /srv/app/a && chown 1000:1000 /srv/app/a "
@@ -36,6 +39,7 @@ DOCKERFILE = (
     "RUN rm /etc/group && echo 'x:x:7:7::/:/bin/sh' >> /etc/passwd && mkfifo /srv/fifo "
     "&& ln -s /srv/app/a /srv/link && mkdir /srv/keep && chmod 0700 /srv/keep\n"
     "RUN rm -rf /srv/app && mkdir /srv/app && echo new > /srv/app/b && touch /srv/keep/x\n"
+    "RUN --mount=from=other,target=/m cat /m/from-other > /srv/copied\n"
     "RUN true\n"
 )
 
@@ -69,7 +73,7 @@ def test_kernel_overlay_layers_equal_the_fuse_overlays(rb: Harness) -> None:
     build(rb, ctx, "--no-cache", "--snapshotter", "overlay", "--output",
           f"oci:{layout_kernel}:v1", env=env)
     fuse_ids, kernel_ids = _diff_ids(layout_fuse), _diff_ids(layout_kernel)
-    assert len(fuse_ids) == 4  # COPY and three RUN layers; `RUN true` adds none
+    assert len(fuse_ids) == 5  # COPY and four RUN layers; `RUN true` adds none
     assert kernel_ids == fuse_ids
     assert_nothing_left(rb, [])
     assert _foreign_owned(rb, rb.store) == []
