@@ -6,7 +6,7 @@ trees from ``kernel_view.py``, and a fresh upper, mounted with ``userxattr`` thr
 new mount API) and ``view`` (the read-only merged tree); ``finish`` turns the upper
 directory into the step's ``StepChanges`` (``upper_changes.py``) without walking the image.
 
-Design (ownership; see also the report in the commit history):
+Design (ownership):
 - Layers in the store stay as they are: trees owned by the invoking user, the image's
   ownership, modes, devices and xattrs in their meta. The kernel shows what is on disk, so
   for each lower the entries the disk shows wrongly (an owner other than root, setuid,

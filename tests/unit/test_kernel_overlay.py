@@ -230,6 +230,18 @@ def test_every_snapshotter_is_a_choice_and_auto_keeps_fuse() -> None:
     assert AUTO == ("fuse",)  # until the kernel overlay passes the conformance suite
 
 
+def test_the_build_flag_offers_every_choice() -> None:
+    from rootbuild.cli import build_parser
+
+    args = build_parser().parse_args(["build", "--snapshotter", "overlay", "."])
+    assert args.snapshotter == "overlay"
+    assert build_parser().parse_args(["build", "."]).snapshotter == "auto"
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    build_action = next(a for a in sub.choices["build"]._actions  # type: ignore[index]
+                        if a.dest == "snapshotter")
+    assert tuple(build_action.choices) == CHOICES  # type: ignore[arg-type]
+
+
 def test_probe_says_the_kernel_is_too_old(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernel, "_kernel_release", lambda: (5, 10))
     monkeypatch.setattr(kernel.platform, "release", lambda: "5.10.0-28-amd64")
