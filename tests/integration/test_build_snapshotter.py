@@ -125,3 +125,19 @@ def test_without_a_subuid_range_the_kernel_overlay_says_why(rb_nosub: Harness) -
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "use snapshotter overlay: no subordinate id range" in lines[0]
+
+
+def test_a_failed_step_leaves_nothing_of_the_builds_ids(rb: Harness) -> None:
+    """The upper of a failed step holds files of other owners (a subordinate id's on the
+    host): they are removed inside the build's user namespace, not left to the user."""
+    ctx = busybox_context(rb, "fail", (
+        "FROM scratch\nCOPY rootfs/ /\n"
+        "RUN mkdir -p /srv/x && touch /srv/x/y && chown -R 1000:1000 /srv/x "
+        "&& chmod 0700 /srv/x && exit 3\n"
+    ))
+    proc = build(rb, ctx, "--snapshotter", "overlay", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "exit code: 3" in lines[0], proc.stderr
+    assert_nothing_left(rb, [])
+    assert _foreign_owned(rb, rb.store) == []
