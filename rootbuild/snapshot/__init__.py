@@ -3,8 +3,9 @@
 - ``base``: ``LowerLayer``, ``StepChanges``, the ``Snapshotter`` Protocol, ``MountedStep``.
 - ``fuse``: ``FuseSnapshotter``, over ``rootbuild.fuse_overlay``.
 - ``kernel``: ``KernelOverlaySnapshotter``, the kernel's overlayfs in the build's user
-  namespace, with ``kernel_view`` (what each lower needs shown differently from the disk)
-  and ``upper_changes`` (the upper directory as the step's layer).
+  namespace, with ``kernel_view`` (what each lower needs shown differently from the disk),
+  ``upper_changes`` (the upper directory as the step's layer; both pure) and
+  ``kernel_trees`` (those trees written and read on disk).
 - ``budget``: ``DiskBudget``, a step's disk limit shared by its overlays.
 - ``registry``: ``SNAPSHOTTERS`` in preference order, ``choose_snapshotter`` (probes),
   ``snapshotter_named``.
