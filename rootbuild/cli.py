@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RUN's /proc: fresh (default), or host-bind, the explicit weaker "
                         "fallback where a fresh /proc cannot be mounted (RUN can then see "
                         "the builder's processes; refused with --untrusted)")
+    b.add_argument("--snapshotter", choices=("auto", "fuse", "overlay"), default="auto",
+                   help="RUN's root filesystem: fuse (rootbuild's FUSE overlay), overlay "
+                        "(the kernel's overlayfs in the build's user namespace), or auto "
+                        "(default; `rootbuild doctor` says which and why)")
     b.add_argument("--untrusted", action="store_true",
                    help="treat the Dockerfile as hostile: refuse every weakening")
     b.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
@@ -275,6 +279,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         source_date_epoch=epoch,
         network=args.network,
         proc=args.proc,
+        snapshotter=args.snapshotter,
         untrusted=args.untrusted,
         step_timeout=args.timeout,
         transport=_transport(args),

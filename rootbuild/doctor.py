@@ -255,9 +255,33 @@ def check_network() -> Check:
     )
 
 
+def check_snapshotters() -> list[Check]:
+    """Each snapshotter's probe, and the one ``--snapshotter auto`` picks (registry.py)."""
+    from rootbuild.snapshot import explain_choice
+
+    checks = []
+    picked = None
+    for name, reason, auto in explain_choice():
+        usable = "usable" if reason is None else f"not usable: {reason}"
+        note = "" if auto else " (auto skips it: it does not pass the whole overlay " \
+            "conformance suite yet; --snapshotter " + name + " uses it)"
+        if reason is None and auto and picked is None:
+            picked = name
+        checks.append(Check(f"snapshotter {name}", "ok" if reason is None else "warn",
+                            usable + note))
+    if picked is None:
+        checks.append(Check("snapshotter auto", "FAIL", "no snapshotter auto may pick "
+                            "can work here", "see the snapshotter lines above"))
+    else:
+        checks.append(Check("snapshotter auto", "ok",
+                            f"picks {picked}: the first usable one in preference order"))
+    return checks
+
+
 def run_doctor(write: Callable[[str], object] = print) -> int:
     checks: list[Check] = [check_kernel(), *check_namespaces(), check_fuse(), *check_idmap(),
-                           check_cgroups(), check_network(), *check_limits()]
+                           *check_snapshotters(), check_cgroups(), check_network(),
+                           *check_limits()]
     for check in checks:
         write(check.line())
     failed = [c for c in checks if c.status == "FAIL"]

@@ -44,7 +44,7 @@ from rootbuild.engine.network import resolve as resolve_network
 from rootbuild.engine.options import BuildOptions, BuildResult
 from rootbuild.engine.planning import plan_build
 from rootbuild.engine.remote_source import RemoteSources
-from rootbuild.engine.seams import Executor, Exporter, Seams
+from rootbuild.engine.seams import ChosenSnapshotter, Executor, Exporter, Seams
 from rootbuild.engine.secrets import BuildSources, check_required
 from rootbuild.engine.ssh_agent import SshAgents
 from rootbuild.engine.stage import Stage, StageResult, Workspace
@@ -96,6 +96,7 @@ def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Se
                                warn=progress.warn),
         remote=RemoteSources(records_dir=store.remote_records_dir,
                              transport=options.transport, untrusted=options.untrusted),
+        snapshotter=ChosenSnapshotter(options.snapshotter),
     )
 
 

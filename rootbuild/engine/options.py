@@ -32,6 +32,10 @@ from rootbuild.sandbox.rlimits import Ulimit
 from rootbuild.sandbox.spec import NETWORK_MODES, PROC_MODES
 from rootbuild.stages.checks import CheckWarning
 
+# --snapshotter; snapshot/registry.py CHOICES (a unit test holds them equal; not imported
+# here, so that parsing options loads no snapshotter)
+SNAPSHOTTER_CHOICES = ("auto", "fuse", "overlay")
+
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -80,6 +84,7 @@ class BuildOptions:
     memory_limit: int | None = None
     log_limit: int | None = None
     slot: int | None = None
+    snapshotter: str = "auto"  # --snapshotter: auto, fuse, overlay (snapshot/registry.py)
 
     def step_limits(self) -> StepLimits:
         """The limits each RUN step gets: the flags', else --untrusted's defaults."""
@@ -108,6 +113,8 @@ class BuildOptions:
             )
         if self.proc not in PROC_MODES:
             raise UsageError(f"build: unknown --proc {self.proc!r}")
+        if self.snapshotter not in SNAPSHOTTER_CHOICES:
+            raise UsageError(f"build: unknown --snapshotter {self.snapshotter!r}")
         if self.push and not self.tags:
             raise UsageError("build: --push needs at least one -t NAME to push to")
         if self.proc == "host-bind" and self.untrusted:

@@ -60,14 +60,15 @@ class Exporter(Protocol):
 
 class ChosenSnapshotter:
     """The snapshotter's name, chosen (and probed) at the build's first RUN step: a build
-    without RUN never needs FUSE."""
+    without RUN never needs FUSE. ``wanted``: ``--snapshotter`` (auto, fuse, overlay)."""
 
-    def __init__(self) -> None:
+    def __init__(self, wanted: str = "auto") -> None:
         self.name: str | None = None
+        self.wanted = wanted
 
     def __call__(self) -> str:
         if self.name is None:
-            self.name = choose_snapshotter().name
+            self.name = choose_snapshotter(self.wanted).name
         return self.name
 
 

@@ -2,6 +2,10 @@
 
 - ``base``: ``LowerLayer``, ``StepChanges``, the ``Snapshotter`` Protocol, ``MountedStep``.
 - ``fuse``: ``FuseSnapshotter``, over ``rootbuild.fuse_overlay``.
+- ``kernel``: ``KernelOverlaySnapshotter``, the kernel's overlayfs in the build's user
+  namespace, with ``kernel_view`` (what each lower needs shown differently from the disk),
+  ``upper_changes`` (the upper directory as the step's layer; both pure) and
+  ``kernel_trees`` (those trees written and read on disk).
 - ``budget``: ``DiskBudget``, a step's disk limit shared by its overlays.
 - ``registry``: ``SNAPSHOTTERS`` in preference order, ``choose_snapshotter`` (probes),
   ``snapshotter_named``.
@@ -18,13 +22,24 @@ from rootbuild.snapshot.budget import (
     create_budget,
 )
 from rootbuild.snapshot.fuse import FuseSnapshotter
-from rootbuild.snapshot.registry import SNAPSHOTTERS, choose_snapshotter, snapshotter_named
+from rootbuild.snapshot.kernel import KernelOverlaySnapshotter
+from rootbuild.snapshot.registry import (
+    AUTO,
+    CHOICES,
+    SNAPSHOTTERS,
+    choose_snapshotter,
+    explain_choice,
+    snapshotter_named,
+)
 
 __all__ = [
+    "AUTO",
+    "CHOICES",
     "NO_INODE_LIMIT",
     "SNAPSHOTTERS",
     "DiskBudget",
     "FuseSnapshotter",
+    "KernelOverlaySnapshotter",
     "LowerLayer",
     "MountedStep",
     "Snapshotter",
@@ -32,5 +47,6 @@ __all__ = [
     "budget_usage",
     "choose_snapshotter",
     "create_budget",
+    "explain_choice",
     "snapshotter_named",
 ]

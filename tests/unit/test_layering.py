@@ -34,7 +34,7 @@ EDGES: dict[str, set[str]] = {
     },
     "testing": {"errors", "platform", "image", "sandbox", "snapshot"},
     "service": {"errors", "context", "image", "registry", "cache", "engine", "sandbox"},
-    "doctor": {"sandbox"},  # which limits are enforced by what (sandbox/limits.py)
+    "doctor": {"sandbox", "snapshot"},  # limits (sandbox/limits.py), snapshotter probes
     "cli": {
         "doctor", "errors", "platform", "progress", "image", "registry", "cache", "engine",
         "service",

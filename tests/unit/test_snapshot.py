@@ -47,10 +47,11 @@ class _Fake:
 def _register(monkeypatch: pytest.MonkeyPatch, *fakes: _Fake) -> None:
     table = {f.name: (lambda f=f: f) for f in fakes}
     monkeypatch.setattr(registry, "SNAPSHOTTERS", table)
+    monkeypatch.setattr(registry, "AUTO", tuple(table))  # auto considers them all, in order
 
 
 def test_fuse_is_registered_and_named() -> None:
-    assert list(SNAPSHOTTERS) == ["fuse"]
+    assert list(SNAPSHOTTERS) == ["fuse", "overlay"]
     assert snapshotter_named("fuse").name == "fuse"
     with pytest.raises(SandboxError, match=r"^mount step root: unknown snapshotter 'zfs'$"):
         snapshotter_named("zfs")
@@ -73,6 +74,13 @@ def test_choose_names_every_snapshotter_and_why(monkeypatch: pytest.MonkeyPatch)
         "choose snapshotter: none can work here: kernel: overlayfs refused in a user "
         "namespace; fuse: cannot open /dev/fuse; fix: chmod 0666 /dev/fuse"
     )
+
+
+def test_choose_a_named_snapshotter_or_say_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    _register(monkeypatch, _Fake("fuse", None), _Fake("overlay", "kernel 5.4 is too old"))
+    with pytest.raises(SandboxError, match=r"^use snapshotter overlay: kernel 5.4 is too old$"):
+        choose_snapshotter("overlay")
+    assert choose_snapshotter("fuse").name == "fuse"
 
 
 def test_choose_without_any_snapshotter(monkeypatch: pytest.MonkeyPatch) -> None:
