@@ -40,6 +40,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -53,6 +54,7 @@ PR_SET_PDEATHSIG = 1
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 16
 START_SECONDS = 30.0
+ANSWER_SECONDS = 30.0  # a fork: milliseconds; past this the zygote is taken for dead
 
 
 def fd_arg(index: int) -> str:
@@ -241,26 +243,31 @@ class Zygote:
         import trio
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self._proc = await trio.lowlevel.open_process(
-                [sys.executable, "-I", "-m", ZYGOTE_MODULE, str(theirs.fileno()),
-                 self.label or "-", ROOM],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, env=self.env, cwd="/",
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self._sock = trio.socket.from_stdlib_socket(ours)
-        with trio.move_on_after(START_SECONDS):
-            hello = await self._sock.recv(MAX_MESSAGE)
-            if hello:
-                return
-        await self.aclose()
-        raise SandboxError("start the RUN sandbox: its zygote process did not start")
+        # its stderr (an import error, say) is quoted if it does not start
+        with tempfile.TemporaryFile() as errors:
+            try:
+                self._proc = await trio.lowlevel.open_process(
+                    [sys.executable, "-I", "-m", ZYGOTE_MODULE, str(theirs.fileno()),
+                     self.label or "-", ROOM],
+                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=errors,
+                    start_new_session=True, env=self.env, cwd="/",
+                )
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            self._sock = trio.socket.from_stdlib_socket(ours)
+            with trio.move_on_after(START_SECONDS):
+                hello = await self._sock.recv(MAX_MESSAGE)
+                if hello:
+                    return
+            await self.aclose()
+            errors.seek(0)
+            tail = " | ".join(errors.read(65536).decode(errors="replace").splitlines()[-3:])
+        raise SandboxError(
+            f"start the RUN sandbox: its zygote process did not start: {tail}".rstrip(": "))
 
     async def spawn(self, argv: Sequence[str], log: int, fds: Sequence[int],
                     cwd: Path) -> InitProcess:
@@ -275,8 +282,12 @@ class Zygote:
                 if self._sock is None:
                     await self._start()
                 try:
-                    return await self._ask(argv, log, fds, cwd)
-                except (OSError, EOFError) as exc:
+                    # one request, one answer, never torn apart by a cancel: an answer
+                    # left unread would be taken for the next step's
+                    with trio.CancelScope(shield=True):
+                        with trio.fail_after(ANSWER_SECONDS):
+                            return await self._ask(argv, log, fds, cwd)
+                except (OSError, EOFError, trio.TooSlowError) as exc:
                     await self.aclose()
                     if attempt == 2:
                         raise SandboxError(f"start the RUN sandbox: zygote: {exc}") from exc
