@@ -1,6 +1,9 @@
-"""The command line a forked helper shows in ``ps``, as if it had been started fresh.
+"""A forked helper made to look and start like a freshly exec'd one: its command line in
+``ps``, its standard fds, its other fds and its signal dispositions.
 
-Job: ``set_title(args)``: rewrite this process's command line (``/proc/self/cmdline``).
+Job: ``set_title(args)``: rewrite this process's command line (``/proc/self/cmdline``);
+``fresh_start(log, keep, title)``: what ``subprocess.Popen(start_new_session=True,
+stdin=DEVNULL, stdout=log, stderr=log, pass_fds=keep)`` would have given the child.
 
 Why: the build's zygote forks the sandbox inits and they fork the FUSE servers
 (``sandbox/zygote.py``); without this they would all show the zygote's command line. With
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 
 #: a placeholder argument that makes room for the titles of a forked process's children
 ROOM = "." * 1536
@@ -38,3 +42,23 @@ def set_title(args: list[str]) -> None:
         with open("/proc/self/mem", "r+b", buffering=0) as mem:
             mem.seek(start)
             mem.write(title[: room - 1].ljust(room, b"\0"))
+
+
+def fresh_start(log: int, keep: tuple[int, ...], title: list[str]) -> None:
+    """In a just-forked child: a session of its own, stdin /dev/null, stdout and stderr on
+    ``log``, no fd open but those and ``keep``, default dispositions for the signals its
+    parent handles, and ``title`` as its command line."""
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    low = 3
+    for fd in sorted({0, 1, 2, *keep}):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    set_title(title)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from rootbuild.errors import SandboxError
 from rootbuild.image.layermeta import LayerMeta
-from rootbuild.proctitle import set_title
+from rootbuild.proctitle import fresh_start
 
 MNT_DETACH = 2
 SERVER_MODULE = "rootbuild.fuse_overlay.server"
@@ -249,21 +249,7 @@ def _start_server(
     if pid == 0:  # the server: what a fresh interpreter would be given, and no more
         code = 1
         try:
-            os.setsid()
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            keep = sorted({0, 1, 2, ready_fd})
-            low = 3
-            for fd in keep:
-                if fd >= low:
-                    os.closerange(low, fd)
-                    low = fd + 1
-            os.closerange(low, os.sysconf("SC_OPEN_MAX"))
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
-                signal.signal(signum, signal.SIG_DFL)
-            set_title([sys.executable, "-m", SERVER_MODULE, str(spec_path)])
+            fresh_start(log, (ready_fd,), [sys.executable, "-m", SERVER_MODULE, str(spec_path)])
             code = server.serve(spec_path)
         except BaseException:
             with contextlib.suppress(BaseException):

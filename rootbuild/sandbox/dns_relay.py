@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from rootbuild.errors import SandboxError
 from rootbuild.sandbox import dns_proxy
 from rootbuild.sandbox.dns_proxy import Query, Upstream
+from rootbuild.sandbox.reap import stop_child
 
 RATE = 50.0
 BURST = 200
@@ -114,17 +115,7 @@ class DnsRelay:
         if self.pid is None:
             return
         pid, self.pid = self.pid, None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_SECONDS
-        while time.monotonic() < deadline:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return
-            time.sleep(0.01)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        stop_child(pid, STOP_SECONDS)
 
 
 def _exec_helper(ctl: int, parent: int, upstreams: tuple[Upstream, ...],

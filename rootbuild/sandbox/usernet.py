@@ -39,7 +39,6 @@ import select
 import shutil
 import signal
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from rootbuild.errors import SandboxError
 from rootbuild.sandbox import caps, netdeny
 from rootbuild.sandbox.dns_proxy import Upstream
 from rootbuild.sandbox.dns_relay import DnsRelay
+from rootbuild.sandbox.reap import stop_child
 
 #: where slirp4netns is looked for (the init's PATH is the builder's; Debian's is /usr/bin)
 SEARCH_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -192,17 +192,7 @@ class UserNet:
         if self.pid is None:
             return
         pid, self.pid = self.pid, None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_SECONDS
-        while time.monotonic() < deadline:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return
-            time.sleep(0.01)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        stop_child(pid, STOP_SECONDS)
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rootbuild.errors import SandboxError
-from rootbuild.proctitle import ROOM, set_title
+from rootbuild.proctitle import ROOM, fresh_start, set_title
 
 INIT_MODULE = "rootbuild.sandbox.init"
 ZYGOTE_MODULE = "rootbuild.sandbox.zygote"
@@ -116,25 +116,11 @@ def _child(init: Any, sock: socket.socket, request: dict[str, Any], fds: list[in
     """In the forked child: become the init of ``request`` (never returns)."""
     code = 127
     try:
-        sock.detach()  # its fd is closed below with the zygote's others
-        os.setsid()
+        sock.detach()  # its fd is closed by fresh_start with the zygote's others
         log, passed = fds[0], fds[1:]
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        keep = sorted({0, 1, 2, *passed})
-        low = 3
-        for fd in keep:
-            if fd >= low:
-                os.closerange(low, fd)
-                low = fd + 1
-        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
-        os.chdir(request["cwd"])
         argv = expand_argv(request["argv"], passed)
-        set_title([sys.executable, "-I", "-m", INIT_MODULE, *argv])
+        fresh_start(log, tuple(passed), [sys.executable, "-I", "-m", INIT_MODULE, *argv])
+        os.chdir(request["cwd"])
         sys.argv = ["-m", *argv]
         init.main(argv)
     except BaseException:  # the init reports its own errors; this is a failed hand-over
