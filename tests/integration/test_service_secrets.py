@@ -183,8 +183,9 @@ def test_missing_and_other_tenants_secrets_fail_the_job_cleanly(
         rb: Harness, service: Service) -> None:  # noqa: F811 (the fixture)
     """A secret a job names must be provisioned for its own tenant: tenant globex naming
     acme's ``tok``, or acme naming one it does not have, ends FAILURE
-    (``secret_not_found``) naming the id and the RUN's line, before any step runs; a spec
-    crafted to name a path ends ``bad_spec``; ``submit`` refuses to send a value. A
+    (``secret_not_found``) naming the id and the RUN's line, before any step runs; a
+    provisioned symbolic link is not followed (``bad_secret``); a spec crafted to name a
+    path ends ``bad_spec``; ``submit`` refuses to send a value. A
     ``required`` secret the job does not name fails at plan time as on the CLI:
 
     "required: If set to true, the instruction errors out when the secret is unavailable.
@@ -193,6 +194,9 @@ def test_missing_and_other_tenants_secrets_fail_the_job_cleanly(
     value = new_value("tok")
     root = provision(rb, "acme", {"tok": value})
     provision(rb, "globex", {"other": new_value("other")})
+    provision(rb, "mallory", {})  # a link to acme's file is never followed
+    os.symlink(root / "acme" / "tok", root / "mallory" / "tok")
+    rb._own(root)
     worker = service.start_worker("w1", "--secrets-dir", str(root))
     ctx = secret_context(rb, "sec", DOCKERFILE)
 
@@ -215,6 +219,13 @@ def test_missing_and_other_tenants_secrets_fail_the_job_cleanly(
         status = service.cli("status", job).stdout
         assert f"secret_not_found at Dockerfile:4: RUN --mount=type=secret: secret " \
                f"{missing}: not found" in status
+
+    linked = service.submit(ctx, "mallory", "--secret", "tok")
+    done = service.wait(linked, TERMINAL, timeout=120)
+    assert done.state is JobState.FAILURE and done.failure_info is not None
+    assert done.failure_info.reason == "bad_secret", done.failure_info
+    assert "secret tok of tenant mallory: refused (a symbolic link)" in \
+        done.failure_info.message
 
     required = secret_context(rb, "req", (
         "FROM scratch\nCOPY rootfs/ /\n"
