@@ -53,6 +53,9 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     w.add_argument("--name", default=None, help="worker name (default: HOST-PID)")
     w.add_argument("--credentials-dir", type=Path, default=None,
                    help="push credentials: DIR/<credentials_ref>.json (docker config.json)")
+    w.add_argument("--secrets-dir", type=Path, default=None, metavar="DIR",
+                   help="build secrets: DIR/<tenant>/<id> is the value of secret ID of a job "
+                        "of that tenant (submit --secret ID)")
     w.add_argument("--max-context", type=_size, default=None, metavar="SIZE",
                    help="largest context blob accepted (default 64MiB)")
     w.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
@@ -92,6 +95,9 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     s.add_argument("--target", help="build only up to this stage")
     s.add_argument("--credentials-ref", default=None, metavar="NAME",
                    help="the worker's credentials to push with (a name, never a secret)")
+    s.add_argument("--secret", dest="secrets", action="append", default=[], metavar="ID",
+                   help="a secret for RUN --mount=type=secret,id=ID: only the id is sent; "
+                        "the worker reads the value from its --secrets-dir (repeatable)")
     s.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="the job's time limit (the worker's own limit still applies)")
     s.add_argument("--max-context", type=_size, default=None, metavar="SIZE",
@@ -149,6 +155,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from rootbuild.service.slots import check_worker_slots
 
     check_worker_slots(args.slot_base, args.concurrency)  # before connecting: one line
+    if args.secrets_dir is not None and not args.secrets_dir.is_dir():
+        raise UsageError(f"worker: --secrets-dir {args.secrets_dir}: not a directory")
     queue = _queue(args, args.heartbeat)
     store = args.store or default_root() / "service"
     fields = {"name": args.name} if args.name else {}
@@ -163,6 +171,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         pids_limit=args.pids_limit, memory_limit=_worker_size("--memory", args.memory),
         disk_limit=_worker_size("--disk-limit", args.disk_limit),
         log_limit=_worker_size("--log-limit", args.log_limit),
+        secrets_dir=None if args.secrets_dir is None else args.secrets_dir.absolute(),
         **fields,
     )
     trio.run(Worker(TrioQueue(queue), config).run)
@@ -181,9 +190,16 @@ def _worker_size(flag: str, text: str | None) -> int | None:
 def _cmd_submit(args: argparse.Namespace) -> int:
     from rootbuild.service.context_blob import DEFAULT_MAX_CONTEXT, pack_context, upload_context
     from rootbuild.service.jobs import check_credentials_ref, check_tenant
+    from rootbuild.service.tenant_secrets import (
+        MAX_SECRETS,
+        parse_submit_secret,
+    )
     from rootbuild.service.worker import JobSpec
 
     check_tenant(args.tenant)  # before packing: a bad name fails fast
+    secret_ids = tuple(dict.fromkeys(parse_submit_secret(text) for text in args.secrets))
+    if len(secret_ids) > MAX_SECRETS:
+        raise UsageError(f"submit: {len(secret_ids)} secrets named, at most {MAX_SECRETS}")
     check_credentials_ref(args.credentials_ref)
     if args.push and not args.tags:
         raise UsageError("submit: --push needs at least one -t NAME to push to")
@@ -199,7 +215,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                           args.max_context or DEFAULT_MAX_CONTEXT)
     queue = _queue(args)
     spec = JobSpec(packed.digest, packed.dockerfile, tuple(args.tags), args.push,
-                   build_args, args.target, args.timeout, packed.dockerignore)
+                   build_args, args.target, args.timeout, packed.dockerignore,
+                   secret_ids)
     upload_context(queue.client, queue.prefix, packed, queue.config.queue_ttl)
     print(queue.submit(args.tenant, spec.to_json(), args.credentials_ref))
     return 0

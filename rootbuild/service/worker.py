@@ -25,6 +25,11 @@ Rules:
 - Credentials: ``credentials_ref`` names ``CREDENTIALS_DIR/<ref>.json`` (docker
   config.json format), read at push time only and only for the push; the build itself
   (base pulls) runs with an empty credentials file, never the worker user's own.
+- Secrets (``tenant_secrets.py``): a spec names secret ids only; the worker reads each
+  from ``SECRETS_DIR/<tenant>/<id>`` before the build (a missing one: FAILURE
+  ``secret_not_found`` at the RUN that mounts it) and gives the values to the build in
+  memory (``job_options``); they never reach the job hash, the log (masked as on the CLI)
+  or the worker's stderr, and a step that mounts one is never cached (untrusted).
 - The worker opens no port; it only connects to Redis and registries.
 - Slots (``slots.py``): slot task i builds with ``--slot`` ``slot_base + i``, so each
   concurrent build's RUN root is its own subordinate uid range (RLIMIT_NPROC per slot, no
@@ -74,6 +79,7 @@ from rootbuild.service.context_blob import (
 )
 from rootbuild.service.jobs import FailureInfo, JobState, Lease, QueueError
 from rootbuild.service.slots import worker_slots
+from rootbuild.service.tenant_secrets import SecretError, check_secret_ids, job_secrets
 from rootbuild.service.trio_queue import LeaseEnd, TrioQueue
 
 EMPTY_AUTH = '{"auths": {}}\n'
@@ -102,6 +108,7 @@ class WorkerConfig:
     memory_limit: int | None = None
     disk_limit: int | None = None
     log_limit: int | None = None
+    secrets_dir: Path | None = None  # <tenant>/<id> per secret a job names
 
 
 @dataclass(frozen=True)
@@ -116,12 +123,16 @@ class JobSpec:
     target: str | None = None
     timeout: float | None = None  # the job's wall clock, seconds (capped by the worker)
     dockerignore: str = ""  # the ignore file's text the client applied
+    secrets: tuple[str, ...] = ()  # secret ids (tenant_secrets.py), never values
 
     def to_json(self) -> dict[str, Any]:
-        return {"context": self.context, "dockerfile": self.dockerfile,
+        data: dict[str, Any] = {"context": self.context, "dockerfile": self.dockerfile,
                 "tags": list(self.tags), "push": self.push,
                 "build_args": dict(self.build_args), "target": self.target,
                 "timeout": self.timeout, "dockerignore": self.dockerignore}
+        if self.secrets:
+            data["secrets"] = list(self.secrets)
+        return data
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> JobSpec:
@@ -148,18 +159,25 @@ class JobSpec:
         need(isinstance(ignore, str), "'dockerignore' must be text")
         push_ = bool(spec.get("push", False))
         need(not push_ or bool(tags), "'push' needs at least one tag")
+        secret_ids = spec.get("secrets") or []
+        need(isinstance(secret_ids, list) and all(isinstance(i, str) for i in secret_ids),
+             "'secrets' must be a list of secret ids")
+        why = check_secret_ids(secret_ids)
+        need(why is None, f"'secrets': {why}")
         assert isinstance(context, str) and isinstance(dockerfile, str)
         return cls(context, dockerfile, tuple(tags), push_, dict(args), target,
-                   None if timeout is None else float(timeout), ignore)
+                   None if timeout is None else float(timeout), ignore, tuple(secret_ids))
 
 
 def job_options(spec: JobSpec, context_dir: Path, dockerfile: Path, config: WorkerConfig,
-                anonymous_auth: Path, slot: int | None = None) -> BuildOptions:
+                anonymous_auth: Path, slot: int | None = None,
+                secrets: Mapping[str, bytes] | None = None) -> BuildOptions:
     """A job's ``BuildOptions``: the one place a job's spec and the worker's configuration
     meet. Always untrusted (RUN gets the untrusted network), no credentials of the
     worker's user.
     ``dockerfile`` is the spec's Dockerfile written beside (not in) the context; ``slot``
-    the build slot of the worker's slot task running the job (``slots.worker_slots``)."""
+    the build slot of the worker's slot task running the job (``slots.worker_slots``);
+    ``secrets`` the values of the spec's secret ids (``tenant_secrets.job_secrets``)."""
     return BuildOptions(
         context_dir=context_dir,
         dockerfile=str(dockerfile),
@@ -174,6 +192,7 @@ def job_options(spec: JobSpec, context_dir: Path, dockerfile: Path, config: Work
         slot=slot,
         pids_limit=config.pids_limit, memory_limit=config.memory_limit,
         disk_limit=config.disk_limit, log_limit=config.log_limit,
+        secrets=dict(secrets or {}),
     )
 
 
@@ -280,6 +299,9 @@ def classify(exc: BaseException, pushing: bool) -> Outcome:
         return Outcome(JobState.FAILURE, failure=FailureInfo("bad_context", str(exc)))
     if isinstance(exc, SpecError):
         return Outcome(JobState.FAILURE, failure=FailureInfo("bad_spec", str(exc)))
+    if isinstance(exc, SecretError):  # its id, never its value (tenant_secrets.py)
+        step = str(exc.location) if exc.location else None
+        return Outcome(JobState.FAILURE, failure=FailureInfo(exc.reason, exc.message, step))
     if isinstance(exc, RootbuildError):
         reason = "push_failed" if pushing and isinstance(exc, RegistryError) else "build_failed"
         step = str(exc.location) if exc.location else None
@@ -458,6 +480,9 @@ class Worker:
             if spec.timeout is not None:
                 limit = min(limit, spec.timeout)
             with trio.move_on_after(limit) as clock:
+                secrets = await trio.to_thread.run_sync(
+                    job_secrets, self.config.secrets_dir, lease.tenant, spec.secrets,
+                    spec.dockerfile)
                 held = await trio.to_thread.run_sync(jobdirs.claim, work)
                 data = await trio.to_thread.run_sync(
                     fetch_context, self.tq.queue.client, self.tq.queue.prefix, spec.context,
@@ -472,7 +497,8 @@ class Worker:
                     (work / "Dockerfile.dockerignore").write_text(
                         spec.dockerignore, errors="surrogateescape")
                 options = job_options(spec, context_dir, dockerfile, self.config,
-                                      self.anonymous, slot)
+                                      self.anonymous, slot, secrets)
+                del secrets  # the build's options hold them until the job ends
                 result = await build(options, store, log)
                 pushed: dict[str, str] = {}
                 if spec.push:

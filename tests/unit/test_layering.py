@@ -33,7 +33,8 @@ EDGES: dict[str, set[str]] = {
         "snapshot", "sandbox", "registry", "cache", "netrules",
     },
     "testing": {"errors", "platform", "image", "sandbox", "snapshot"},
-    "service": {"errors", "context", "image", "registry", "cache", "engine", "sandbox"},
+    "service": {"errors", "context", "image", "registry", "cache", "engine", "sandbox",
+                "dockerfile"},  # tenant_secrets.py: the RUN line of a missing secret
     "doctor": {"sandbox", "snapshot"},  # limits (sandbox/limits.py), snapshotter probes
     "cli": {
         "doctor", "errors", "platform", "progress", "image", "registry", "cache", "engine",
