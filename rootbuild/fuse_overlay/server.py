@@ -7,7 +7,8 @@ Rules:
 - SPEC is a JSON file written by the parent: ``lowers`` (tree dir, meta.json path; lowest
   first), ``work`` (an empty private dir), ``mountpoint``, ``ready_fd``, ``readonly``
   (a view: ``readonly.ReadOnlyOperations``, mounted ``ro``, and no result is written),
-  ``pool`` (optional: the step's shared disk budget file, ``pool.py``).
+  ``pool`` (optional: the step's shared disk budget file, ``pool.py``), ``stats``
+  (optional: a directory for request statistics, ``stats.py``; off when absent).
 - Requests are served by ``session.run_session`` (one worker task).
 - The server writes ``ready\\n`` to ``ready_fd`` once mounted (or ``error: ...\\n`` and exits
   1). When the session ends (the parent unmounts), it writes the step's changes as a layer
@@ -34,6 +35,7 @@ from rootbuild.fuse_overlay.quota import Quota
 from rootbuild.fuse_overlay.readonly import ReadOnlyOperations
 from rootbuild.fuse_overlay.session import run_session
 from rootbuild.fuse_overlay.session import stop as stop_session
+from rootbuild.fuse_overlay.stats import RequestStats, count_requests
 from rootbuild.image.layermeta import LayerMeta
 
 RESULT_TREE = "tree"
@@ -54,6 +56,13 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _save_stats(stats: RequestStats, directory: Path, readonly: bool) -> None:
+    try:
+        stats.save(directory, readonly)
+    except OSError as exc:  # statistics are for benchmarks: the step does not depend on them
+        print(f"fuse overlay: write request statistics to {directory}: {exc}", file=sys.stderr)
+
+
 def serve(spec_path: Path) -> int:
     _raise_fd_limit()
     spec = json.loads(spec_path.read_text())
@@ -61,6 +70,8 @@ def serve(spec_path: Path) -> int:
     work = Path(spec["work"])
     mountpoint = str(spec["mountpoint"])
     readonly = bool(spec.get("readonly", False))
+    stats_dir = spec.get("stats")
+    stats = RequestStats() if stats_dir else None
     try:
         lowers = [(Path(tree), LayerMeta.load(Path(meta))) for tree, meta in spec["lowers"]]
         if readonly:
@@ -69,6 +80,8 @@ def serve(spec_path: Path) -> int:
             pool = spec.get("pool")
             quota = Quota(FilePool(Path(pool))) if pool else None
             ops = OverlayOperations(lowers, work, quota)
+        if stats is not None:
+            count_requests(ops, stats)
         pyfuse3.init(ops, mountpoint, ops.mount_options())
     except Exception as exc:  # the parent turns this line into a RootbuildError
         _report(ready_fd, f"error: mount overlay at {mountpoint}: {exc}")
@@ -98,6 +111,8 @@ def serve(spec_path: Path) -> int:
         trio.run(run)
     finally:
         pyfuse3.close(unmount=aborted)
+        if stats is not None and stats_dir:
+            _save_stats(stats, Path(stats_dir), readonly)
     if aborted:
         return 2
     if readonly:

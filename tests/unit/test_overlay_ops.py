@@ -120,3 +120,46 @@ def test_forget_without_failures_drops_inodes_and_their_data(
     assert a not in ops.model.inodes and b not in ops.model.inodes
     assert not (work / "data" / str(n_a)).exists() and not (work / "data" / str(n_b)).exists()
     assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    ("xattrs", "name", "expected"),
+    [
+        ({}, b"security.capability", True),
+        ({}, b"user.x", True),
+        ({}, b"trusted.overlay.opaque", True),
+        ({"user.x": b"1"}, b"security.capability", False),  # the model looks it up
+        ({}, b"system.posix_acl_access", False),  # EOPNOTSUPP, from the model
+        ({}, b"other.x", False),  # EOPNOTSUPP, from the model
+    ],
+)
+def test_no_such_xattr_only_where_the_model_says_enodata(
+    xattrs: dict[str, bytes], name: bytes, expected: bool
+) -> None:
+    from rootbuild.fuse_overlay.ops import no_such_xattr
+
+    assert no_such_xattr(xattrs, name) is expected
+
+
+def test_getxattr_answers_as_the_model(ops: OverlayOperations) -> None:
+    """The fast ENODATA and the model's answers, for an inode with and without xattrs."""
+    import pyfuse3
+
+    ops.model = OverlayModel([], NOW)
+
+    async def errno_of(ino: int, name: bytes) -> int | bytes:
+        try:
+            return await ops.getxattr(ino, name, None)  # type: ignore[arg-type]
+        except pyfuse3.FUSEError as exc:
+            return exc.errno
+
+    async def main() -> None:
+        assert await errno_of(ROOT_INO, b"security.capability") == errno.ENODATA
+        assert await errno_of(ROOT_INO, b"system.posix_acl_access") == errno.EOPNOTSUPP
+        assert await errno_of(ROOT_INO, b"foo.bar") == errno.EOPNOTSUPP
+        assert await errno_of(999, b"user.x") == errno.ENOENT
+        ops.model.setxattr(ROOT_INO, "user.x", b"v", NOW)
+        assert await errno_of(ROOT_INO, b"user.x") == b"v"
+        assert await errno_of(ROOT_INO, b"security.capability") == errno.ENODATA
+
+    trio.run(main)
