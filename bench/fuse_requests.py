@@ -39,6 +39,7 @@ import tempfile
 import time
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -90,9 +91,9 @@ def make_context(ctx: Path) -> None:
             info = tarfile.TarInfo(f"d{d:03}")
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
             tar.addfile(info)
-            for f in range(100):
-                data = (f"{d:03}/{f:03} " * 13)[:99].encode() + b"\n"
-                info = tarfile.TarInfo(f"d{d:03}/f{f:03}")
+            for i in range(100):
+                data = (f"{d:03}/{i:03} " * 13)[:99].encode() + b"\n"
+                info = tarfile.TarInfo(f"d{d:03}/f{i:03}")
                 info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
                 tar.addfile(info, BytesIO(data))
 
@@ -113,13 +114,13 @@ def build(ctx: Path, dockerfile: Path, store: Path, stats: Path, bust: str) -> f
     return took
 
 
-def per_step(stats: Path) -> list[dict[str, int]]:
-    """The writable mounts' counts, in the order the steps ended."""
-    recs = sorted(load_dir(stats), key=lambda r: int(r.get("ended_ns", 0)))
-    return [dict(r["counts"]) for r in recs]
+def per_step(stats: Path) -> list[dict[str, Any]]:
+    """The writable mounts' records, in the order the steps ended."""
+    return sorted(load_dir(stats), key=lambda r: int(r.get("ended_ns", 0)))
 
 
-def table(title: str, steps: list[dict[str, int]], ns: dict[str, int]) -> str:
+def table(title: str, recs: list[dict[str, Any]], ns: dict[str, int]) -> str:
+    steps = [dict(r["counts"]) for r in recs]
     ops = sorted({op for s in steps for op in s})
     lines = [f"== {title}", f"{'opcode':<12}" + "".join(f"{f'step {i + 1}':>10}"
                                                      for i in range(len(steps)))
@@ -131,6 +132,13 @@ def table(title: str, steps: list[dict[str, int]], ns: dict[str, int]) -> str:
                      + f"{total:>10}{per:>8.1f}")
     lines.append(f"{'all':<12}" + "".join(f"{sum(s.values()):>10}" for s in steps)
                  + f"{sum(sum(s.values()) for s in steps):>10}")
+    # seconds (last repetition): mounted, in the handlers, writing the layer tree
+    lines.append(f"{'mounted s':<12}" + "".join(
+        f"{r.get('phases', {}).get('session', 0.0):>10.2f}" for r in recs))
+    lines.append(f"{'handlers s':<12}" + "".join(
+        f"{sum(r.get('ns', {}).values()) / 1e9:>10.2f}" for r in recs))
+    lines.append(f"{'finalize s':<12}" + "".join(
+        f"{r.get('phases', {}).get('finalize', 0.0):>10.2f}" for r in recs))
     return "\n".join(lines)
 
 
@@ -154,20 +162,22 @@ def main() -> int:
             dockerfile.write_text(text)
             stats = work / "stats"
             build(ctx, dockerfile, store, stats, "warm-up")  # fills the COPY steps' cache
-            times, seen = [], []
+            times: list[float] = []
+            seen: list[list[dict[str, Any]]] = []
             for i in range(args.runs):
                 times.append(build(ctx, dockerfile, store, stats, f"{case}-{i}"))
                 seen.append(per_step(stats))
-            steps = seen[-1]
             _, ns = merge(load_dir(stats))
-            print(table(f"case {case}: {title}", steps, dict(ns)))
-            if any(s != steps for s in seen):
-                print("   (counts differed between repetitions: "
-                      + ", ".join(str(sum(sum(x.values()) for x in s)) for s in seen) + ")")
+            print(table(f"case {case}: {title}", seen[-1], dict(ns)))
+            totals = [sum(sum(r["counts"].values()) for r in recs) for recs in seen]
+            if len(set(totals)) > 1:  # FORGETs come in batches the kernel sizes
+                print("   (requests per repetition: " + ", ".join(map(str, totals)) + ")")
+            steps = [r["counts"] for r in seen[-1]]
             print(f"   build wall time: median {statistics.median(times):.3f} s, "
                   f"min {min(times):.3f} s over {len(times)} runs "
                   f"({', '.join(f'{t:.2f}' for t in times)})\n")
-            results[case] = {"title": title, "steps": steps, "ns": dict(ns), "times": times}
+            results[case] = {"title": title, "steps": steps, "ns": dict(ns), "times": times,
+                             "phases": [r.get("phases", {}) for r in seen[-1]]}
         if args.json is not None:
             args.json.write_text(json.dumps(results, indent=1))
     finally:

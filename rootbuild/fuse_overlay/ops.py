@@ -26,6 +26,39 @@ Rules (pyfuse3's contract, SECURITY.md rule 4):
   the upper (create, write past the charged size, truncate up, copy-up), so a refused
   request (ENOSPC) leaves nothing behind; statfs reports the budget as the filesystem's
   size and free space (each at most the backing store's).
+
+Requests per file (issue 14, item 2; counted by ``stats.py``, ``bench/fuse_requests.py``).
+The kernel caches as much as the FUSE protocol lets a server ask for, and it is safe to:
+the server is the only writer (the step reaches the upper and the lowers only through the
+mount; nothing else changes the tree while it is mounted), so every change the kernel has
+cached went through a request whose reply updated the cache, and the server never calls
+``pyfuse3.invalidate_entry``/``invalidate_inode``:
+- positive and negative entries and attributes are cached for ``TIMEOUT`` (a negative
+  LOOKUP reply has ``st_ino`` 0 and that timeout);
+- the writeback cache (``enable_writeback_cache``) merges small writes into WRITEs of up
+  to libfuse's ``max_write`` (1 MiB: 8 MiB of 8 KiB writes is 9 WRITEs); ``keep_cache``
+  keeps page cache across opens; ``default_permissions``: no ACCESS requests;
+  flush/fsync answer ENOSYS once; READDIRPLUS (pyfuse3 always asks for it) fills the
+  dentry and attribute caches while listing.
+What is left is what the kernel sends whatever the server answers. An untar (busybox
+tar: ``mkdir`` EEXIST, ``unlink`` ENOENT, open O_EXCL, write, close, chown, chmod,
+utimes) costs 14 requests per file: a LOOKUP for each O_EXCL-style call (``mkdir`` of the
+existing parent, the open: LOOKUP_EXCL always revalidates) and one for the new name (a
+genuine miss); CREATE; WRITE and RELEASE; a SETATTR of mtime/ctime at close (the
+writeback cache's); GETATTR of the parent (a create invalidates its attributes, and the
+next path walk's permission check needs them); GETXATTR ``security.capability`` before
+the write and before the chown (FUSE clears SB_NOSEC, so file_remove_privs and
+ATTR_KILL_PRIV always ask; answered on a fast path, see ``getxattr``); GETATTR before the
+chown (the kernel refreshes the mode unless the server handles killpriv); three
+SETATTRs for chown, chmod, utimes. Not available or not adopted:
+- FUSE_CAP_HANDLE_KILLPRIV(_V2) would save the GETATTR before a chown, but pyfuse3 3.5
+  sets the connection's capabilities in C (``fuse_init``) and exposes only the writeback
+  cache, ACLs and export support; it would also move suid/sgid/capability clearing into
+  this server. libfuse's conn options (max_write, splice, async_read) are applied by
+  ``fuse_apply_conn_info_opts``, which pyfuse3 never calls: its defaults stand.
+- Turning the writeback cache off saves the SETATTR at close (13 instead of 14 per
+  untarred file) but costs one WRITE per write(2): 8 MiB in 8 KiB writes is 1,001 WRITEs
+  instead of 9, and compilers and archivers write in small chunks.
 """
 
 from __future__ import annotations

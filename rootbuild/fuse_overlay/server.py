@@ -24,6 +24,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pyfuse3
@@ -56,10 +57,16 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _save_stats(stats: RequestStats, directory: Path, readonly: bool) -> None:
+def _record(stats: RequestStats | None, directory: str | None, readonly: bool,
+            **phases: float) -> None:
+    """Write the request statistics, when they are on (best effort: they are for
+    benchmarks, the step does not depend on them)."""
+    if stats is None or not directory:
+        return
+    stats.phases.update(phases)
     try:
-        stats.save(directory, readonly)
-    except OSError as exc:  # statistics are for benchmarks: the step does not depend on them
+        stats.save(Path(directory), readonly)
+    except OSError as exc:
         print(f"fuse overlay: write request statistics to {directory}: {exc}", file=sys.stderr)
 
 
@@ -107,19 +114,22 @@ def serve(spec_path: Path) -> int:
             nursery.start_soon(session)
             nursery.start_soon(signals)
 
+    started = time.monotonic()
     try:
         trio.run(run)
     finally:
         pyfuse3.close(unmount=aborted)
-        if stats is not None and stats_dir:
-            _save_stats(stats, Path(stats_dir), readonly)
+    session_s = time.monotonic() - started
     if aborted:
         return 2
     if readonly:
         ops.backing.close()
+        _record(stats, stats_dir, readonly, session=session_s)
         return 0
+    started = time.monotonic()
     meta = ops.finalize(work / RESULT_TREE)
     meta.save(work / RESULT_META)
+    _record(stats, stats_dir, readonly, session=session_s, finalize=time.monotonic() - started)
     return 0
 
 

@@ -11,7 +11,9 @@ Rules:
   itself (INIT, INTERRUPT, operations pyfuse3 has no handler for such as FALLOCATE) never
   reach Python and are not counted.
 - At the end of the session the server writes one JSON file per mount,
-  ``DIR/fuse-stats-<pid>.json``: ``{"readonly", "ended_ns", "counts": {op: n}, "ns": {op: total}}``;
+  ``DIR/fuse-stats-<pid>.json``: ``{"readonly", "ended_ns", "counts": {op: n},
+  "ns": {op: total}, "phases": {name: s}}`` (phases: "session", mounted and serving;
+  "finalize", writing the layer tree);
   ``merge`` adds several up. Writing it is best effort (a failure is logged, the step's
   result does not depend on it).
 """
@@ -50,10 +52,12 @@ class RequestStats:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.ns: Counter[str] = Counter()
+        self.phases: dict[str, float] = {}  # seconds: "session" (mounted), "finalize"
 
     def to_json(self, readonly: bool) -> dict[str, Any]:
         return {"readonly": readonly, "ended_ns": time.time_ns(),
-                "counts": dict(sorted(self.counts.items())), "ns": dict(sorted(self.ns.items()))}
+                "counts": dict(sorted(self.counts.items())), "ns": dict(sorted(self.ns.items())),
+                "phases": self.phases}
 
     def save(self, directory: Path, readonly: bool) -> Path:
         path = directory / f"fuse-stats-{os.getpid()}.json"
