@@ -76,8 +76,8 @@ def make_context(ctx: Path) -> None:
     """The busybox rootfs and the 20,000-file tar (200 dirs x 100 files of 100 bytes)."""
     root = ctx / "rootfs"
     (root / "bin").mkdir(parents=True)
-    for d in ("tmp", "etc", "root"):
-        (root / d).mkdir()
+    for sub in ("tmp", "etc", "root"):
+        (root / sub).mkdir()
     os.chmod(root / "tmp", 0o1777)
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc/group").write_text("root:x:0:\n")
