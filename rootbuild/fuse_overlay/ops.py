@@ -114,6 +114,7 @@ def _boundary(
     return wrapper
 
 
+_DOTS = (b".", b"..")
 NAME_MAX = 255  # FUSE lets names up to 1024 bytes through; layers and backing fs hold 255
 
 
@@ -125,8 +126,18 @@ def _name(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _now() -> int:
-    return time.time_ns()
+_now = time.time_ns  # the builtin itself: no Python frame per request
+
+
+def _negative_entry() -> pyfuse3.EntryAttributes:
+    """A negative LOOKUP reply (st_ino 0), cached by the kernel for ``TIMEOUT``."""
+    neg = pyfuse3.EntryAttributes()
+    neg.st_ino = 0
+    neg.entry_timeout = TIMEOUT
+    return neg
+
+
+_NEGATIVE = _negative_entry()  # never changed after this: every miss can share it
 
 
 @dataclass
@@ -225,12 +236,18 @@ class OverlayOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        node = self.model.lookup(parent_inode, _name(name))
+        # the common case inline (a loaded directory, a plain name); the model otherwise
+        d = self.model.inodes.get(parent_inode)
+        if (d is not None and d.children is not None and name not in _DOTS
+                and len(name) <= NAME_MAX and b"/" not in name and b"\x00" not in name):
+            ino = d.children.get(name.decode("utf-8", "surrogateescape"))
+            node = self.model.inodes[ino] if ino is not None else None
+            if node is not None:
+                node.lookups += 1
+        else:
+            node = self.model.lookup(parent_inode, _name(name))
         if node is None:
-            neg = pyfuse3.EntryAttributes()
-            neg.st_ino = 0
-            neg.entry_timeout = TIMEOUT  # negative entry: cached by the kernel
-            return neg
+            return _NEGATIVE
         return self._attr(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:

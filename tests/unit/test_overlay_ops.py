@@ -163,3 +163,37 @@ def test_getxattr_answers_as_the_model(ops: OverlayOperations) -> None:
         assert await errno_of(ROOT_INO, b"security.capability") == errno.ENODATA
 
     trio.run(main)
+
+
+def test_lookup_answers_as_the_model(ops: OverlayOperations) -> None:
+    """The inline LOOKUP (a loaded directory, a plain name) and the model's path agree:
+    hits take one lookup reference, misses are negative entries, bad names and parents
+    are errors."""
+    import pyfuse3
+
+    ops.model = OverlayModel([], NOW)
+    m = ops.model
+    sub = m.create(ROOT_INO, "sub", "dir", 0o755, 0, 0, NOW)
+    f = m.create(ROOT_INO, "f", "file", 0o644, 0, 0, NOW, data=m.alloc_data())
+
+    async def look(parent: int, name: bytes) -> int:
+        try:
+            attr = await ops.lookup(parent, name, None)  # type: ignore[arg-type]
+        except pyfuse3.FUSEError as exc:
+            return -exc.errno
+        return attr.st_ino
+
+    async def main() -> None:
+        before = sub.lookups
+        assert await look(ROOT_INO, b"sub") == sub.ino
+        assert sub.lookups == before + 1
+        assert await look(ROOT_INO, b"missing") == 0
+        assert await look(ROOT_INO, b".") == ROOT_INO
+        assert await look(sub.ino, b"..") == ROOT_INO
+        assert await look(ROOT_INO, b"a/b") == -errno.EINVAL
+        assert await look(ROOT_INO, b"x" * 256) == -errno.ENAMETOOLONG
+        assert await look(f.ino, b"x") == -errno.ENOTDIR
+        assert await look(12345, b"x") == -errno.ENOENT
+        assert await look(ROOT_INO, "é".encode() + b"\xff") == 0  # surrogateescape
+
+    trio.run(main)
