@@ -72,6 +72,7 @@ class Inode:
         "dirty",
         "gid",
         "ino",
+        "is_dir",
         "kind",
         "layers",
         "links",
@@ -97,7 +98,8 @@ class Inode:
 
     def __init__(self, ino: int, kind: str, perm: int, uid: int, gid: int, time_ns: int):
         self.ino = ino
-        self.kind = kind
+        self.kind = kind  # never changes (a new kind is a new inode)
+        self.is_dir = kind == "dir"  # an attribute, not a property: read on most requests
         self.perm = perm & 0o7777
         self.uid = uid
         self.gid = gid
@@ -131,10 +133,6 @@ class Inode:
     @property
     def st_mode(self) -> int:
         return _IFMT[self.kind] | self.perm
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == "dir"
 
 
 _Found = tuple[int, EntryMeta, tuple[int, ...]]

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rootbuild.errors import SandboxError
+from rootbuild.fuse_overlay.stats import stats_dir
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.proctitle import fresh_start
 
@@ -283,6 +284,7 @@ def mount_overlay(
         "ready_fd": write_fd,
         "readonly": readonly,
         "pool": None if pool is None else str(pool),
+        "stats": stats_dir(os.environ),  # request statistics for benchmarks (stats.py)
     }
     spec_path.write_text(json.dumps(spec))
     (work / "overlay").mkdir(mode=0o700)

@@ -26,6 +26,39 @@ Rules (pyfuse3's contract, SECURITY.md rule 4):
   the upper (create, write past the charged size, truncate up, copy-up), so a refused
   request (ENOSPC) leaves nothing behind; statfs reports the budget as the filesystem's
   size and free space (each at most the backing store's).
+
+Requests per file (issue 14, item 2; counted by ``stats.py``, ``bench/fuse_requests.py``).
+The kernel caches as much as the FUSE protocol lets a server ask for, and it is safe to:
+the server is the only writer (the step reaches the upper and the lowers only through the
+mount; nothing else changes the tree while it is mounted), so every change the kernel has
+cached went through a request whose reply updated the cache, and the server never calls
+``pyfuse3.invalidate_entry``/``invalidate_inode``:
+- positive and negative entries and attributes are cached for ``TIMEOUT`` (a negative
+  LOOKUP reply has ``st_ino`` 0 and that timeout);
+- the writeback cache (``enable_writeback_cache``) merges small writes into WRITEs of up
+  to libfuse's ``max_write`` (1 MiB: 8 MiB of 8 KiB writes is 9 WRITEs); ``keep_cache``
+  keeps page cache across opens; ``default_permissions``: no ACCESS requests;
+  flush/fsync answer ENOSYS once; READDIRPLUS (pyfuse3 always asks for it) fills the
+  dentry and attribute caches while listing.
+What is left is what the kernel sends whatever the server answers. An untar (busybox
+tar: ``mkdir`` EEXIST, ``unlink`` ENOENT, open O_EXCL, write, close, chown, chmod,
+utimes) costs 14 requests per file: a LOOKUP for each O_EXCL-style call (``mkdir`` of the
+existing parent, the open: LOOKUP_EXCL always revalidates) and one for the new name (a
+genuine miss); CREATE; WRITE and RELEASE; a SETATTR of mtime/ctime at close (the
+writeback cache's); GETATTR of the parent (a create invalidates its attributes, and the
+next path walk's permission check needs them); GETXATTR ``security.capability`` before
+the write and before the chown (FUSE clears SB_NOSEC, so file_remove_privs and
+ATTR_KILL_PRIV always ask; answered on a fast path, see ``getxattr``); GETATTR before the
+chown (the kernel refreshes the mode unless the server handles killpriv); three
+SETATTRs for chown, chmod, utimes. Not available or not adopted:
+- FUSE_CAP_HANDLE_KILLPRIV(_V2) would save the GETATTR before a chown, but pyfuse3 3.5
+  sets the connection's capabilities in C (``fuse_init``) and exposes only the writeback
+  cache, ACLs and export support; it would also move suid/sgid/capability clearing into
+  this server. libfuse's conn options (max_write, splice, async_read) are applied by
+  ``fuse_apply_conn_info_opts``, which pyfuse3 never calls: its defaults stand.
+- Turning the writeback cache off saves the SETATTR at close (13 instead of 14 per
+  untarred file) but costs one WRITE per write(2): 8 MiB in 8 KiB writes is 1,001 WRITEs
+  instead of 9, and compilers and archivers write in small chunks.
 """
 
 from __future__ import annotations
@@ -81,6 +114,7 @@ def _boundary(
     return wrapper
 
 
+_DOTS = (b".", b"..")
 NAME_MAX = 255  # FUSE lets names up to 1024 bytes through; layers and backing fs hold 255
 
 
@@ -92,8 +126,18 @@ def _name(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _now() -> int:
-    return time.time_ns()
+_now = time.time_ns  # the builtin itself: no Python frame per request
+
+
+def _negative_entry() -> pyfuse3.EntryAttributes:
+    """A negative LOOKUP reply (st_ino 0), cached by the kernel for ``TIMEOUT``."""
+    neg = pyfuse3.EntryAttributes()
+    neg.st_ino = 0
+    neg.entry_timeout = TIMEOUT
+    return neg
+
+
+_NEGATIVE = _negative_entry()  # never changed after this: every miss can share it
 
 
 @dataclass
@@ -192,12 +236,18 @@ class OverlayOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        node = self.model.lookup(parent_inode, _name(name))
+        # the common case inline (a loaded directory, a plain name); the model otherwise
+        d = self.model.inodes.get(parent_inode)
+        if (d is not None and d.children is not None and name not in _DOTS
+                and len(name) <= NAME_MAX and b"/" not in name and b"\x00" not in name):
+            ino = d.children.get(name.decode("utf-8", "surrogateescape"))
+            node = self.model.inodes[ino] if ino is not None else None
+            if node is not None:
+                node.lookups += 1
+        else:
+            node = self.model.lookup(parent_inode, _name(name))
         if node is None:
-            neg = pyfuse3.EntryAttributes()
-            neg.st_ino = 0
-            neg.entry_timeout = TIMEOUT  # negative entry: cached by the kernel
-            return neg
+            return _NEGATIVE
         return self._attr(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -544,8 +594,19 @@ class OverlayOperations(pyfuse3.Operations):
     ) -> None:
         self.model.setxattr(inode, _xname(name), value, _now())
 
-    @_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        """The kernel asks for ``security.capability`` before every write(2) and chown(2)
+        of a regular file (file_remove_privs, ATTR_KILL_PRIV: FUSE clears SB_NOSEC, and
+        pyfuse3 cannot ask for FUSE_CAP_HANDLE_KILLPRIV), two requests per file an untar
+        creates. The usual answer, "no such attribute" on an inode without xattrs, is
+        given here directly (``no_such_xattr``); everything else goes through the model."""
+        node = self.model.inodes.get(inode)
+        if node is not None and no_such_xattr(node.xattrs, name):
+            raise pyfuse3.FUSEError(errno.ENODATA)  # a new one: a reused one's traceback grows
+        return await self._getxattr(inode, name)
+
+    @_boundary
+    async def _getxattr(self, inode: int, name: bytes) -> bytes:
         return self.model.getxattr(inode, _xname(name))
 
     @_boundary
@@ -558,6 +619,14 @@ class OverlayOperations(pyfuse3.Operations):
 
 
 XATTR_NAMESPACES = ("user.", "trusted.", "security.", "system.")
+# the namespaces the model stores (no "system.": POSIX ACLs answer EOPNOTSUPP)
+_STORED_XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
+
+
+def no_such_xattr(xattrs: dict[str, bytes], name: bytes) -> bool:
+    """True when the model's answer to GETXATTR ``name`` on an inode with ``xattrs`` is
+    certainly ENODATA: a name it would accept (a stored namespace) and no xattrs at all."""
+    return not xattrs and name.startswith(_STORED_XATTR_PREFIXES)
 
 
 def _xname(raw: bytes) -> str:

@@ -7,7 +7,8 @@ Rules:
 - SPEC is a JSON file written by the parent: ``lowers`` (tree dir, meta.json path; lowest
   first), ``work`` (an empty private dir), ``mountpoint``, ``ready_fd``, ``readonly``
   (a view: ``readonly.ReadOnlyOperations``, mounted ``ro``, and no result is written),
-  ``pool`` (optional: the step's shared disk budget file, ``pool.py``).
+  ``pool`` (optional: the step's shared disk budget file, ``pool.py``), ``stats``
+  (optional: a directory for request statistics, ``stats.py``; off when absent).
 - Requests are served by ``session.run_session`` (one worker task).
 - The server writes ``ready\\n`` to ``ready_fd`` once mounted (or ``error: ...\\n`` and exits
   1). When the session ends (the parent unmounts), it writes the step's changes as a layer
@@ -23,6 +24,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pyfuse3
@@ -34,6 +36,7 @@ from rootbuild.fuse_overlay.quota import Quota
 from rootbuild.fuse_overlay.readonly import ReadOnlyOperations
 from rootbuild.fuse_overlay.session import run_session
 from rootbuild.fuse_overlay.session import stop as stop_session
+from rootbuild.fuse_overlay.stats import RequestStats, count_requests
 from rootbuild.image.layermeta import LayerMeta
 
 RESULT_TREE = "tree"
@@ -54,6 +57,19 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _record(stats: RequestStats | None, directory: str | None, readonly: bool,
+            **phases: float) -> None:
+    """Write the request statistics, when they are on (best effort: they are for
+    benchmarks, the step does not depend on them)."""
+    if stats is None or not directory:
+        return
+    stats.phases.update(phases)
+    try:
+        stats.save(Path(directory), readonly)
+    except OSError as exc:
+        print(f"fuse overlay: write request statistics to {directory}: {exc}", file=sys.stderr)
+
+
 def serve(spec_path: Path) -> int:
     _raise_fd_limit()
     spec = json.loads(spec_path.read_text())
@@ -61,6 +77,8 @@ def serve(spec_path: Path) -> int:
     work = Path(spec["work"])
     mountpoint = str(spec["mountpoint"])
     readonly = bool(spec.get("readonly", False))
+    stats_dir = spec.get("stats")
+    stats = RequestStats() if stats_dir else None
     try:
         lowers = [(Path(tree), LayerMeta.load(Path(meta))) for tree, meta in spec["lowers"]]
         if readonly:
@@ -69,6 +87,8 @@ def serve(spec_path: Path) -> int:
             pool = spec.get("pool")
             quota = Quota(FilePool(Path(pool))) if pool else None
             ops = OverlayOperations(lowers, work, quota)
+        if stats is not None:
+            count_requests(ops, stats)
         pyfuse3.init(ops, mountpoint, ops.mount_options())
     except Exception as exc:  # the parent turns this line into a RootbuildError
         _report(ready_fd, f"error: mount overlay at {mountpoint}: {exc}")
@@ -94,17 +114,22 @@ def serve(spec_path: Path) -> int:
             nursery.start_soon(session)
             nursery.start_soon(signals)
 
+    started = time.monotonic()
     try:
         trio.run(run)
     finally:
         pyfuse3.close(unmount=aborted)
+    session_s = time.monotonic() - started
     if aborted:
         return 2
     if readonly:
         ops.backing.close()
+        _record(stats, stats_dir, readonly, session=session_s)
         return 0
+    started = time.monotonic()
     meta = ops.finalize(work / RESULT_TREE)
     meta.save(work / RESULT_META)
+    _record(stats, stats_dir, readonly, session=session_s, finalize=time.monotonic() - started)
     return 0
 
 

@@ -113,6 +113,13 @@ def prepare_scratch(spec: StepSpec) -> StepSpec:
     return dataclasses.replace(spec, binds=(*etc_binds, *spec.binds), dns_upstreams=upstreams)
 
 
+def _fuse_stats_env() -> dict[str, str]:
+    """``ROOTBUILD_FUSE_STATS`` (a directory: the FUSE servers' request statistics,
+    fuse_overlay/stats.py; for bench/fuse_requests.py) reaches the inits when set."""
+    value = os.environ.get("ROOTBUILD_FUSE_STATS", "")
+    return {"ROOTBUILD_FUSE_STATS": value} if value else {}
+
+
 class SandboxExecutor:
     """Runs the RUN steps of one build (see the module docstring). ``placement``: None
     reads ``ROOTBUILD_CPU_PLACEMENT`` now; ``cpus``: the CPUs steps may start on (default:
@@ -127,7 +134,7 @@ class SandboxExecutor:
         self._idmap_warned = False
         # forks each step's init (sandbox/zygote.py); started by the first RUN step
         self._zygote = Zygote({"PATH": os.environ.get("PATH", DEFAULT_PATH),
-                               "LANG": "C.UTF-8"}, label)
+                               "LANG": "C.UTF-8", **_fuse_stats_env()}, label)
 
     async def aclose(self) -> None:
         """Stop the build's zygote (the steps' inits never depend on it)."""

@@ -120,3 +120,80 @@ def test_forget_without_failures_drops_inodes_and_their_data(
     assert a not in ops.model.inodes and b not in ops.model.inodes
     assert not (work / "data" / str(n_a)).exists() and not (work / "data" / str(n_b)).exists()
     assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    ("xattrs", "name", "expected"),
+    [
+        ({}, b"security.capability", True),
+        ({}, b"user.x", True),
+        ({}, b"trusted.overlay.opaque", True),
+        ({"user.x": b"1"}, b"security.capability", False),  # the model looks it up
+        ({}, b"system.posix_acl_access", False),  # EOPNOTSUPP, from the model
+        ({}, b"other.x", False),  # EOPNOTSUPP, from the model
+    ],
+)
+def test_no_such_xattr_only_where_the_model_says_enodata(
+    xattrs: dict[str, bytes], name: bytes, expected: bool
+) -> None:
+    from rootbuild.fuse_overlay.ops import no_such_xattr
+
+    assert no_such_xattr(xattrs, name) is expected
+
+
+def test_getxattr_answers_as_the_model(ops: OverlayOperations) -> None:
+    """The fast ENODATA and the model's answers, for an inode with and without xattrs."""
+    import pyfuse3
+
+    ops.model = OverlayModel([], NOW)
+
+    async def errno_of(ino: int, name: bytes) -> int | bytes:
+        try:
+            return await ops.getxattr(ino, name, None)  # type: ignore[arg-type]
+        except pyfuse3.FUSEError as exc:
+            return exc.errno
+
+    async def main() -> None:
+        assert await errno_of(ROOT_INO, b"security.capability") == errno.ENODATA
+        assert await errno_of(ROOT_INO, b"system.posix_acl_access") == errno.EOPNOTSUPP
+        assert await errno_of(ROOT_INO, b"foo.bar") == errno.EOPNOTSUPP
+        assert await errno_of(999, b"user.x") == errno.ENOENT
+        ops.model.setxattr(ROOT_INO, "user.x", b"v", NOW)
+        assert await errno_of(ROOT_INO, b"user.x") == b"v"
+        assert await errno_of(ROOT_INO, b"security.capability") == errno.ENODATA
+
+    trio.run(main)
+
+
+def test_lookup_answers_as_the_model(ops: OverlayOperations) -> None:
+    """The inline LOOKUP (a loaded directory, a plain name) and the model's path agree:
+    hits take one lookup reference, misses are negative entries, bad names and parents
+    are errors."""
+    import pyfuse3
+
+    ops.model = OverlayModel([], NOW)
+    m = ops.model
+    sub = m.create(ROOT_INO, "sub", "dir", 0o755, 0, 0, NOW)
+    f = m.create(ROOT_INO, "f", "file", 0o644, 0, 0, NOW, data=m.alloc_data())
+
+    async def look(parent: int, name: bytes) -> int:
+        try:
+            attr = await ops.lookup(parent, name, None)  # type: ignore[arg-type]
+        except pyfuse3.FUSEError as exc:
+            return -exc.errno
+        return attr.st_ino
+
+    async def main() -> None:
+        before = sub.lookups
+        assert await look(ROOT_INO, b"sub") == sub.ino
+        assert sub.lookups == before + 1
+        assert await look(ROOT_INO, b"missing") == 0
+        assert await look(ROOT_INO, b".") == ROOT_INO
+        assert await look(sub.ino, b"..") == ROOT_INO
+        assert await look(ROOT_INO, b"a/b") == -errno.EINVAL
+        assert await look(ROOT_INO, b"x" * 256) == -errno.ENAMETOOLONG
+        assert await look(f.ino, b"x") == -errno.ENOTDIR
+        assert await look(12345, b"x") == -errno.ENOENT
+        assert await look(ROOT_INO, "é".encode() + b"\xff") == 0  # surrogateescape
+
+    trio.run(main)
