@@ -7,14 +7,16 @@ tests/integration/test_service_queue.py starts it), start ONE ``rootbuild worker
 report per run: wall time (worker start to the last ``finished_at``), jobs/minute, median
 and p90 latency (``finished_at`` minus the later of ``queued_at`` and the worker's start,
 from ``rootbuild status --json``), median run time (``finished_at - started_at``), the
-worker process's peak RSS (``VmHWM``) and the peak summed RSS of its whole process tree,
-how many builds really ran at once (max and time-average of the jobs' WORKING intervals,
-and of their RUN steps, from the job logs' entry ids), how many sandbox inits (one per RUN
-step in flight) the tree held (sampled every 0.2 s), the 1-minute load average during the
-run, and failures. Rounds are interleaved (round r runs every N once, the order reversed
-every other round) so that ratios between N values compare runs made minutes apart on
-the same (shared, noisy) machine; medians per N and of the per-round ratios to the first
-N end the output, and ``--out FILE`` keeps every run as JSON.
+worker's CPU seconds per job (its whole process tree's, ``cpu_seconds``: less sensitive to
+other load than wall time), the worker process's peak RSS (``VmHWM``) and the peak summed
+RSS of its whole process tree, how many builds really ran at once (max and time-average of
+the jobs' WORKING intervals, and of their RUN steps, from the job logs' entry ids), how
+many sandbox inits (one per RUN step in flight) the tree held (sampled every 0.2 s), the
+1-minute load average during the run, and failures. Rounds are interleaved (round r runs
+every N once, the order reversed every other round) so that ratios between N values
+compare runs made minutes apart on the same (shared, noisy) machine; medians per N and of
+the per-round ratios to the first N end the output, and ``--out FILE`` keeps every run as
+JSON.
 
 Rules:
 - Run as root: ``ensure_bench_user`` creates the bench user (``--user``, default
@@ -196,6 +198,17 @@ def status_kb(pid: int, field: str) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and of every descendant it (or they) waited for: utime + stime +
+    cutime + cstime. Read when every build has ended, the worker's whole tree's CPU (each
+    build's zygote is waited for by the worker, its inits by the zygote)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def load1() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -350,7 +363,8 @@ def one_run(args: argparse.Namespace, n: int) -> dict[str, float]:
                 records[job] = rec
                 continue
             time.sleep(1.0)
-        hwm_kb = status_kb(worker_python_pid(worker.pid), "VmHWM")
+        wpid = worker_python_pid(worker.pid)
+        hwm_kb, cpu_s = status_kb(wpid, "VmHWM"), cpu_seconds(wpid)
         sampler.stop.set()
         sampler.join()
         logs = json.loads(subprocess.run(
@@ -374,7 +388,8 @@ def one_run(args: argparse.Namespace, n: int) -> dict[str, float]:
         return {"wall_s": wall, "jobs_per_min": len(jobs) / wall * 60,
                 "lat_median_s": statistics.median(lat), "lat_p90_s": pct(lat, 0.9),
                 "run_median_s": statistics.median(b - a for a, b in runs) if runs else 0.0,
-                "worker_rss_mib": hwm_kb / 1024, "tree_rss_mib": sampler.peak_kb / 1024,
+                "cpu_s_per_job": cpu_s / len(jobs), "worker_rss_mib": hwm_kb / 1024,
+                "tree_rss_mib": sampler.peak_kb / 1024,
                 "jobs_max": float(jobs_max), "jobs_avg": jobs_avg,
                 "steps_max": float(steps_max), "steps_avg": steps_avg,
                 "inits_max": float(max(inits, default=0)),
@@ -394,7 +409,8 @@ def one_run(args: argparse.Namespace, n: int) -> dict[str, float]:
 
 
 KEYS = ["wall_s", "jobs_per_min", "lat_median_s", "lat_p90_s", "run_median_s",
-        "worker_rss_mib", "tree_rss_mib", "jobs_max", "jobs_avg", "steps_max", "steps_avg",
+        "cpu_s_per_job", "worker_rss_mib", "tree_rss_mib", "jobs_max", "jobs_avg",
+        "steps_max", "steps_avg",
         "inits_max", "inits_avg", "load_start", "load_mean", "load_max", "failures"]
 
 
