@@ -25,7 +25,8 @@ Rules:
   Idempotent (a user that holds enough blocks is left alone); a missing range is added in
   one ``usermod`` past every range of every user in /etc/subuid and /etc/subgid and past
   the space scripts/test.sh places test users' ranges in, so it overlaps no one, also on a
-  machine other users already use. Redis, submit and the worker run as that user.
+  machine other users already use (the user is created without useradd's automatic range,
+  which would land in that space). Redis, submit and the worker run as that user.
 - Each tenant's concurrency cap (queue default 2, ``QueueConfig.tenant_cap``) is set to N
   (``RedisQueue.set_tenant_cap``), so only the worker's ``--concurrency`` limits it;
   ``--default-caps`` keeps the queue's default (2 tenants x cap 2 = at most 4 builds at
@@ -142,7 +143,9 @@ def ensure_bench_user(user: str, blocks: int) -> None:
     try:
         pwd.getpwnam(user)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", user], check=True)
+        # no automatic subordinate range: useradd would place it in scripts/test.sh's space
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash",
+                        "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", user], check=True)
     uid = pwd.getpwnam(user).pw_uid
     subuid, subgid = Path("/etc/subuid").read_text(), Path("/etc/subgid").read_text()
     have = min(subid_blocks(subuid, user, uid), subid_blocks(subgid, user, uid))
