@@ -23,8 +23,10 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,6 +37,7 @@ from pathlib import Path
 BUSYBOX = "/bin/busybox"
 ONE_LINERS = 30
 DEBIAN_RUNS = 8
+CLI = "import sys; from rootbuild.cli import main; sys.exit(main())"
 
 
 def busybox_context(ctx: Path, runs: int) -> None:
@@ -61,20 +64,24 @@ def debian_context(ctx: Path, archive: Path, runs: int) -> None:
 
 
 def build(python: str, ctx: Path, store: Path, out: Path, snapshotter: str,
-          trace: Path | None) -> float:
+          trace: Path | None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the build and every process it waited for)."""
     env = dict(os.environ)
     env.pop("ROOTBUILD_RUN_TRACE", None)
     if trace is not None:
         env["ROOTBUILD_RUN_TRACE"] = str(trace)
-    argv = [python, "-c", "import sys; from rootbuild.cli import main; sys.exit(main())", "build", "--root", str(store), "--no-cache",
+    argv = [python, "-c", CLI, "build", "--root", str(store), "--no-cache",
             "--progress", "plain", "--snapshotter", snapshotter,
             "--output", f"oci-archive:{out}", str(ctx)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     took = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         sys.exit(f"build failed ({python}, {ctx}): {proc.stderr[-2000:]}")
-    return took
+    return took, cpu
 
 
 def phase_medians(trace: Path) -> dict[str, float]:
@@ -94,7 +101,7 @@ def phase_medians(trace: Path) -> dict[str, float]:
     for step in steps:
         if not any(m["n"] == "i.main" for m in step):
             continue
-        for prev, nxt in zip(step, step[1:]):
+        for prev, nxt in itertools.pairwise(step):
             name = f"{prev['n']} > {nxt['n']}"
             per.setdefault(name, []).append((float(nxt["t"]) - float(prev["t"])) * 1000)
         total = (float(step[-1]["t"]) - float(step[0]["t"])) * 1000
@@ -132,6 +139,7 @@ def main(argv: list[str]) -> int:
         cases["debian"] = (work / "deb0", work / "deb8", DEBIAN_RUNS)
     for name, (ctx0, ctxn, runs) in cases.items():
         times: dict[tuple[str, str], list[float]] = {}
+        cpus: dict[tuple[str, str], list[float]] = {}
         for i, python in enumerate(pythons):
             store = work / f"store-{i}"
             for ctx in (ctx0, ctxn):  # warm the store: the base is imported once
@@ -141,16 +149,20 @@ def main(argv: list[str]) -> int:
                 store = work / f"store-{i}"
                 trace = work / f"trace-{name}-{i}.jsonl" if opts.trace else None
                 for ctx in (ctx0, ctxn):
-                    took = build(python, ctx, store, work / "out.tar", opts.snapshotter,
-                                 trace if ctx is ctxn else None)
+                    took, cpu = build(python, ctx, store, work / "out.tar", opts.snapshotter,
+                                      trace if ctx is ctxn else None)
                     times.setdefault((python, ctx.name), []).append(took)
+                    cpus.setdefault((python, ctx.name), []).append(cpu)
         print(f"== {name}: {runs} RUNs, --snapshotter {opts.snapshotter}, "
               f"{opts.runs} builds each")
         for i, python in enumerate(pythons):
             base = statistics.median(times[(python, ctx0.name)])
             full = statistics.median(times[(python, ctxn.name)])
-            print(f"  [{i}] {python}: no RUN {base:.3f} s, {runs} RUNs {full:.3f} s, "
-                  f"per RUN {(full - base) / runs * 1000:.1f} ms")
+            cbase = statistics.median(cpus[(python, ctx0.name)])
+            cfull = statistics.median(cpus[(python, ctxn.name)])
+            print(f"  [{i}] {python}: wall: no RUN {base:.3f} s, {runs} RUNs {full:.3f} s, "
+                  f"per RUN {(full - base) / runs * 1000:.1f} ms; CPU: no RUN {cbase:.3f} s, "
+                  f"{runs} RUNs {cfull:.3f} s, per RUN {(cfull - cbase) / runs * 1000:.1f} ms")
             if opts.trace:
                 for phase, ms in phase_medians(work / f"trace-{name}-{i}.jsonl").items():
                     print(f"      {phase:<28} {ms:7.2f} ms")

@@ -402,7 +402,7 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
     if result is not None:
         result = _drop_stub_parents(result, spec, created)
         tree, meta = str(result.tree), str(spec.scratch / "layer.meta.json")
-        result.meta.save(Path(meta))
+        result.meta.save(Path(meta), durable=False)  # the builder saves the layer's copy
     mark("i.meta_saved")
     status.send(event="exit", code=code, killed=False, warnings=warnings, tree=tree, meta=meta)
 
