@@ -39,6 +39,7 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -173,6 +174,7 @@ def serve(sock: socket.socket, init: Any) -> None:
             metas = request.get("metas")
             if isinstance(metas, list) and all(isinstance(m, str) for m in metas):
                 meta_cache.preload(metas)
+            gc.freeze()  # a child's collections then leave the shared pages alone
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
