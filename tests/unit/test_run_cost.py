@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 
 import pytest
+from test_engine import Rig
 
 from rootbuild import runtrace
 from rootbuild.image import meta_cache
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
-from test_engine import Rig
 
 
 @pytest.fixture
