@@ -2,9 +2,10 @@
 ``ROOTBUILD_RUN_TRACE=FILE`` is in the builder's environment.
 
 Job: ``mark(name)`` appends ``{"n": name, "t": CLOCK_MONOTONIC, "p": pid}`` as one line to
-FILE. The builder, the zygote's inits and their FUSE servers all mark (the zygote is given
-the variable when the builder has it); the clock is the machine's, so marks of different
-processes compare. A phase is the time between a mark and the one before it.
+FILE. The builder and the zygote's inits mark (the zygote is given the variable when the
+builder has it; the FUSE server's start and finish are seen from the init); the clock is
+the machine's, so marks of different processes compare. A phase is the time between a
+mark and the one before it.
 
 Rules: stdlib only, nothing when the variable is unset (one dict lookup per mark), never
 an error (a mark that cannot be written is dropped). FILE is created world-writable: the

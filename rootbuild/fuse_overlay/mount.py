@@ -34,7 +34,6 @@ from pathlib import Path
 from rootbuild.errors import SandboxError
 from rootbuild.image.layermeta import LayerMeta
 from rootbuild.proctitle import set_title
-from rootbuild.runtrace import mark
 
 MNT_DETACH = 2
 SERVER_MODULE = "rootbuild.fuse_overlay.server"
@@ -119,11 +118,8 @@ class OverlayMount:
         what = "close read-only overlay" if self.readonly else "finish overlay"
         self.done = True
         try:
-            mark("m.unmount")
             unmount(self.mountpoint)
-            mark("m.unmounted")
             code = _wait(self.proc, timeout)
-            mark("m.server_exited")
         except subprocess.TimeoutExpired:
             self._kill()
             raise SandboxError(
@@ -312,9 +308,7 @@ def mount_overlay(
     handle = OverlayMount(proc, mountpoint, work, readonly)
     try:
         try:
-            mark("m.forked")
             status = _wait_ready(read_fd, timeout)
-            mark("m.ready")
         finally:
             os.close(read_fd)
         if status != "ready":

@@ -35,7 +35,6 @@ from rootbuild.fuse_overlay.readonly import ReadOnlyOperations
 from rootbuild.fuse_overlay.session import run_session
 from rootbuild.fuse_overlay.session import stop as stop_session
 from rootbuild.image import meta_cache
-from rootbuild.runtrace import mark
 
 RESULT_TREE = "tree"
 RESULT_META = "tree.meta.json"
@@ -62,10 +61,8 @@ def serve(spec_path: Path) -> int:
     work = Path(spec["work"])
     mountpoint = str(spec["mountpoint"])
     readonly = bool(spec.get("readonly", False))
-    mark("s.start")
     try:
         lowers = [(Path(tree), meta_cache.load(Path(meta))) for tree, meta in spec["lowers"]]
-        mark("s.lowers_loaded")
         if readonly:
             ops: OverlayOperations = ReadOnlyOperations(lowers, work)
         else:  # "pool": the step's shared disk budget (pool.py), when it has one
@@ -73,7 +70,6 @@ def serve(spec_path: Path) -> int:
             quota = Quota(FilePool(Path(pool))) if pool else None
             ops = OverlayOperations(lowers, work, quota)
         pyfuse3.init(ops, mountpoint, ops.mount_options())
-        mark("s.fuse_init")
     except Exception as exc:  # the parent turns this line into a RootbuildError
         _report(ready_fd, f"error: mount overlay at {mountpoint}: {exc}")
         return 1
@@ -101,7 +97,6 @@ def serve(spec_path: Path) -> int:
     try:
         trio.run(run)
     finally:
-        mark("s.session_end")
         pyfuse3.close(unmount=aborted)
     if aborted:
         return 2
@@ -109,9 +104,7 @@ def serve(spec_path: Path) -> int:
         ops.backing.close()
         return 0
     meta = ops.finalize(work / RESULT_TREE)
-    mark("s.finalized")
     meta.save(work / RESULT_META, durable=False)  # a hand-over: the store's copy is durable
-    mark("s.meta_saved")
     return 0
 
 

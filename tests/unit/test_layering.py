@@ -24,7 +24,7 @@ EDGES: dict[str, set[str]] = {
     "stages": {"errors", "platform", "dockerfile"},
     "context": {"errors", "dockerfile"},
     "image": {"errors", "platform"},
-    "fuse_overlay": {"errors", "image", "proctitle", "runtrace"},
+    "fuse_overlay": {"errors", "image", "proctitle"},
     "snapshot": {"errors", "image", "fuse_overlay"},
     "sandbox": {"errors", "image", "snapshot", "netrules", "proctitle", "runtrace"},
     "registry": {"errors", "platform", "image"},
