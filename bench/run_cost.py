@@ -70,7 +70,7 @@ def build(python: str, ctx: Path, store: Path, out: Path, snapshotter: str,
     env.pop("ROOTBUILD_RUN_TRACE", None)
     if trace is not None:
         env["ROOTBUILD_RUN_TRACE"] = str(trace)
-    argv = [python, "-c", CLI, "build", "--root", str(store), "--no-cache",
+    argv = [python, "-I", "-c", CLI, "build", "--root", str(store), "--no-cache",
             "--progress", "plain", "--snapshotter", snapshotter,
             "--output", f"oci-archive:{out}", str(ctx)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
