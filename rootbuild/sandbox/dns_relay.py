@@ -2,7 +2,7 @@
 
 Job: ``DnsRelay(upstreams)`` in the sandbox init: ``fork_helper()`` while the init is still
 in the host's network namespace (the helper, which stays there, is the fork itself when
-the init is single-threaded, as a zygote's fork is: no interpreter start, ~70 ms a step;
+the init is single-threaded, as a zygote's fork is: no interpreter start, ~30 ms a step;
 else it execs a fresh ``python -I -m rootbuild.sandbox.dns_relay``), ``attach()`` once the
 init is in the step's network namespace: it binds UDP and TCP ``127.0.0.11:53`` there and
 hands both to the helper over a unix socket (``SCM_RIGHTS``); ``close()`` at teardown. The helper
