@@ -12,8 +12,9 @@ Rules:
 - An entry is keyed by the path and the file's device, inode, size and mtime: a file
   replaced or rewritten is loaded again. Layer metadata files are written once by the
   builder (content-addressed layers) and never change in place.
-- At most ``MAX_ENTRIES`` metas are kept (the oldest is dropped): the zygote lives for one
-  build, but a build may have many layers.
+- At most ``MAX_ENTRIES`` metas are kept, the least recently used dropped first: the zygote
+  lives for one build, but a build may have many layers. A step's lowers are all used for
+  each step, so they stay unless one step has more than ``MAX_ENTRIES`` of them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from rootbuild.image.layermeta import LayerMeta
 
-MAX_ENTRIES = 64
+MAX_ENTRIES = 256
 
 _Key = tuple[str, int, int, int, int]
 _cache: dict[_Key, LayerMeta] = {}
@@ -40,7 +41,8 @@ def _key(path: Path) -> _Key | None:
 def load(path: Path) -> LayerMeta:
     """``LayerMeta.load(path)``, from this process's memo when the file is unchanged."""
     key = _key(path)
-    if key is not None and (hit := _cache.get(key)) is not None:
+    if key is not None and (hit := _cache.pop(key, None)) is not None:
+        _cache[key] = hit  # the most recently used: last in the dict's order
         return hit
     meta = LayerMeta.load(path)
     if key is not None:

@@ -71,9 +71,11 @@ def test_meta_cache_keeps_at_most_max_entries(tmp_path: Path, monkeypatch: pytes
     for p in paths:
         _meta(p, [p.stem])
     first = meta_cache.load(paths[0])
-    meta_cache.load(paths[1])
-    meta_cache.load(paths[2])  # drops the oldest
-    assert meta_cache.load(paths[0]) is not first
+    second = meta_cache.load(paths[1])
+    assert meta_cache.load(paths[0]) is first  # used again: now the most recent
+    meta_cache.load(paths[2])  # drops the least recently used: paths[1]
+    assert meta_cache.load(paths[0]) is first
+    assert meta_cache.load(paths[1]) is not second
     meta_cache.clear()
 
 
