@@ -31,6 +31,7 @@ from rootbuild.cache.index import CacheIndex
 from rootbuild.cache.mounts import CacheMounts
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.context import BuildContext, find_dockerfile, load_ignore
+from rootbuild.dockerfile.instructions import Dockerfile, Run
 from rootbuild.dockerfile.parser import parse_dockerfile
 from rootbuild.engine.bases import StoreBaseImages
 from rootbuild.engine.cache_mounts import BuildCacheMounts, export_cache_mounts
@@ -82,9 +83,21 @@ class _SandboxOnFirstRun:
             self._executor = SandboxExecutor(read_slot_plan(self.slot), label=self.label)
         return await self._executor.run(spec, on_output)
 
+    async def prestart(self) -> None:
+        if self._executor is None:
+            from rootbuild.sandbox.executor import SandboxExecutor
+
+            self._executor = SandboxExecutor(read_slot_plan(self.slot), label=self.label)
+        await self._executor.prestart()
+
     async def aclose(self) -> None:
         if self._executor is not None:
             await self._executor.aclose()
+
+
+def has_run(dockerfile: Dockerfile) -> bool:
+    """The Dockerfile has a RUN instruction (ONBUILD triggers of bases not counted)."""
+    return any(isinstance(i, Run) for stage in dockerfile.stages for i in stage.instructions)
 
 
 def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Seams:
@@ -146,6 +159,9 @@ async def build(
     with store.shared_lock(), BuildContext.open(options.context_dir, ignore) as context, \
             store.stage() as staging, contextlib.ExitStack() as named:
         seams = seams or default_seams(store, options, progress)
+        runs = has_run(dockerfile)
+        if runs and options.no_cache:  # every RUN will run: overlap its start-up with the
+            await seams.executor.prestart()  # base pulls (an ONBUILD RUN starts it later)
         the_plan = await plan_build(
             dockerfile, seams.base_images, target=options.target,
             build_args=options.build_args, target_platform=options.target_platform,
@@ -179,6 +195,7 @@ async def build(
                 CacheMounts(store.root), staging, progress.note,
                 options.build_args.get("BUILDKIT_CACHE_MOUNT_NS", ""),
             ),
+            runs_ahead=runs,
         )
 
         async def run_stage(stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:

@@ -38,6 +38,11 @@ class Executor(Protocol):
         """Release what the executor keeps between steps (the build is over)."""
         ...
 
+    async def prestart(self) -> None:
+        """A hint: RUN steps will run in this build; start what they need in the
+        background now (the sandbox's zygote). Idempotent, and never required."""
+        ...
+
 
 class BaseImages(Protocol):
     async def get(self, ref: str, platform: Platform) -> StoredImage:

@@ -75,6 +75,7 @@ from rootbuild.image.oci import StoredImage
 from rootbuild.image.rootfs import RootfsView
 from rootbuild.image.store import Staging
 from rootbuild.progress import Progress
+from rootbuild.runtrace import mark
 from rootbuild.sandbox.idmap import IdMapPlan
 from rootbuild.sandbox.spec import OverlayRoot, StepSpec
 from rootbuild.snapshot import LowerLayer
@@ -104,6 +105,7 @@ class Workspace:
     sources: BuildSources = field(default_factory=BuildSources)  # --secret/--ssh
     cache_mounts: BuildCacheMounts | None = None  # RUN --mount=type=cache's store
     disk: DiskAccount = field(default_factory=DiskAccount)  # --disk-limit: RUN layers so far
+    runs_ahead: bool = False  # the Dockerfile has RUN steps: a cache miss prestarts them
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,9 @@ class Stage:
         if isinstance(action, MetadataStep):
             return state, False
         cache = self.work.cache
+        mark("step.start")
         key = await self.cache_key(action, instr.location)
+        mark("b.cache_key")
         state_key = self.after_link(action, key)
         private = self.private_step(action)
         if key is not None and self.use_cache and not private:
@@ -224,6 +228,8 @@ class Stage:
                     else None
                 state = _stamped(state, entry.created, self.env.options.source_date_epoch)
                 return self.with_layer(state, layer), True
+        if self.work.runs_ahead:  # steps run from here on: RUN's sandbox starts meanwhile
+            await self.seams.executor.prestart()
         layer = await self.produce(action, instr.location, handle)
         if key is not None:
             if not private:
@@ -233,6 +239,7 @@ class Stage:
                     created=self.env.clock.started,
                 ))
             self.key = chain_key(state_key or key, layer.diff_id if layer else None)
+        mark("b.cache_add")
         return self.with_layer(state, layer), False
 
     def private_step(self, action: Step) -> bool:
@@ -406,6 +413,7 @@ class Stage:
         lowers = await trio.to_thread.run_sync(
             lambda: tuple(LowerLayer(*work.trees.lower(layer)) for layer in self.layers)
         )
+        mark("b.lowers")
         disk_limit, inode_limit = work.disk.left(*limits_of(options))
         if disk_limit == 0 or inode_limit == 0:
             spent = "disk" if disk_limit == 0 else "inodes"
@@ -431,6 +439,7 @@ class Stage:
                 disk_limit=disk_limit, inode_limit=inode_limit,
             )
             mask = mask_of(mounts.mounts, mounts.secret_env)  # no secret value in the output
+            mark("b.spec")
             result = await self.seams.executor.run(
                 spec, mask.wrap(lambda line: work.progress.output(handle, line))
             )
@@ -467,10 +476,13 @@ class Stage:
             raise SandboxError("RUN: the sandbox returned no layer for a successful step",
                                where)
         work.disk.add(result.layer.meta)
-        return await trio.to_thread.run_sync(
+        mark("b.result")
+        adopted = await trio.to_thread.run_sync(
             work.trees.adopt, result.layer.tree, result.layer.meta, options.compression,
             options.source_date_epoch,
         )
+        mark("b.adopt")
+        return adopted
 
     def workdir_entries(self, action: WorkdirStep, where: Location) -> list[TarEntry] | None:
         view = self.view()

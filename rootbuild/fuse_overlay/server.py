@@ -37,7 +37,7 @@ from rootbuild.fuse_overlay.readonly import ReadOnlyOperations
 from rootbuild.fuse_overlay.session import run_session
 from rootbuild.fuse_overlay.session import stop as stop_session
 from rootbuild.fuse_overlay.stats import RequestStats, count_requests
-from rootbuild.image.layermeta import LayerMeta
+from rootbuild.image import meta_cache
 
 RESULT_TREE = "tree"
 RESULT_META = "tree.meta.json"
@@ -80,7 +80,7 @@ def serve(spec_path: Path) -> int:
     stats_dir = spec.get("stats")
     stats = RequestStats() if stats_dir else None
     try:
-        lowers = [(Path(tree), LayerMeta.load(Path(meta))) for tree, meta in spec["lowers"]]
+        lowers = [(Path(tree), meta_cache.load(Path(meta))) for tree, meta in spec["lowers"]]
         if readonly:
             ops: OverlayOperations = ReadOnlyOperations(lowers, work)
         else:  # "pool": the step's shared disk budget (pool.py), when it has one
@@ -128,14 +128,14 @@ def serve(spec_path: Path) -> int:
         return 0
     started = time.monotonic()
     meta = ops.finalize(work / RESULT_TREE)
-    meta.save(work / RESULT_META)
+    meta.save(work / RESULT_META, durable=False)  # a hand-over: the store's copy is durable
     _record(stats, stats_dir, readonly, session=session_s, finalize=time.monotonic() - started)
     return 0
 
 
 if __name__ == "__main__":
     code = serve(Path(sys.argv[1]))
-    # The result is on disk (fsynced); skip the interpreter's teardown (~20 ms), which the
+    # The result is written; skip the interpreter's teardown (~20 ms), which the
     # step's layer would otherwise wait for.
     sys.stdout.flush()
     sys.stderr.flush()

@@ -123,8 +123,10 @@ class LayerMeta:
             raise ImageError(f"load {source}: {exc}") from exc
         return cls.build(entries, whiteouts, opaque)
 
-    def save(self, path: Path) -> None:
-        """Write atomically: a temp file in the same directory, fsync, then rename."""
+    def save(self, path: Path, durable: bool = True) -> None:
+        """Write atomically: a temp file in the same directory, fsync, then rename.
+        ``durable=False``: no fsync, for a hand-over file in a step's scratch that a crash
+        makes garbage anyway (the layer's own copy in the store is written durably)."""
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         data = self.to_json()
         try:
@@ -133,7 +135,8 @@ class LayerMeta:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)

@@ -1,10 +1,11 @@
 """The DNS forwarder of an isolated RUN step (Docker's embedded DNS server, for slirp4netns).
 
 Job: ``DnsRelay(upstreams)`` in the sandbox init: ``fork_helper()`` while the init is still
-in the host's network namespace (the helper execs a fresh interpreter, ``python -I -m
-rootbuild.sandbox.dns_relay``, that stays there), ``attach()`` once the init is in the
-step's network namespace: it binds UDP and TCP ``127.0.0.11:53`` there and hands both to
-the helper over a unix socket (``SCM_RIGHTS``); ``close()`` at teardown. The helper
+in the host's network namespace (the helper, which stays there, is the fork itself when
+the init is single-threaded, as a zygote's fork is: no interpreter start, ~30 ms a step;
+else it execs a fresh ``python -I -m rootbuild.sandbox.dns_relay``), ``attach()`` once the
+init is in the step's network namespace: it binds UDP and TCP ``127.0.0.11:53`` there and
+hands both to the helper over a unix socket (``SCM_RIGHTS``); ``close()`` at teardown. The helper
 (``Forwarder``) relays the step's queries to the host's resolvers and their answers back.
 
 Rules:
@@ -21,6 +22,12 @@ Rules:
   when the init's end of the unix socket closes, is among the init's children the builder
   kills if the init vanishes, and ``close()`` kills and reaps it before the init reports
   its exit. It drops every capability and sets no_new_privs before it reads a byte.
+- A forked helper keeps a copy of the init's memory, which holds this step's secret values
+  (``secrets.py``) and the build's layer metadata (the zygote's, ``image/meta_cache.py``):
+  nothing the step itself is not given (its secrets are mounted for it; the zygote never
+  holds a secret, each init reads its own from a memfd after the fork). The helper parses
+  only DNS messages, in Python, and the step cannot reach its memory (another pid
+  namespace; no ptrace, no /proc of it).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from rootbuild.errors import SandboxError
+from rootbuild.proctitle import set_title
 from rootbuild.sandbox import dns_proxy
 from rootbuild.sandbox.dns_proxy import Query, Upstream
 from rootbuild.sandbox.reap import stop_child
@@ -73,6 +81,8 @@ class DnsRelay:
         """Start the helper in the current (the host's) network namespace."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         parent = os.getpid()
+        sys.stdout.flush()  # a forked helper must not write the init's buffers again
+        sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the helper: exec or die, never return
             try:
@@ -131,8 +141,21 @@ def _exec_helper(ctl: int, parent: int, upstreams: tuple[Upstream, ...],
     os.dup2(ctl, 3)
     os.set_inheritable(3, True)
     os.closerange(4, 1 << 16)
-    os.execv(sys.executable, [sys.executable, "-I", "-m", "rootbuild.sandbox.dns_relay", "3",
-                              json.dumps([list(u) for u in upstreams]), label])
+    argv = ["3", json.dumps([list(u) for u in upstreams]), label]
+    title = [sys.executable, "-I", "-m", "rootbuild.sandbox.dns_relay", *argv]
+    if threading.active_count() == 1:  # the init (a zygote fork): no interpreter start
+        set_title(title)
+        try:
+            main(argv)
+        except BaseException:  # to the init's log, as a fresh interpreter's would be
+            with contextlib.suppress(BaseException):
+                import traceback
+
+                traceback.print_exc()
+                sys.stderr.flush()
+        finally:
+            os._exit(0)  # the TCP threads die with the process
+    os.execv(sys.executable, title)
 
 
 @dataclasses.dataclass

@@ -28,7 +28,9 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterable
 
+from rootbuild import runtrace
 from rootbuild.errors import SandboxError
+from rootbuild.runtrace import mark
 from rootbuild.sandbox import dns_proxy
 from rootbuild.sandbox.idmap import IdMapPlan
 from rootbuild.sandbox.placement import CpuSlots
@@ -133,8 +135,16 @@ class SandboxExecutor:
         self._slots = CpuSlots(os.sched_getaffinity(0) if cpus is None else cpus)
         self._idmap_warned = False
         # forks each step's init (sandbox/zygote.py); started by the first RUN step
-        self._zygote = Zygote({"PATH": os.environ.get("PATH", DEFAULT_PATH),
-                               "LANG": "C.UTF-8", **_fuse_stats_env()}, label)
+        env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8",
+               **_fuse_stats_env()}
+        if os.environ.get(runtrace.ENV):  # measurements only (runtrace.py)
+            env[runtrace.ENV] = os.environ[runtrace.ENV]
+        self._zygote = Zygote(env, label)
+
+    async def prestart(self) -> None:
+        """Start the build's zygote now, in the background (``zygote.Zygote.prestart``):
+        the build has RUN steps that will run."""
+        await self._zygote.prestart()
 
     async def aclose(self) -> None:
         """Stop the build's zygote (the steps' inits never depend on it)."""
@@ -157,6 +167,7 @@ class SandboxExecutor:
         delivered = False
         try:
             step = prepare_scratch(spec)
+            mark("b.scratch")
             request = InitRequest(step, self.idmap, tuple(warnings), cpu)
             result = await run_init(request, on_output, self._zygote)
             delivered = True

@@ -166,13 +166,21 @@ def helper_argv(pid: int, plan: IdMapPlan) -> list[list[str]]:
 
 def apply_helpers(pid: int, plan: IdMapPlan) -> None:
     """Run newuidmap/newgidmap on ``pid`` (a process that has just unshared its user
-    namespace). Blocking; the builder runs it in a worker thread."""
-    for argv in helper_argv(pid, plan):
-        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            raise SandboxError(
-                f"map ids with {argv[0]}: {proc.stderr.strip() or f'exit {proc.returncode}'}"
-            )
+    namespace). Blocking; the builder runs it in a worker thread. The two helpers write
+    different files of ``pid`` (uid_map, gid_map) and run at once: a step waits for the
+    slower one, not for both in turn (issue 14: ~3 ms a step)."""
+    procs = [
+        (argv, subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True))
+        for argv in helper_argv(pid, plan)
+    ]
+    failed = ""
+    for argv, proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0 and not failed:
+            failed = f"map ids with {argv[0]}: {err.strip() or f'exit {proc.returncode}'}"
+    if failed:
+        raise SandboxError(failed)
 
 
 def write_own_maps(plan: IdMapPlan) -> None:

@@ -47,7 +47,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rootbuild.errors import RootbuildError, SandboxError, StepError
+from rootbuild.image import meta_cache
 from rootbuild.image.layermeta import LayerMeta
+from rootbuild.runtrace import mark
 from rootbuild.sandbox import caps, mounts, secrets, step_mounts, usernet
 from rootbuild.sandbox.affinity import StepCpu, children
 from rootbuild.sandbox.child import ChildPlan, child_main
@@ -118,6 +120,7 @@ USERNS_REFUSED = (
 
 def _enter_namespaces(spec: StepSpec, plan: IdMapPlan, status: Status, ctl: int,
                       net: usernet.UserNet | None = None) -> None:
+    mark("i.enter")
     try:
         mounts.unshare(mounts.CLONE_NEWUSER)
     except OSError as exc:
@@ -130,6 +133,7 @@ def _enter_namespaces(spec: StepSpec, plan: IdMapPlan, status: Status, ctl: int,
             raise SandboxError("map ids of the step's user namespace: the builder gave up")
     else:
         write_own_maps(plan)
+    mark("i.mapped")
     flags = mounts.CLONE_NEWNS | mounts.CLONE_NEWUTS | mounts.CLONE_NEWIPC
     if spec.network != "host":
         flags |= mounts.CLONE_NEWNET
@@ -145,6 +149,7 @@ def _enter_namespaces(spec: StepSpec, plan: IdMapPlan, status: Status, ctl: int,
     if net is not None:
         net.attach(denied)
     mounts.sethostname(spec.hostname)
+    mark("i.namespaces")
 
 
 def _prepare_targets(rootfd: int, binds: tuple[Bind, ...], created: list[mounts.Created]
@@ -324,6 +329,7 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
         run_mounts = step_mounts.mount_trees(spec, trees, kept_trees, budget)
         if slot:
             caps.step_gets_none()
+        mark("i.mounted")
         keep = children(os.getpid())  # the FUSE server: the builder kills it if the init dies
         status.send(event="mounted", pids=sorted(keep))
         rootfd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -354,7 +360,9 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
                 ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
             else:
                 mounts.unshare(mounts.CLONE_NEWPID)
+            mark("i.targets")
             pid, message = _start_child(child)
+            mark("i.child_exec")
             # the pids limit is counted once more at pid 1's exit (exit_stop.py)
             stop = ExitStop.attach(pid) if spec.limits.pids is not None and not message \
                 and not host_bind else None
@@ -371,6 +379,7 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
                 if host_bind:
                     _kill_descendants(keep)
             code = _exit_code(wait_status)
+            mark("i.step_exited")
             # a write the budget refused may have been the kernel's writeback of data the
             # step believes written: the step fails whatever its status, keeps nothing
             limit = exceeded(budget, [mountpoint, *(m.mountpoint for _, m in kept_trees)])
@@ -388,11 +397,13 @@ def run(request: InitRequest, out_fd: int, ctl: int, status: Status,
                         limit=broke, disk=limit)
             return  # leaving the context aborts the root: no layer
         result = mounted.finish()
+        mark("i.finished")
     tree = meta = None
     if result is not None:
         result = _drop_stub_parents(result, spec, created)
         tree, meta = str(result.tree), str(spec.scratch / "layer.meta.json")
-        result.meta.save(Path(meta))
+        result.meta.save(Path(meta), durable=False)  # the builder saves the layer's copy
+    mark("i.meta_saved")
     status.send(event="exit", code=code, killed=False, warnings=warnings, tree=tree, meta=meta)
 
 
@@ -431,7 +442,7 @@ def _drop_stub_parents(result: StepChanges, spec: StepSpec,
     modified; drop that directory from the layer when nothing under it changed and its
     mode and owner equal the lower layer's (BuildKit's layers carry no such entry)."""
     root = spec.rootfs
-    lowers = [LayerMeta.load(lo.meta_path) for lo in root.lowers] \
+    lowers = [meta_cache.load(lo.meta_path) for lo in root.lowers] \
         if isinstance(root, OverlayRoot) else []
     meta = result.meta
     drop = set()
@@ -483,6 +494,7 @@ def main(argv: list[str]) -> NoReturn:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     code = 0
+    mark("i.main")
     try:
         request = InitRequest.from_json(json.loads(Path(spec_path).read_text()))
         # the fifth argument: a memfd with the step's secret values (sandbox/secrets.py)

@@ -33,15 +33,22 @@ import trio
 
 from rootbuild.errors import RootbuildError, SandboxError, StepError
 from rootbuild.image.layermeta import LayerMeta
+from rootbuild.runtrace import mark
 from rootbuild.sandbox.idmap import IdMapPlan, apply_helpers
 from rootbuild.sandbox.limits import OutputCap
 from rootbuild.sandbox.secrets import payload_fd
-from rootbuild.sandbox.spec import InitRequest, StepResult, StepSpec
+from rootbuild.sandbox.spec import InitRequest, OverlayRoot, StepResult, StepSpec
 from rootbuild.sandbox.zygote import InitProcess, Zygote, fd_arg
 from rootbuild.snapshot import StepChanges
 
 TEARDOWN_SECONDS = 30.0
 MAX_LINE = 64 * 1024
+
+
+def _lower_metas(spec: StepSpec) -> list[str]:
+    """The metadata files of the step's lower layers, for the zygote to load once."""
+    root = spec.rootfs
+    return [str(lo.meta_path) for lo in root.lowers] if isinstance(root, OverlayRoot) else []
 
 
 def _write_request(request: InitRequest) -> Path:
@@ -132,6 +139,7 @@ async def run_init(request: InitRequest, on_output: Callable[[str], None],
     plan = request.idmap
     warnings = list(request.warnings)
     spec_path = _write_request(request)
+    mark("b.request")
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     st_r, st_w = os.pipe2(os.O_CLOEXEC)
@@ -143,7 +151,7 @@ async def run_init(request: InitRequest, on_output: Callable[[str], None],
         with open(spec.scratch / "init.log", "wb") as log:
             proc = await zygote.spawn(
                 [str(spec_path), *(fd_arg(i) for i in range(len(passed)))],
-                log.fileno(), passed, spec.scratch,
+                log.fileno(), passed, spec.scratch, _lower_metas(spec),
             )
     except BaseException:
         for fd in (out_r, out_w, ctl_r, ctl_w, st_r, st_w, *extra):
@@ -151,6 +159,7 @@ async def run_init(request: InitRequest, on_output: Callable[[str], None],
         raise
     for fd in passed:
         os.close(fd)
+    mark("b.spawned")
     session = _Session(proc, ctl_w, plan, spec)
     try:
         with _bare_errors():
@@ -159,8 +168,10 @@ async def run_init(request: InitRequest, on_output: Callable[[str], None],
                                    OutputCap(spec.limits.log_bytes))
                 final = await session.follow(trio.lowlevel.FdStream(st_r))
     finally:
+        mark("b.final_event")
         with trio.CancelScope(shield=True):
             await session.teardown()
+        mark("b.teardown")
     return _result(final, warnings, session.timed_out, spec.scratch)
 
 
@@ -223,7 +234,9 @@ class _Session:
 
     async def _map(self, pid: int) -> None:
         try:
+            mark("b.unshared_seen")
             await trio.to_thread.run_sync(apply_helpers, pid, self.plan)
+            mark("b.mapped")
         except SandboxError:
             self.tell("failed")
             raise

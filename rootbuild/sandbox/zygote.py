@@ -17,6 +17,13 @@ Rules:
   closes (``aclose``). Its children do not depend on it once forked: each init is in a
   session of its own and tears its step down when the builder's end of its control pipe
   closes, exactly as a directly started init does.
+- It may be started early (``prestart``: the build has RUN steps that will run), so that
+  its interpreter start and imports overlap the build's base pulls and COPY steps instead
+  of delaying the first RUN; ``spawn`` waits for it to be ready.
+- A request may name layer metadata files (``"metas"``: the step's lower layers), which the
+  zygote loads before it forks (``image/meta_cache.py``): each init and FUSE server
+  inherits them instead of parsing them again per step. They are the builder's own files
+  from the store, never the step's data.
 - A request is one SOCK_SEQPACKET message: JSON ``{"argv": [...], "cwd": DIR}`` and the
   fds (SCM_RIGHTS) ``[log, *passed]``; ``argv`` entries ``"{fd:N}"`` become the number of
   passed fd N in the child. The child gets stdin /dev/null, stdout and stderr on the log,
@@ -32,6 +39,7 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -46,7 +54,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rootbuild.errors import SandboxError
+from rootbuild.image import meta_cache
 from rootbuild.proctitle import ROOM, fresh_start, set_title
+from rootbuild.runtrace import mark
 
 INIT_MODULE = "rootbuild.sandbox.init"
 ZYGOTE_MODULE = "rootbuild.sandbox.zygote"
@@ -149,6 +159,10 @@ def serve(sock: socket.socket, init: Any) -> None:
             request = json.loads(data)
             if len(fds) < 1:
                 raise ValueError("zygote request: no log fd")
+            metas = request.get("metas")
+            if isinstance(metas, list) and all(isinstance(m, str) for m in metas):
+                meta_cache.preload(metas)
+            gc.freeze()  # a child's collections then leave the shared pages alone
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
@@ -224,55 +238,80 @@ class Zygote:
         self._proc: Any = None
         self._sock: Any = None
         self._lock: Any = None
+        self._ready = False
+        self._errors: Any = None  # the zygote's stderr: a temporary file
+
+    async def prestart(self) -> None:
+        """Start the zygote now, without waiting for it to be ready (``spawn`` does)."""
+        if self._proc is None:
+            await self._launch()
 
     async def _start(self) -> None:
+        if self._proc is None:
+            await self._launch()
+        await self._hello()
+
+    async def _launch(self) -> None:
         import trio
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # its stderr (an import error, say) is quoted if it does not start
-        with tempfile.TemporaryFile() as errors:
-            try:
-                self._proc = await trio.lowlevel.open_process(
-                    [sys.executable, "-I", "-m", ZYGOTE_MODULE, str(theirs.fileno()),
-                     self.label or "-", ROOM],
-                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=errors,
-                    start_new_session=True, env=self.env, cwd="/",
-                )
-            except BaseException:
-                ours.close()
-                raise
-            finally:
-                theirs.close()
-            self._sock = trio.socket.from_stdlib_socket(ours)
-            with trio.move_on_after(START_SECONDS):
-                hello = await self._sock.recv(MAX_MESSAGE)
-                if hello:
-                    return
-            await self.aclose()
-            errors.seek(0)
-            tail = " | ".join(errors.read(65536).decode(errors="replace").splitlines()[-3:])
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by aclose)
+        try:
+            self._proc = await trio.lowlevel.open_process(
+                [sys.executable, "-I", "-m", ZYGOTE_MODULE, str(theirs.fileno()),
+                 self.label or "-", ROOM],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=self._errors,
+                start_new_session=True, env=self.env, cwd="/",
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = trio.socket.from_stdlib_socket(ours)
+        self._ready = False
+
+    async def _hello(self) -> None:
+        import trio
+
+        if self._ready:
+            return
+        with trio.move_on_after(START_SECONDS):
+            hello = await self._sock.recv(MAX_MESSAGE)
+            if hello:
+                self._ready = True
+                return
+        tail = ""
+        if self._errors is not None:
+            self._errors.seek(0)
+            text = self._errors.read(65536).decode(errors="replace")
+            tail = " | ".join(text.splitlines()[-3:])
+        await self.aclose()
         raise SandboxError(
             f"start the RUN sandbox: its zygote process did not start: {tail}".rstrip(": "))
 
     async def spawn(self, argv: Sequence[str], log: int, fds: Sequence[int],
-                    cwd: Path) -> InitProcess:
+                    cwd: Path, metas: Sequence[str] = ()) -> InitProcess:
         """Fork an init running ``init.main(argv)`` (``fd_arg(i)`` in ``argv``: passed
-        fd ``fds[i]``) with stdout and stderr on ``log``, in ``cwd``."""
+        fd ``fds[i]``) with stdout and stderr on ``log``, in ``cwd``; ``metas``: layer
+        metadata files the zygote loads first, for the init to inherit."""
         import trio
 
         if self._lock is None:
             self._lock = trio.Lock()
         async with self._lock:
             for attempt in (1, 2):  # a zygote that died (killed by hand) is replaced once
-                if self._sock is None:
+                if self._sock is None or not self._ready:
                     await self._start()
+                    mark("b.zygote_started")
                 try:
                     # one request, one answer, never torn apart by a cancel: an answer
                     # left unread would be taken for the next step's
                     with trio.CancelScope(shield=True):
                         with trio.fail_after(ANSWER_SECONDS):
-                            return await self._ask(argv, log, fds, cwd)
+                            return await self._ask(argv, log, fds, cwd, metas)
                 except (OSError, EOFError, trio.TooSlowError) as exc:
                     await self.aclose()
                     if attempt == 2:
@@ -280,8 +319,9 @@ class Zygote:
         raise AssertionError("unreachable")
 
     async def _ask(self, argv: Sequence[str], log: int, fds: Sequence[int],
-                   cwd: Path) -> InitProcess:
-        request = json.dumps({"argv": list(argv), "cwd": str(cwd)}).encode()
+                   cwd: Path, metas: Sequence[str] = ()) -> InitProcess:
+        request = json.dumps({"argv": list(argv), "cwd": str(cwd),
+                              "metas": list(metas)}).encode()
         await self._sock.sendmsg([request], _ancillary([log, *fds]))
         data, ancdata, _, _ = await self._sock.recvmsg(
             MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * 4))
@@ -301,10 +341,16 @@ class Zygote:
         """Close the zygote's socket and wait for it to exit (its inits are not touched)."""
         import trio
 
-        sock, proc = self._sock, self._proc
+        sock, proc, ready = self._sock, self._proc, self._ready
         self._sock = self._proc = None
+        self._ready = False
+        if self._errors is not None:
+            self._errors.close()
+            self._errors = None
         if sock is not None:
             sock.close()
+        if proc is not None and not ready and proc.returncode is None:
+            proc.kill()  # started early, never used: it has forked nothing
         if proc is not None:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(5):

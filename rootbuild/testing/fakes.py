@@ -116,6 +116,7 @@ class FakeExecutor:
         self.specs: list[StepSpec] = []
         self.cancelled: list[StepSpec] = []
         self.closed = False
+        self.prestarts = 0  # how often the engine said RUN steps will run
 
     async def run(self, spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
         self.specs.append(spec)
@@ -138,6 +139,9 @@ class FakeExecutor:
         if plan.exit_code != 0 or plan.limit_exceeded:
             return StepResult(plan.exit_code, limit_exceeded=plan.limit_exceeded)
         return StepResult(0, _changes(spec, plan.files))
+
+    async def prestart(self) -> None:
+        self.prestarts += 1
 
     async def aclose(self) -> None:
         self.closed = True
