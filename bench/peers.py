@@ -11,7 +11,9 @@ Usage, as an ordinary user with /etc/subuid and /etc/subgid ranges and a usable 
 
 ``--builders`` also takes ``rootbuild-spread``: rootbuild with ``ROOTBUILD_CPU_PLACEMENT=off``
 (RUN steps and their FUSE servers free to use every CPU), to measure CPU placement in the
-same run; it is shown with its ratio but is not one of the peers the targets name.
+same run; it is shown with its ratio but is not one of the peers the targets name. And
+``rootbuild-overlay``: rootbuild with ``--snapshotter overlay`` (the kernel's overlayfs),
+shown the same way.
     /opt/rootbuild/venv/bin/python bench/peers.py --report FILE.json   # tables of a --json
 
 The rootbuild measured is the ``rootbuild`` executable next to this interpreter.
@@ -86,7 +88,8 @@ NCPU = os.cpu_count() or 1
 BUILDERS = ("rootbuild", "buildah-vfs", "buildah-overlay", "buildah-fuse")
 # rootbuild with ROOTBUILD_CPU_PLACEMENT=off (steps on every CPU): what placement is worth in
 # these cases; on request only, and never counted among the peers the targets name.
-EXTRA_BUILDERS = ("rootbuild-spread",)
+# rootbuild-overlay: rootbuild with --snapshotter overlay (the kernel overlay, opt-in)
+EXTRA_BUILDERS = ("rootbuild-spread", "rootbuild-overlay")
 ALL_CASES = (1, 2, 3, 4, 6, 7, 8, 9)
 PHASES = ("cold", "warm", "nocache", "changed")
 PHASE_TITLES = {"cold": "cold", "warm": "warm (no change)", "nocache": "no-cache (base pulled)",
@@ -541,8 +544,11 @@ class Builder:
         env = self.env()
         nocache = ["--no-cache"] if no_cache else []
         if self.is_rootbuild:
+            snapshotter = ["--snapshotter", "overlay"] if self.name == "rootbuild-overlay" \
+                else []
             total = run_logged([str(ROOTBUILD), "build", "--progress", "plain", *nocache,
-                                "-t", tag, "--output", f"oci-archive:{out}", str(ctx)],
+                                *snapshotter, "-t", tag, "--output", f"oci-archive:{out}",
+                                str(ctx)],
                                log, env)
             check_archive(out)
             return total, 0.0
