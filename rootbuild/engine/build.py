@@ -160,43 +160,49 @@ async def build(
             store.stage() as staging, contextlib.ExitStack() as named:
         seams = seams or default_seams(store, options, progress)
         runs = has_run(dockerfile)
-        if runs and options.no_cache:  # every RUN will run: overlap its start-up with the
-            await seams.executor.prestart()  # base pulls (an ONBUILD RUN starts it later)
-        the_plan = await plan_build(
-            dockerfile, seams.base_images, target=options.target,
-            build_args=options.build_args, target_platform=options.target_platform,
-            build_platform=host_platform(),
-            contexts=plan_contexts(options.build_contexts),
-        )
-        for warning in the_plan.warnings:
-            progress.warn(warning)
-        checks = await lint(dockerfile, text, the_plan, options, seams.base_images, ignore)
-        failure = violation(checks)
-        if failure is not None:  # error=true: refuse before any step, as BuildKit does
-            for check in checks.warnings:
-                progress.warn(str(check))
-            raise failure
-        check_entitlements(the_plan, options.allow, options.untrusted)
-        check_required(the_plan, frozenset(options.secrets), frozenset(s.id for s in options.ssh))
-        agents = SshAgents(options.ssh)  # started below, stopped on every path
-        env = BuildEnv.for_plan(options, the_plan, dockerfile.directives.escape)
-        warn_once = _Warnings(progress)
-        work = Workspace(
-            progress=progress, trees=LayerTrees(store, staging),
-            cache=StepCache(
-                CacheIndex(store.root), disabled=options.no_cache,
-                disabled_stages=frozenset(options.no_cache_filter), warn=warn_once,
-            ),
-            context=context, work_dir=store.staging_dir(), staging=staging,
-            idmap=read_slot_plan(options.slot), warn_once=warn_once,
-            named=open_contexts(options.build_contexts, named),
-            sources=BuildSources(options.secrets),
-            cache_mounts=BuildCacheMounts(
-                CacheMounts(store.root), staging, progress.note,
-                options.build_args.get("BUILDKIT_CACHE_MOUNT_NS", ""),
-            ),
-            runs_ahead=runs,
-        )
+        try:  # a zygote started ahead is stopped on every path (also when planning fails)
+            if runs and options.no_cache:  # every RUN will run: overlap its start-up with the
+                await seams.executor.prestart()  # base pulls (an ONBUILD RUN starts it later)
+            the_plan = await plan_build(
+                dockerfile, seams.base_images, target=options.target,
+                build_args=options.build_args, target_platform=options.target_platform,
+                build_platform=host_platform(),
+                contexts=plan_contexts(options.build_contexts),
+            )
+            for warning in the_plan.warnings:
+                progress.warn(warning)
+            checks = await lint(dockerfile, text, the_plan, options, seams.base_images, ignore)
+            failure = violation(checks)
+            if failure is not None:  # error=true: refuse before any step, as BuildKit does
+                for check in checks.warnings:
+                    progress.warn(str(check))
+                raise failure
+            check_entitlements(the_plan, options.allow, options.untrusted)
+            check_required(the_plan, frozenset(options.secrets),
+                           frozenset(s.id for s in options.ssh))
+            agents = SshAgents(options.ssh)  # started below, stopped on every path
+            env = BuildEnv.for_plan(options, the_plan, dockerfile.directives.escape)
+            warn_once = _Warnings(progress)
+            work = Workspace(
+                progress=progress, trees=LayerTrees(store, staging),
+                cache=StepCache(
+                    CacheIndex(store.root), disabled=options.no_cache,
+                    disabled_stages=frozenset(options.no_cache_filter), warn=warn_once,
+                ),
+                context=context, work_dir=store.staging_dir(), staging=staging,
+                idmap=read_slot_plan(options.slot), warn_once=warn_once,
+                named=open_contexts(options.build_contexts, named),
+                sources=BuildSources(options.secrets),
+                cache_mounts=BuildCacheMounts(
+                    CacheMounts(store.root), staging, progress.note,
+                    options.build_args.get("BUILDKIT_CACHE_MOUNT_NS", ""),
+                ),
+                runs_ahead=runs,
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await seams.executor.aclose()
+            raise
 
         async def run_stage(stage: StagePlan, deps: Mapping[int, StageResult]) -> StageResult:
             return await Stage(env, seams, work, stage, deps).run()

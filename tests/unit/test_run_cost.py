@@ -13,6 +13,7 @@ import pytest
 from test_engine import Rig
 
 from rootbuild import runtrace
+from rootbuild.errors import RootbuildError
 from rootbuild.image import meta_cache
 from rootbuild.image.layermeta import EntryMeta, LayerMeta
 
@@ -37,6 +38,15 @@ def test_a_cache_miss_prestarts_and_an_unchanged_rebuild_does_not(rig: Rig) -> N
     rig.build("FROM scratch\nCOPY a /a\nRUN make\n")
     assert rig.executor.prestarts == 0  # every step cached: no sandbox at all
     assert len(rig.executor.specs) == 1
+
+
+def test_a_sandbox_started_ahead_is_stopped_when_planning_fails(rig: Rig) -> None:
+    """--no-cache starts the RUN sandbox before the bases are resolved; a base that does
+    not exist ends the build there, and the sandbox (a zygote process in a long-lived
+    worker) is stopped all the same."""
+    rig.fails("FROM no-such-base\nRUN make\n", RootbuildError, "no-such-base", no_cache=True)
+    assert rig.executor.prestarts >= 1
+    assert rig.executor.closed
 
 
 def test_a_build_without_run_never_prestarts(rig: Rig) -> None:
