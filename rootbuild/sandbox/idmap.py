@@ -130,7 +130,8 @@ def plan_idmap(
     return IdMapPlan("single", (IdRange(0, uid, 1),), (IdRange(0, gid, 1),), warning)
 
 
-def _read(path: str) -> str:
+def read_id_file(path: str) -> str:
+    """/etc/subuid or /etc/subgid as text ("" when missing; another error is one line)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read(1 << 20)
@@ -151,8 +152,8 @@ def read_host_plan() -> IdMapPlan:
         name = str(uid)
     helpers = shutil.which(NEWUIDMAP) is not None and shutil.which(NEWGIDMAP) is not None
     return plan_idmap(
-        uid=uid, gid=gid, name=name, subuid=_read("/etc/subuid"), subgid=_read("/etc/subgid"),
-        helpers=helpers,
+        uid=uid, gid=gid, name=name, subuid=read_id_file("/etc/subuid"),
+        subgid=read_id_file("/etc/subgid"), helpers=helpers,
     )
 
 
@@ -253,5 +254,5 @@ def read_slot_plan(slot: int | None) -> IdMapPlan:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
         name = str(uid)
-    return slot_plan(plan, slot, _read("/etc/subuid"), _read("/etc/subgid"), name, uid,
-                     os.getgid())
+    return slot_plan(plan, slot, read_id_file("/etc/subuid"), read_id_file("/etc/subgid"),
+                     name, uid, os.getgid())

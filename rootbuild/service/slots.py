@@ -22,7 +22,7 @@ import os
 import shutil
 
 from rootbuild.errors import UsageError
-from rootbuild.sandbox.idmap import NEWGIDMAP, NEWUIDMAP, SLOT_SPAN, parse_subid
+from rootbuild.sandbox.idmap import NEWGIDMAP, NEWUIDMAP, SLOT_SPAN, parse_subid, read_id_file
 
 
 def worker_slots(base: int, concurrency: int) -> tuple[int, ...]:
@@ -70,14 +70,6 @@ def slot_shortage(base: int, concurrency: int, *, subuid: str, subgid: str, name
             f"(as root; any free range of {more * SLOT_SPAN} ids will do)")
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(1 << 20)
-    except OSError:
-        return ""
-
-
 def check_worker_slots(base: int, concurrency: int) -> None:
     """Refuse (``UsageError``, one line) a worker whose slots this user does not hold."""
     import pwd
@@ -90,7 +82,7 @@ def check_worker_slots(base: int, concurrency: int) -> None:
     except KeyError:
         name = str(uid)
     helpers = shutil.which(NEWUIDMAP) is not None and shutil.which(NEWGIDMAP) is not None
-    problem = slot_shortage(base, concurrency, subuid=_read("/etc/subuid"),
-                            subgid=_read("/etc/subgid"), name=name, uid=uid, helpers=helpers)
+    problem = slot_shortage(base, concurrency, subuid=read_id_file("/etc/subuid"),
+                            subgid=read_id_file("/etc/subgid"), name=name, uid=uid, helpers=helpers)
     if problem is not None:
         raise UsageError(problem)
