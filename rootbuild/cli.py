@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="check that RUN steps can work here, and say how to fix it")
 
-    from rootbuild.service.commands import add_parsers  # worker, submit, status, logs, cancel
+    from rootbuild.service.commands import add_parsers  # worker, submit, ..., tenant-cap
 
     add_parsers(sub, _add_transport)
     return parser

@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -64,6 +65,10 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                    help="time limit of a whole job (default 14400)")
     w.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
                    help="after SIGTERM, running builds get this long (default 30)")
+    w.add_argument("--tenant-cap", type=int, default=2, metavar="N",
+                   help="builds a tenant without a cap of its own (rootbuild tenant-cap) may "
+                        "run at once across all workers; give every worker the same "
+                        "(default 2)")
     w.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS",
                    help="lease renewal interval; a lease is lost after 3 missed (default 2)")
     w.add_argument("--slot-base", type=int, default=0, metavar="N",
@@ -118,8 +123,16 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     _add_redis(c)
     c.add_argument("id")
 
+    t = sub.add_parser("tenant-cap", help="how many of a tenant's builds run at once, "
+                                          "across every worker")
+    _add_redis(t)
+    t.add_argument("tenant")
+    t.add_argument("cap", nargs="?", type=int, default=None, metavar="N",
+                   help="set it to N (without N: print it)")
 
-def _queue(args: argparse.Namespace, heartbeat: float | None = None) -> RedisQueue:
+
+def _queue(args: argparse.Namespace, heartbeat: float | None = None,
+           tenant_cap: int | None = None) -> RedisQueue:
     from rootbuild.service.jobs import QueueConfig
     from rootbuild.service.queue import RedisQueue, connect
 
@@ -130,7 +143,11 @@ def _queue(args: argparse.Namespace, heartbeat: float | None = None) -> RedisQue
         client = connect(url)
     except ValueError as exc:
         raise UsageError(f"{args.command}: --redis {url!r}: {exc}") from None
-    config = QueueConfig() if heartbeat is None else QueueConfig(heartbeat=heartbeat)
+    config = QueueConfig()
+    if heartbeat is not None:
+        config = dataclasses.replace(config, heartbeat=heartbeat)
+    if tenant_cap is not None:
+        config = dataclasses.replace(config, tenant_cap=tenant_cap)
     return RedisQueue(client, config)
 
 
@@ -157,7 +174,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     check_worker_slots(args.slot_base, args.concurrency)  # before connecting: one line
     if args.secrets_dir is not None and not args.secrets_dir.is_dir():
         raise UsageError(f"worker: --secrets-dir {args.secrets_dir}: not a directory")
-    queue = _queue(args, args.heartbeat)
+    if args.tenant_cap < 1:
+        raise UsageError(f"worker: --tenant-cap must be at least 1, not {args.tenant_cap}")
+    queue = _queue(args, args.heartbeat, args.tenant_cap)
     store = args.store or default_root() / "service"
     fields = {"name": args.name} if args.name else {}
     config = WorkerConfig(
@@ -277,10 +296,25 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tenant_cap(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    if args.cap is None:
+        cap = queue.tenant_cap(args.tenant)
+        print(f"{args.tenant} {cap}" if cap is not None
+              else f"{args.tenant} default (each worker's --tenant-cap)")
+        return 0
+    if args.cap < 1:
+        raise UsageError(f"tenant-cap: N must be at least 1, not {args.cap}")
+    queue.set_tenant_cap(args.tenant, args.cap)
+    print(f"{args.tenant} {args.cap}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": _cmd_worker,
     "submit": _cmd_submit,
     "status": _cmd_status,
     "logs": _cmd_logs,
     "cancel": _cmd_cancel,
+    "tenant-cap": _cmd_tenant_cap,
 }

@@ -104,6 +104,13 @@ class RedisQueue:
         with _redis_errors():
             self.client.hset(f"{self.prefix}:caps", check_tenant(tenant), cap)
 
+    def tenant_cap(self, tenant: str) -> int | None:
+        """The tenant's own cap (``set_tenant_cap``), None when it has none: then each
+        worker's ``config.tenant_cap`` applies."""
+        with _redis_errors():
+            value = self.client.hget(f"{self.prefix}:caps", check_tenant(tenant))
+        return None if value is None else int(value)
+
     def submit(self, tenant: str, spec: Mapping[str, Any],
                credentials_ref: str | None = None) -> str:
         """Queue a job; returns its id. ``spec`` is the worker's business (context digest,

@@ -439,6 +439,44 @@ def test_submit_status_logs_follow_and_errors(
     assert "SUCCESS" in proc.stdout
 
 
+def test_tenant_caps_are_set_by_command_and_by_the_workers_default(
+        rb: Harness, service: Service) -> None:
+    """``rootbuild tenant-cap TENANT N`` sets one tenant's cap for every worker; without N
+    it prints it; a tenant without one gets the workers' ``--tenant-cap``. With a default
+    of 1, a worker of concurrency 2 runs one job of a tenant at a time, and two jobs of
+    two tenants at once."""
+    assert service.cli("tenant-cap", "acme").stdout.strip() == \
+        "acme default (each worker's --tenant-cap)"
+    assert service.cli("tenant-cap", "acme", "3").stdout.strip() == "acme 3"
+    assert service.queue.tenant_cap("acme") == 3
+    assert service.cli("tenant-cap", "acme").stdout.strip() == "acme 3"
+    for args, needle in [(("tenant-cap", "acme", "0"), "at least 1"),
+                         (("tenant-cap", "Bad Tenant", "2"), "tenant")]:
+        proc = service.cli(*args, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("rootbuild: ") and needle in lines[0], lines
+    proc = rb.run("worker", "--redis", service.url, "--tenant-cap", "0", store=False,
+                  check=False)
+    assert proc.returncode == 2 and "--tenant-cap must be at least 1" in proc.stderr
+
+    mark = marker()
+    ctx = sleeper(rb, "capped", mark)
+    first = service.submit(ctx, "globex", "--build-arg", "N=1")
+    second = service.submit(ctx, "globex", "--build-arg", "N=2")
+    other = service.submit(ctx, "initech", "--build-arg", "N=3")
+    service.start_worker("w1", "--concurrency", "2", "--tenant-cap", "1")
+    wait_until("two jobs to run", lambda: sum(
+        service.queue.status(j).state is JobState.WORKING for j in (first, second, other)) == 2)
+    states = {j: service.queue.status(j).state for j in (first, second, other)}
+    assert states[other] is JobState.WORKING, states  # globex has one slot, initech the other
+    assert sorted(s.value for s in states.values()) == ["QUEUED", "WORKING", "WORKING"]
+    for job in (first, second, other):
+        service.cli("cancel", job)
+    for job in (first, second, other):
+        assert service.wait(job, TERMINAL).state is JobState.CANCELLED
+
+
 def test_bad_context_uploads_end_in_failure(rb: Harness, service: Service) -> None:
     """A context blob over the worker's size cap, or whose digest is not the one the job
     names, ends FAILURE (``bad_context``) before anything is unpacked; ``submit`` refuses a
