@@ -148,19 +148,3 @@ def install(prefixes: Iterable[str]) -> None:
                 code = error_of(payload)
                 if code not in (0, errno.EEXIST):
                     raise OSError(code, f"deny route to {prefix}: {os.strerror(code)}")
-
-
-def isolated_resolv_conf(text: str, prefixes: Iterable[str]) -> str:
-    """The host's resolv.conf for an isolated step: ``nameserver`` lines only for
-    addresses the step can reach (a resolver on loopback, a private or link-local address
-    is dropped), every other line as it was; empty when no nameserver is left."""
-    out: list[str] = []
-    servers = 0
-    for line in text.splitlines():
-        fields = line.split()
-        if fields and fields[0] == "nameserver":
-            if len(fields) < 2 or is_denied(fields[1], prefixes):
-                continue
-            servers += 1
-        out.append(line)
-    return "\n".join(out) + "\n" if servers else ""

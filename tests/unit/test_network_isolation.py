@@ -79,15 +79,6 @@ def test_addresses_of_prefers_the_local_address() -> None:
                                 ) == []
 
 
-def test_isolated_resolv_conf_keeps_only_reachable_nameservers() -> None:
-    prefixes = netdeny.denied_prefixes(["192.0.2.2"])
-    text = ("search example.org\nnameserver 10.255.255.53\nnameserver 127.0.0.53\n"
-            "nameserver 1.1.1.1\noptions ndots:2\n")
-    assert netdeny.isolated_resolv_conf(text, prefixes) == (
-        "search example.org\nnameserver 1.1.1.1\noptions ndots:2\n")
-    assert netdeny.isolated_resolv_conf("nameserver 10.0.0.2\n", prefixes) == ""
-
-
 def test_slirp_argv_disables_host_loopback_and_dns() -> None:
     argv = usernet.slirp_argv("/usr/bin/slirp4netns", 6, 4, 5)
     assert argv[0] == "/usr/bin/slirp4netns"
