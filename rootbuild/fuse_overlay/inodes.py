@@ -342,8 +342,15 @@ class InodeTable:
         return self.inodes[ino] if ino is not None else None
 
     def lookup(self, parent: int, name: str) -> Inode | None:
-        """``child`` plus one kernel lookup reference."""
-        node = self.child(parent, name)
+        """``child`` plus one kernel lookup reference. The common case, a name in a
+        directory whose table is loaded, is answered here without ``child``'s calls: LOOKUP
+        is the most frequent request (3 per file an untar creates)."""
+        d = self.inodes.get(parent)
+        if d is not None and d.children is not None and name != "." and name != "..":
+            ino = d.children.get(name)
+            node = self.inodes[ino] if ino is not None else None
+        else:
+            node = self.child(parent, name)
         if node is not None:
             node.lookups += 1
         return node

@@ -114,7 +114,6 @@ def _boundary(
     return wrapper
 
 
-_DOTS = (b".", b"..")
 NAME_MAX = 255  # FUSE lets names up to 1024 bytes through; layers and backing fs hold 255
 
 
@@ -236,16 +235,7 @@ class OverlayOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        # the common case inline (a loaded directory, a plain name); the model otherwise
-        d = self.model.inodes.get(parent_inode)
-        if (d is not None and d.children is not None and name not in _DOTS
-                and len(name) <= NAME_MAX and b"/" not in name and b"\x00" not in name):
-            ino = d.children.get(name.decode("utf-8", "surrogateescape"))
-            node = self.model.inodes[ino] if ino is not None else None
-            if node is not None:
-                node.lookups += 1
-        else:
-            node = self.model.lookup(parent_inode, _name(name))
+        node = self.model.lookup(parent_inode, _name(name))
         if node is None:
             return _NEGATIVE
         return self._attr(node)
