@@ -220,6 +220,13 @@ def _wait_step(pid: int, ctl: int, cpu: StepCpu, watch: Watchdog | None = None,
     killed = False
     broke = ""
     wake = _StopWake() if stop is not None else None
+
+    def check_limits() -> None:
+        nonlocal killed, broke
+        if watch is not None and not killed and (broke := watch.tick() or ""):
+            killed = True  # the whole pid namespace dies with its pid 1
+            os.kill(pid, signal.SIGKILL)
+
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
@@ -235,17 +242,13 @@ def _wait_step(pid: int, ctl: int, cpu: StepCpu, watch: Watchdog | None = None,
             if wake is not None and stop is not None and (woke or not events):
                 wake.drain()  # a stop before the wake was set up is found at the next poll
                 if stop.handle():  # pid 1 is leaving: its processes all still live
-                    if watch is not None and not killed and (broke := watch.tick() or ""):
-                        killed = True
-                        os.kill(pid, signal.SIGKILL)
+                    check_limits()
                     stop.release()
             # a poll's time (a stream of stops must not starve the polls)
             if not events and (not woke or time.monotonic() >= due):
                 due = time.monotonic() + (min(waits) if waits else 0.0)
                 cpu.tick()
-                if watch is not None and not killed and (broke := watch.tick() or ""):
-                    killed = True  # the whole pid namespace dies with its pid 1
-                    os.kill(pid, signal.SIGKILL)
+                check_limits()
             if not events:
                 continue
             if pidfd in events:
