@@ -115,11 +115,10 @@ def prepare_scratch(spec: StepSpec) -> StepSpec:
     return dataclasses.replace(spec, binds=(*etc_binds, *spec.binds), dns_upstreams=upstreams)
 
 
-def _fuse_stats_env() -> dict[str, str]:
-    """``ROOTBUILD_FUSE_STATS`` (a directory: the FUSE servers' request statistics,
-    fuse_overlay/stats.py; for bench/fuse_requests.py) reaches the inits when set."""
-    value = os.environ.get("ROOTBUILD_FUSE_STATS", "")
-    return {"ROOTBUILD_FUSE_STATS": value} if value else {}
+#: measurement switches, off unless set in the builder's environment, passed on to the
+#: zygote's minimal one (and so to the inits and FUSE servers): the step trace
+#: (runtrace.py) and the FUSE servers' request statistics (fuse_overlay/stats.py)
+MEASUREMENT_ENV = (runtrace.ENV, "ROOTBUILD_FUSE_STATS")
 
 
 class SandboxExecutor:
@@ -135,10 +134,8 @@ class SandboxExecutor:
         self._slots = CpuSlots(os.sched_getaffinity(0) if cpus is None else cpus)
         self._idmap_warned = False
         # forks each step's init (sandbox/zygote.py); started by the first RUN step
-        env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8",
-               **_fuse_stats_env()}
-        if os.environ.get(runtrace.ENV):  # measurements only (runtrace.py)
-            env[runtrace.ENV] = os.environ[runtrace.ENV]
+        env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8"}
+        env.update({name: os.environ[name] for name in MEASUREMENT_ENV if os.environ.get(name)})
         self._zygote = Zygote(env, label)
 
     async def prestart(self) -> None:
