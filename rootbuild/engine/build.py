@@ -76,19 +76,18 @@ class _SandboxOnFirstRun:
         self.label = label  # the store: shown by the zygote's command line
         self._executor: Executor | None = None
 
-    async def run(self, spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
+    def _made(self) -> Executor:
         if self._executor is None:
             from rootbuild.sandbox.executor import SandboxExecutor
 
             self._executor = SandboxExecutor(read_slot_plan(self.slot), label=self.label)
-        return await self._executor.run(spec, on_output)
+        return self._executor
+
+    async def run(self, spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
+        return await self._made().run(spec, on_output)
 
     async def prestart(self) -> None:
-        if self._executor is None:
-            from rootbuild.sandbox.executor import SandboxExecutor
-
-            self._executor = SandboxExecutor(read_slot_plan(self.slot), label=self.label)
-        await self._executor.prestart()
+        await self._made().prestart()
 
     async def aclose(self) -> None:
         if self._executor is not None:
