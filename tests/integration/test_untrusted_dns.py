@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -29,9 +28,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOTBUILD, Harness, require_tool
+from conftest import Harness, require_tool
 from test_build_run import build, busybox_context
-from test_untrusted_network import Canary, host_v4, probe_lines, slirp_processes
+from test_untrusted_network import (
+    Canary,
+    host_v4,
+    kill_builder_mid_step,
+    probe_lines,
+    slirp_processes,
+)
 
 from rootbuild.sandbox import dns_proxy
 from rootbuild.testing.dns_server import DnsServer, build_query
@@ -217,27 +222,11 @@ def test_no_forwarder_left_after_the_builder_is_killed(rb: Harness, probes: dict
                                                        upstream: DnsServer) -> None:
     """SIGKILL to the builder mid-step, after a lookup: the forwarder goes with the init."""
     ctx = dns_context(rb, probes, "killed", f"RUN nslookup {NAME} && echo started && sleep 60")
-    env = {**env_for(upstream)}
-    argv = rb.command([str(ROOTBUILD), "build", "--root", str(rb.store), "--progress=plain",
-                       "--untrusted", str(ctx)], env)
-    proc = subprocess.Popen(argv, cwd=rb.workdir, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            if re.fullmatch(r"#\d+ [\d.]+s started", line.strip()):
-                break
+    def running() -> None:
         assert relay_processes(rb), "the DNS forwarder was not running during the step"
         assert upstream.received, "the lookup did not reach the upstream"
-        builder = subprocess.run(["pgrep", "-u", str(rb.user.uid), "-f", "rootbuild build"],
-                                 capture_output=True, text=True).stdout.split()
-        for pid in builder:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+
+    kill_builder_mid_step(rb, ctx, running, env_for(upstream))
     deadline = time.monotonic() + 15
     while (relay_processes(rb) or slirp_processes(rb)) and time.monotonic() < deadline:
         time.sleep(0.1)

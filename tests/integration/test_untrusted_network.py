@@ -27,7 +27,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -276,8 +276,23 @@ def test_no_slirp4netns_left_after_the_builder_is_killed(rb: Harness, probe: byt
     step, and slirp4netns goes with it (its exit fd closes)."""
     ctx = probe_context(rb, probe, "killed", "RUN /netprobe loopback && echo started && "
                         "sleep 60")
+    def running() -> None:
+        assert slirp_processes(rb), "slirp4netns was not running during the step"
+
+    kill_builder_mid_step(rb, ctx, running)
+    deadline = time.monotonic() + 15
+    while slirp_processes(rb) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert slirp_processes(rb) == []
+
+
+def kill_builder_mid_step(rb: Harness, ctx: Path, running: Callable[[], None],
+                          env: dict[str, str] | None = None) -> None:
+    """Build ``ctx`` --untrusted; once its step prints ``started``, call ``running`` (its
+    checks while the step runs), then SIGKILL the builder alone: what it started must end
+    by itself."""
     argv = rb.command([str(ROOTBUILD), "build", "--root", str(rb.store), "--progress=plain",
-                       "--untrusted", str(ctx)])
+                       "--untrusted", str(ctx)], env)
     proc = subprocess.Popen(argv, cwd=rb.workdir, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     assert proc.stdout is not None
@@ -285,7 +300,7 @@ def test_no_slirp4netns_left_after_the_builder_is_killed(rb: Harness, probe: byt
         for line in proc.stdout:
             if re.fullmatch(r"#\d+ [\d.]+s started", line.strip()):
                 break
-        assert slirp_processes(rb), "slirp4netns was not running during the step"
+        running()
         builder = subprocess.run(["pgrep", "-u", str(rb.user.uid), "-f", "rootbuild build"],
                                  capture_output=True, text=True).stdout.split()
         for pid in builder:
@@ -295,7 +310,3 @@ def test_no_slirp4netns_left_after_the_builder_is_killed(rb: Harness, probe: byt
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    deadline = time.monotonic() + 15
-    while slirp_processes(rb) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert slirp_processes(rb) == []
