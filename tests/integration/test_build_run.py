@@ -453,14 +453,12 @@ def test_ctrl_c_tears_the_step_down(rb: Harness) -> None:
     assert_nothing_left(rb, [f"sleep {seconds}"])
 
 
-def test_a_killed_builder_takes_its_zygote_and_steps_with_it(rb: Harness) -> None:
-    """``kill -9`` of the builder mid-step: the step's init (forked by the build's zygote,
-    sandbox/zygote.py) sees its control pipe close and tears the step down; the zygote
-    dies with the builder (PR_SET_PDEATHSIG). Nothing naming the store, no mount remains."""
-    seconds = unique_seconds()
-    ctx = busybox_context(rb, "kill9", f"FROM scratch\nCOPY rootfs/ /\nRUN sleep {seconds}\n")
+def build_until_sleeping(rb: Harness, ctx: Path, seconds: str,
+                         *args: str) -> subprocess.Popen[bytes]:
+    """Start a build of ``ctx`` whose RUN runs ``sleep SECONDS``; return once that sleep
+    runs (the build still going)."""
     argv = rb.command([str(ROOTBUILD), "build", "--root", str(rb.store), "--progress=plain",
-                       str(ctx)])
+                       *args, str(ctx)])
     proc = subprocess.Popen(argv, cwd=rb.workdir, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -470,6 +468,21 @@ def test_a_killed_builder_takes_its_zygote_and_steps_with_it(rb: Harness) -> Non
             assert proc.poll() is None, "the build ended before its step ran"
             assert time.monotonic() < deadline, "the RUN step never started"
             time.sleep(0.2)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def test_a_killed_builder_takes_its_zygote_and_steps_with_it(rb: Harness) -> None:
+    """``kill -9`` of the builder mid-step: the step's init (forked by the build's zygote,
+    sandbox/zygote.py) sees its control pipe close and tears the step down; the zygote
+    dies with the builder (PR_SET_PDEATHSIG). Nothing naming the store, no mount remains."""
+    seconds = unique_seconds()
+    ctx = busybox_context(rb, "kill9", f"FROM scratch\nCOPY rootfs/ /\nRUN sleep {seconds}\n")
+    proc = build_until_sleeping(rb, ctx, seconds)
+    try:
         running = leftovers(rb, [])
         for helper in ("rootbuild.sandbox.zygote", "rootbuild.sandbox.init",
                        "rootbuild.fuse_overlay.server"):

@@ -33,12 +33,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOTBUILD, Harness, require_tool
+from conftest import Harness, require_tool
 from test_build_run import (
     Image,
     assert_nothing_left,
     build,
     build_to_layout,
+    build_until_sleeping,
     busybox_context,
     error_lines,
     leftovers,
@@ -474,16 +475,8 @@ def test_a_killed_builder_leaves_no_agent(rb: Harness, agent: tuple[Path, str, P
     dirs = _agent_dirs(rb)
     ctx = ssh_context(rb, "ssh-killed", f"FROM scratch\nCOPY rootfs/ /\n"
                                         f"RUN --mount=type=ssh sleep {seconds}\n")
-    argv = rb.command([str(ROOTBUILD), "build", "--root", str(rb.store), "--progress=plain",
-                       "--ssh", f"default={key}", str(ctx)])
-    proc = subprocess.Popen(argv, cwd=rb.workdir, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = build_until_sleeping(rb, ctx, seconds, "--ssh", f"default={key}")
     try:
-        deadline = time.monotonic() + 60
-        while not any(f"sleep {seconds}" in line and "RUN" not in line
-                      for line in leftovers(rb, [f"sleep {seconds}"])):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
         assert len(_rootbuild_agents(rb)) == 1
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
