@@ -204,13 +204,16 @@ SLOT_SPAN = 65536
 SLOT_OWN = SLOT_SPAN
 
 
+def blocks_of(text: str, name: str, uid: int) -> int:
+    """How many whole ``SLOT_SPAN`` blocks the user's ranges in ``text`` (an /etc/subuid or
+    /etc/subgid) hold."""
+    return sum(c // SLOT_SPAN for _, c in parse_subid(text, name, uid))
+
+
 def slot_blocks(subuid: str, subgid: str, name: str, uid: int) -> int:
     """How many build slots (whole ``SLOT_SPAN`` blocks) the user's subordinate uids and
     gids hold."""
-    def count(text: str) -> int:
-        return sum(c // SLOT_SPAN for _, c in parse_subid(text, name, uid))
-
-    return min(count(subuid), count(subgid))
+    return min(blocks_of(subuid, name, uid), blocks_of(subgid, name, uid))
 
 
 def slot_plan(plan: IdMapPlan, slot: int, subuid: str, subgid: str, name: str,
@@ -232,7 +235,7 @@ def slot_plan(plan: IdMapPlan, slot: int, subuid: str, subgid: str, name: str,
             if left < count // SLOT_SPAN:
                 return IdRange(0, start + left * SLOT_SPAN, SLOT_SPAN)
             left -= count // SLOT_SPAN
-        have = sum(c // SLOT_SPAN for _, c in parse_subid(text, name, uid))
+        have = blocks_of(text, name, uid)
         raise SandboxError(
             f"--slot {slot}: {what} holds {have} block(s) of {SLOT_SPAN} ids for "
             f"{name!r}, slot {slot} needs {slot + 1} (add a range, e.g. "

@@ -22,16 +22,12 @@ import os
 import shutil
 
 from rootbuild.errors import UsageError
-from rootbuild.sandbox.idmap import NEWGIDMAP, NEWUIDMAP, SLOT_SPAN, parse_subid, read_id_file
+from rootbuild.sandbox.idmap import NEWGIDMAP, NEWUIDMAP, SLOT_SPAN, blocks_of, read_id_file
 
 
 def worker_slots(base: int, concurrency: int) -> tuple[int, ...]:
     """The slot of each of a worker's ``concurrency`` slot tasks, in task order."""
     return tuple(range(base, base + concurrency))
-
-
-def _blocks(text: str, name: str, uid: int) -> int:
-    return sum(count // SLOT_SPAN for _, count in parse_subid(text, name, uid))
 
 
 def _free_start(*texts: str) -> int:
@@ -56,7 +52,8 @@ def slot_shortage(base: int, concurrency: int, *, subuid: str, subgid: str, name
         return (f"{why} map RUN's root to subordinate ids with newuidmap/newgidmap, which are "
                 "not installed (Debian/Ubuntu: apt-get install uidmap)")
     need = base + concurrency
-    have = {"/etc/subuid": _blocks(subuid, name, uid), "/etc/subgid": _blocks(subgid, name, uid)}
+    have = {"/etc/subuid": blocks_of(subuid, name, uid),
+            "/etc/subgid": blocks_of(subgid, name, uid)}
     short = {path: n for path, n in have.items() if n < need}
     if not short:
         return None
