@@ -10,11 +10,12 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from rootbuild.progress import make_progress
 
 if TYPE_CHECKING:  # trio, httpx, the registry client: imported by the commands that run them
     from rootbuild.engine.options import BuildOptions
+    from rootbuild.engine.replay import Invocation
     from rootbuild.image.store import Store
     from rootbuild.progress import Progress
     from rootbuild.registry.transport import TransportOptions
@@ -229,16 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
-    import trio
-
-    from rootbuild.cache.spec import parse_cache_from, parse_cache_to
-    from rootbuild.engine.build import BuildOptions, build
-    from rootbuild.engine.lint import render_summary
-    from rootbuild.engine.named_contexts import parse_build_context
-    from rootbuild.image.refs import parse_output
-    from rootbuild.image.store import Store
-
+def _build_args(args: argparse.Namespace) -> dict[str, str]:
     build_args: dict[str, str] = {}
     for item in args.build_args:
         key, value = _key_value(item)
@@ -247,6 +240,77 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 continue
             value = os.environ[key]
         build_args[key] = value
+    return build_args
+
+
+def _replayed(args: argparse.Namespace, invocation: Invocation,
+              fingerprint: Callable[[], str | None]) -> int | None:
+    """An unchanged rebuild answered from its record (engine/replay.py): the steps shown
+    as the build would show them, then tags and outputs; None when the record does not
+    hold (the full build runs)."""
+    from rootbuild.engine import replay
+    from rootbuild.image.archives import export_image
+    from rootbuild.image.refs import parse_output
+    from rootbuild.image.store import Store
+
+    outputs = [parse_output(o) for o in args.outputs]
+    store = Store.open(args.root)
+    with store.shared_lock():
+        found = replay.load_valid(store, invocation, fingerprint)
+        if found is None:
+            return None
+        progress = make_progress(args.progress, quiet=args.quiet)
+        try:
+            replay.show(found.events, progress)
+            for tag in args.tags:
+                store.tag(tag, found.image.manifest)
+            for output in outputs:
+                handle = progress.start(f"exporting to {output.text}")
+                export_image(store, found.image, output)
+                progress.done(handle)
+        finally:
+            progress.close()
+    _report(args, found.summary, found.image.config.digest)
+    return 0
+
+
+def _report(args: argparse.Namespace, summary: str, image_id: str) -> None:
+    """The end of a build's output: the checks' summary, --iidfile, the image id."""
+    sys.stderr.write(summary)
+    if args.iidfile:
+        _write_file(args.iidfile, image_id, "iidfile")
+    if args.quiet:
+        print(image_id)
+    else:
+        names = ", ".join(args.tags) or "(untagged)"
+        sys.stderr.write(f"built {image_id} {names}\n")
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from rootbuild.engine.replay import Invocation, context_fingerprint
+
+    build_args = _build_args(args)
+    invocation = Invocation.of(vars(args), build_args, args.outputs, VERSION)
+    ignore = invocation.ignore_matcher() if invocation is not None else None
+    fingerprint: Callable[[], str | None] | None = None
+    if invocation is not None and ignore is not None:  # an unchanged rebuild: none of below
+        fingerprint = functools.cache(
+            functools.partial(context_fingerprint, invocation.context_dir, ignore)
+        )  # the context as it is before the build, taken once
+        replayed = _replayed(args, invocation, fingerprint)
+        if replayed is not None:
+            return replayed
+
+    import trio
+
+    from rootbuild.cache.spec import parse_cache_from, parse_cache_to
+    from rootbuild.engine import replay
+    from rootbuild.engine.build import BuildOptions, build
+    from rootbuild.engine.lint import render_summary
+    from rootbuild.engine.named_contexts import parse_build_context
+    from rootbuild.image.refs import parse_output
+    from rootbuild.image.store import Store
+
     labels: dict[str, str] = {}
     for item in args.labels:
         key, value = _key_value(item)
@@ -297,13 +361,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
     store = Store.open(args.root)
     if args.check or args.call == "check":
         return _check(options, store, progress)
+    recorder = replay.Recorder(progress)
+    before = fingerprint() if fingerprint is not None else None
     try:
-        result = trio.run(build, options, store, progress)
+        result = trio.run(build, options, store, recorder)
     finally:
         progress.close()
-    sys.stderr.write(render_summary(result.checks))
-    if args.iidfile:
-        _write_file(args.iidfile, result.image_id, "iidfile")
+    summary = render_summary(result.checks)
+    if invocation is not None and ignore is not None and before is not None \
+            and result.replay is not None:
+        replay.save_if_unchanged(store, invocation, ignore, before, result.replay,
+                                 result.image, recorder.events, summary)
     if args.digestfile:
         if not result.pushed:
             raise UsageError("build: --digestfile needs --push or a docker:// output")
@@ -313,11 +381,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
         doc = build_metadata(result, options.tags)
         _write_file(args.metadata_file, json.dumps(doc, indent=2) + "\n", "metadata-file")
-    if args.quiet:
-        print(result.image_id)
-    else:
-        names = ", ".join(options.tags) or "(untagged)"
-        sys.stderr.write(f"built {result.image_id} {names}\n")
+    _report(args, summary, result.image_id)
     return 0
 
 

@@ -42,6 +42,10 @@ class StoreBaseImages:
         self.progress = progress
         self._images: dict[tuple[str, str], StoredImage] = {}
         self._locks: dict[tuple[str, str], trio.Lock] = {}
+        # for engine/replay.py: store name -> manifest digest of every base it gave, and
+        # whether one came from anywhere else (an archive or layout imported)
+        self.resolved: dict[str, str] = {}
+        self.imported = False
 
     async def get(self, ref: str, platform: Platform) -> StoredImage:
         key = (ref, str(platform))
@@ -52,7 +56,12 @@ class StoreBaseImages:
                     parsed = parse_base_ref(ref)
                 except UsageError as exc:
                     raise ImageError(exc.message) from exc
-                self._images[key] = await self._fetch(parsed, ref, platform)
+                image = await self._fetch(parsed, ref, platform)
+                if parsed.transport == "store":
+                    self.resolved[ref] = image.manifest.digest
+                else:
+                    self.imported = True
+                self._images[key] = image
             return self._images[key]
 
     async def _fetch(self, ref: ImageRef, text: str, platform: Platform) -> StoredImage:

@@ -45,6 +45,7 @@ from rootbuild.engine.network import resolve as resolve_network
 from rootbuild.engine.options import BuildOptions, BuildResult
 from rootbuild.engine.planning import plan_build
 from rootbuild.engine.remote_source import RemoteSources
+from rootbuild.engine.replay import ReplayFacts
 from rootbuild.engine.seams import ChosenSnapshotter, Executor, Exporter, Seams
 from rootbuild.engine.secrets import BuildSources, check_required
 from rootbuild.engine.ssh_agent import SshAgents
@@ -232,7 +233,24 @@ async def build(
             await _export_cache(store, work, the_plan, spec, options, progress)
         _warn_unused_args(the_plan, results, options, progress)
         pushed = await _export(seams.exporter, image, final, work, options, progress)
-    return BuildResult(image.config.digest, image, pushed, checks=checks.warnings)
+    return BuildResult(image.config.digest, image, pushed, checks=checks.warnings,
+                       replay=_replay_facts(seams, work.cache))
+
+
+def _replay_facts(seams: Seams, cache: StepCache) -> ReplayFacts | None:
+    """What ``engine/replay.py`` records of this build: only when every step came from the
+    local step cache, every base from the store's names and no ADD fetched anything."""
+    bases, remote = seams.base_images, seams.remote
+    if not isinstance(bases, StoreBaseImages) or not isinstance(remote, RemoteSources):
+        return None  # a test's seams
+    if cache.new or cache.bypassed or cache.remote is not None or remote.consulted \
+            or bases.imported:
+        return None
+    return ReplayFacts(
+        bases=tuple(sorted(bases.resolved.items())),
+        cache=tuple(sorted((key, entry.layer.digest if entry.layer else None)
+                           for key, entry in cache.used.items())),
+    )
 
 
 async def _export(

@@ -15,6 +15,7 @@ from pathlib import Path
 from rootbuild.cache.spec import CacheSpec
 from rootbuild.engine.layers import Compression
 from rootbuild.engine.named_contexts import NamedContext, check_contexts
+from rootbuild.engine.replay import ReplayFacts
 from rootbuild.engine.run_flags import RunFlags, check_run_flags, sandbox_hostname
 from rootbuild.engine.secrets import SshSource
 from rootbuild.errors import UsageError
@@ -140,3 +141,4 @@ class BuildResult:
     image: StoredImage
     pushed: tuple[tuple[str, str], ...] = ()  # (reference, manifest digest) per push
     checks: tuple[CheckWarning, ...] = ()  # build checks that fired (engine/lint.py)
+    replay: ReplayFacts | None = None  # set when the build may be replayed (engine/replay.py)

@@ -174,6 +174,7 @@ class RemoteSources:
 
     def __post_init__(self) -> None:
         self._records = Records(self.records_dir)
+        self.consulted = False
 
     def _http(self) -> HttpFetcher:
         if self.http is None:
@@ -203,6 +204,7 @@ class RemoteSources:
         where: Location,
     ) -> str:
         """What the step cache keys ``src`` by (see the module rules)."""
+        self.consulted = True  # a build that fetched is never replayed (engine/replay.py)
         source = parse_remote(src, where)
         expected = check_checksum(source, checksum, where) if checksum else None
         if self.untrusted:

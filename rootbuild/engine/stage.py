@@ -219,6 +219,8 @@ class Stage:
         mark("b.cache_key")
         state_key = self.after_link(action, key)
         private = self.private_step(action)
+        if key is None or not self.use_cache or private:
+            cache.bypassed = True  # this build is never replayed (engine/replay.py)
         if key is not None and self.use_cache and not private:
             entry = await cache.lookup(key, self.work.staging)
             if entry is not None:

@@ -129,6 +129,7 @@ class StepCache:
     new: dict[str, CacheEntry] = field(default_factory=dict)
     used: dict[str, CacheEntry] = field(default_factory=dict)
     stage_keys: dict[int, list[str]] = field(default_factory=dict)  # keys met, by stage
+    bypassed: bool = False  # a step ran without looking the cache up (engine/replay.py)
 
     def __post_init__(self) -> None:
         self.hasher = SourceHasher(self.index)

@@ -320,6 +320,8 @@ class Store:
         self.layers_dir = root / "layers"
         # what ADD remembers of URLs (ETag and digest; engine/remote_source.py Records)
         self.remote_records_dir = root / "remote-sources"
+        # the records of builds an unchanged rebuild replays (engine/replay.py)
+        self.replay_dir = root / "replay"
         self._images_file = root / "images.json"
         self._shared_depth = 0
 
@@ -591,4 +593,6 @@ class Store:
             for entry in sorted(self.tmp_dir.iterdir()):
                 freed += tree_size(entry) + entry.lstat().st_size
                 force_rmtree(entry)
+            if self.replay_dir.exists():  # a pruned store builds in full again
+                force_rmtree(self.replay_dir)
         return freed
