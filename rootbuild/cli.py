@@ -251,8 +251,10 @@ def _replayed(args: argparse.Namespace, invocation: Invocation,
     from rootbuild.engine import replay
     from rootbuild.image.archives import export_image
     from rootbuild.image.refs import parse_output
-    from rootbuild.image.store import Store
+    from rootbuild.image.store import Store, default_root
 
+    if not replay.has_record(args.root or default_root(), invocation):
+        return None  # (a store that does not exist is not made: bad flags leave none)
     outputs = [parse_output(o) for o in args.outputs]
     store = Store.open(args.root)
     with store.shared_lock():
@@ -371,7 +373,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if invocation is not None and ignore is not None and before is not None \
             and result.replay is not None:
         replay.save_if_unchanged(store, invocation, ignore, before, result.replay,
-                                 result.image, recorder.events, summary)
+                                 result.image,
+                                 recorder.rebuild_events(result.replay), summary)
     if args.digestfile:
         if not result.pushed:
             raise UsageError("build: --digestfile needs --push or a docker:// output")

@@ -234,22 +234,25 @@ async def build(
         _warn_unused_args(the_plan, results, options, progress)
         pushed = await _export(seams.exporter, image, final, work, options, progress)
     return BuildResult(image.config.digest, image, pushed, checks=checks.warnings,
-                       replay=_replay_facts(seams, work.cache))
+                       replay=_replay_facts(seams, work.cache, warn_once.seen))
 
 
-def _replay_facts(seams: Seams, cache: StepCache) -> ReplayFacts | None:
-    """What ``engine/replay.py`` records of this build: only when every step came from the
-    local step cache, every base from the store's names and no ADD fetched anything."""
+def _replay_facts(seams: Seams, cache: StepCache, step_warnings: set[str]) -> ReplayFacts | None:
+    """What ``engine/replay.py`` records of this build: only when every step it ran is now
+    in the local step cache (a rebuild takes every step from there), every base came from
+    the store's names and no ADD fetched anything."""
     bases, remote = seams.base_images, seams.remote
     if not isinstance(bases, StoreBaseImages) or not isinstance(remote, RemoteSources):
         return None  # a test's seams
-    if cache.new or cache.bypassed or cache.remote is not None or remote.consulted \
-            or bases.imported:
+    if cache.bypassed or cache.remote is not None or remote.consulted or bases.imported:
         return None
+    entries = {**cache.used, **cache.new}
     return ReplayFacts(
         bases=tuple(sorted(bases.resolved.items())),
         cache=tuple(sorted((key, entry.layer.digest if entry.layer else None)
-                           for key, entry in cache.used.items())),
+                           for key, entry in entries.items())),
+        recorded=frozenset(cache.recorded),
+        step_warnings=frozenset(step_warnings),
     )
 
 

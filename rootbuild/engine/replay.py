@@ -20,11 +20,12 @@ Rules:
   the manifest
   every base name resolved to in the store, every step cache entry the build used (key
   and layer), the image, and the lines the build showed (warnings, notes, its steps).
-- It is written only after a build in which every step came from the local step cache
-  (nothing ran, nothing new was recorded): that build's image is exactly what the full
-  path gives again while the record holds. The context is fingerprinted before the build
-  and again after it; a Dockerfile, ignore file or context that changed meanwhile leaves
-  no record.
+- It is written after a build whose every step is now in the local step cache, taken
+  from it or run and added: a rebuild of the same inputs takes every step from there and
+  gives the same image (the cache keeps each step's time; test_build_cache's "unchanged
+  rebuild ... gives the same layers"), and shows the steps that ran as CACHED. The
+  context is fingerprinted before the build and again after it; a Dockerfile, ignore file
+  or context that changed meanwhile leaves no record.
 - It is used only when all of it still holds: the same fingerprint, every base name still
   naming the same manifest, every cache entry still in ``cache.db`` with its layer blob in
   the store (their ``last_used`` is then updated, as the build would), the image's blobs
@@ -73,10 +74,14 @@ Event = tuple[str, str, bool]  # ("warn" | "note" | "step", text, cached)
 @dataclass(frozen=True)
 class ReplayFacts:
     """What the engine reports of a build that may be replayed: the store manifest each
-    base name resolved to, and every step cache entry it used (key, layer digest)."""
+    base name resolved to, every step cache entry it used or added (key, layer digest),
+    the progress handles of the steps it ran and added (a rebuild shows them CACHED) and
+    the warnings its steps gave while they ran (a rebuild runs none: it gives none)."""
 
     bases: tuple[tuple[str, str], ...]
     cache: tuple[tuple[str, str | None], ...]
+    recorded: frozenset[int] = frozenset()
+    step_warnings: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,7 @@ class Recorder:
     def __init__(self, inner: Progress) -> None:
         self.inner = inner
         self.events: list[Event] = []
+        self._handles: list[int | None] = []  # the progress handle of each event's step
         self._labels: dict[int, str] = {}
 
     def start(self, label: str) -> int:
@@ -204,6 +210,7 @@ class Recorder:
         label = self._labels.pop(step, "")
         if label.startswith("["):
             self.events.append(("step", label, cached))
+            self._handles.append(step)
 
     def failed(self, step: int, error: str) -> None:
         self.inner.failed(step, error)
@@ -214,13 +221,23 @@ class Recorder:
     def warn(self, message: str) -> None:
         self.inner.warn(message)
         self.events.append(("warn", message, False))
+        self._handles.append(None)
 
     def note(self, message: str) -> None:
         self.inner.note(message)
         self.events.append(("note", message, False))
+        self._handles.append(None)
 
     def close(self) -> None:
         self.inner.close()
+
+    def rebuild_events(self, facts: ReplayFacts) -> list[Event]:
+        """The lines a rebuild shows: the steps this build ran and added to the step cache
+        CACHED, without the warnings those steps gave while running, the rest as it was."""
+        return [(kind, text, cached or handle in facts.recorded)
+                for (kind, text, cached), handle in zip(self.events, self._handles,
+                                                         strict=True)
+                if not (kind == "warn" and text in facts.step_warnings)]
 
 
 def show(events: Iterable[Event], progress: Progress) -> None:
@@ -244,6 +261,11 @@ def save_if_unchanged(store: Store, invocation: Invocation, ignore: IgnoreMatche
             or context_fingerprint(invocation.context_dir, ignore) != before:
         return
     save(store, invocation, before, facts, image, events, summary)
+
+
+def has_record(store_root: Path, invocation: Invocation) -> bool:
+    """A record for ``invocation`` exists in the store at ``store_root`` (not opened)."""
+    return (Store(store_root.absolute()).replay_dir / invocation.key).is_file()
 
 
 def _records_dir(store: Store) -> Path:

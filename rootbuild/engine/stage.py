@@ -240,6 +240,7 @@ class Stage:
                     diff_id=layer.diff_id if layer else None, description=text,
                     created=self.env.clock.started,
                 ))
+                cache.recorded.add(handle)  # a rebuild shows it CACHED (engine/replay.py)
             self.key = chain_key(state_key or key, layer.diff_id if layer else None)
         mark("b.cache_add")
         return self.with_layer(state, layer), False

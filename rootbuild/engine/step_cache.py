@@ -130,6 +130,7 @@ class StepCache:
     used: dict[str, CacheEntry] = field(default_factory=dict)
     stage_keys: dict[int, list[str]] = field(default_factory=dict)  # keys met, by stage
     bypassed: bool = False  # a step ran without looking the cache up (engine/replay.py)
+    recorded: set[int] = field(default_factory=set)  # progress handles of steps run and added
 
     def __post_init__(self) -> None:
         self.hasher = SourceHasher(self.index)

@@ -65,17 +65,22 @@ def test_unchanged_rebuild_is_replayed_as_the_full_build_showed_it(
         rb: Harness, app: Path) -> None:
     first, modules = build(rb, app, "-t", "app:1", out="1.tar")
     assert not replayed(modules) and "CACHED" not in first
-    second, modules = build(rb, app, "-t", "app:1", out="2.tar")
-    assert not replayed(modules)  # the first build ran steps: nothing to record yet
-    third, modules = build(rb, app, "-t", "app:2", "--iidfile", str(rb.workdir / "iid"),
-                           out="3.tar")
+    # the first build ran every step and added it to the step cache: the next is replayed
+    second, modules = build(rb, app, "-t", "app:2", "--iidfile", str(rb.workdir / "iid"),
+                            out="2.tar")
     assert replayed(modules)
     for heavy in ("rootbuild.sandbox", "rootbuild.registry", "rootbuild.engine.build",
                   "rootbuild.fuse_overlay", "httpx"):
         assert heavy not in modules, heavy
+    # against the full build of the same (every step from the step cache, no record)
+    rb.as_user(["rm", "-r", str(rb.store / "replay")])
+    full, modules = build(rb, app, "-t", "app:2", out="3.tar")
+    assert not replayed(modules)
+    assert "#4 CACHED" in full and "#6 CACHED" in full  # the RUN steps
     # the same lines (but the output's name), the same image, the same archive bytes
-    assert third.replace("3.tar", "2.tar").replace("app:2", "app:1") == second
-    assert (rb.workdir / "3.tar").read_bytes() == (rb.workdir / "2.tar").read_bytes()
+    assert second.replace("2.tar", "3.tar") == full
+    assert (rb.workdir / "2.tar").read_bytes() == (rb.workdir / "3.tar").read_bytes()
+    assert (rb.workdir / "1.tar").read_bytes() == (rb.workdir / "3.tar").read_bytes()
     image = json.loads(rb.run("inspect", "app:1").stdout)["Id"]
     assert (rb.workdir / "iid").read_text().strip() == image
     assert json.loads(rb.run("inspect", "app:2").stdout)["Id"] == image  # -t applied
@@ -83,7 +88,6 @@ def test_unchanged_rebuild_is_replayed_as_the_full_build_showed_it(
 
 def test_a_change_to_anything_the_build_used_means_the_full_build(
         rb: Harness, app: Path) -> None:
-    build(rb, app)
     build(rb, app)
     assert replayed(build(rb, app)[1])
     # an ignored file is not part of the build
@@ -94,7 +98,6 @@ def test_a_change_to_anything_the_build_used_means_the_full_build(
     lines, modules = build(rb, app)
     assert not replayed(modules)
     assert re.search(r"COPY app/ /app/\n#\d+ DONE", lines), lines
-    build(rb, app)  # all cached again: recorded
     assert replayed(build(rb, app)[1])
     # a build arg, --no-cache, a new Dockerfile line: each is a different build
     for args in (("--build-arg", "FLAVOUR=spicy"), ("--no-cache",)):
@@ -105,7 +108,6 @@ def test_a_change_to_anything_the_build_used_means_the_full_build(
 
 
 def test_prune_means_the_full_build_again(rb: Harness, app: Path) -> None:
-    build(rb, app)
     build(rb, app)
     assert replayed(build(rb, app)[1])
     rb.run("prune")
@@ -120,7 +122,6 @@ def test_a_base_name_that_moved_means_the_full_build(rb: Harness, app: Path) -> 
     child = rb.make_context("replay-child", {
         "Dockerfile": "FROM base:1\nRUN echo x > /x\n",
     })
-    build(rb, child)
     build(rb, child)
     assert replayed(build(rb, child)[1])
     (base / "rootfs/etc/motd").write_text("a new base\n")
@@ -141,3 +142,19 @@ def test_a_build_that_fetches_a_url_is_never_replayed(rb: Harness, web: Server) 
     for _ in range(3):
         assert not replayed(build(rb, ctx)[1])
     assert web.statuses("/replay/f.txt") == [200, 304, 304]
+
+
+def test_a_replay_shows_no_warning_of_a_step_that_does_not_run(rb_nosub: Harness) -> None:
+    """A user without a subuid range gets a warning from each build whose RUN steps run;
+    a cached rebuild runs none and says nothing, and neither does its replay."""
+    ctx = busybox_context(rb_nosub, "replay-nosub", "FROM scratch\nCOPY rootfs/ /\n"
+                                                    "RUN echo hi > /hi\n")
+    first, _ = build(rb_nosub, ctx)
+    assert "maps only root" in first
+    second, modules = build(rb_nosub, ctx)
+    assert replayed(modules)
+    rb_nosub.as_user(["rm", "-r", str(rb_nosub.store / "replay")])
+    full, modules = build(rb_nosub, ctx)
+    assert not replayed(modules)
+    assert "maps only root" not in full
+    assert second == full

@@ -246,6 +246,24 @@ def test_recorder_keeps_steps_warnings_and_notes_and_show_repeats_them() -> None
     ]
 
 
+def test_rebuild_events_show_run_steps_cached_and_drop_their_warnings() -> None:
+    rec = Recorder(Lines())
+    rec.done(rec.start("[stage-0 1/3] FROM scratch"))
+    ran = rec.start("[stage-0 2/3] RUN make")
+    rec.warn("RUN maps only root")  # given by the step while it ran
+    rec.done(ran)
+    rec.done(rec.start("[stage-0 3/3] ENV A=1"))
+    rec.warn("unused build arg X")
+    facts = ReplayFacts(bases=(), cache=(), recorded=frozenset({ran}),
+                        step_warnings=frozenset({"RUN maps only root"}))
+    assert rec.rebuild_events(facts) == [
+        ("step", "[stage-0 1/3] FROM scratch", False),
+        ("step", "[stage-0 2/3] RUN make", True),
+        ("step", "[stage-0 3/3] ENV A=1", False),
+        ("warn", "unused build arg X", False),
+    ]
+
+
 # -- load_valid against a store ---------------------------------------------------------
 
 
