@@ -13,6 +13,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # trio, httpx, the registry client: imported by the commands 
     from rootbuild.image.store import Store
     from rootbuild.progress import Progress
     from rootbuild.registry.transport import TransportOptions
+    from rootbuild.sandbox.zygote import EarlyZygote
 
 COMPRESSIONS = ("gzip", "zstd", "none")
 VERSION = "rootbuild 0.1.0"
@@ -302,7 +304,52 @@ def _cmd_build(args: argparse.Namespace) -> int:
         replayed = _replayed(args, invocation, fingerprint)
         if replayed is not None:
             return replayed
+    dockerfile_text = sys.stdin.read() if args.dockerfile == "-" else None
+    zygote = _early_zygote(args, invocation, dockerfile_text)
+    try:
+        return _full_build(args, build_args, dockerfile_text, invocation, fingerprint, zygote)
+    finally:
+        if zygote is not None:
+            zygote.close()
 
+
+_RUN_LINE = re.compile(rb"^[ \t]*run\b", re.IGNORECASE | re.MULTILINE)
+
+
+def _early_zygote(args: argparse.Namespace, invocation: Invocation | None,
+                  dockerfile_text: str | None) -> EarlyZygote | None:
+    """The RUN steps' zygote (sandbox/zygote.py), launched before this process imports
+    trio and the engine when the Dockerfile has a RUN line: the two interpreters start
+    at once, on two CPUs. None when there is none (or it cannot start: the build then
+    starts its own and says what is wrong)."""
+    if args.check or args.call != "build":
+        return None
+    if dockerfile_text is not None:
+        text = dockerfile_text.encode("utf-8", "surrogateescape")
+    elif invocation is not None:
+        text = invocation.dockerfile
+    else:
+        from rootbuild.context import find_dockerfile
+
+        try:
+            text = find_dockerfile(Path(args.context), args.dockerfile).read_bytes()
+        except (OSError, RootbuildError):
+            return None
+    if not _RUN_LINE.search(text):
+        return None
+    from rootbuild.image.store import default_root
+    from rootbuild.sandbox.zygote import EarlyZygote, zygote_env
+
+    try:
+        return EarlyZygote.launch(zygote_env(), str((args.root or default_root()).absolute()))
+    except OSError:
+        return None
+
+
+def _full_build(args: argparse.Namespace, build_args: dict[str, str],
+                dockerfile_text: str | None, invocation: Invocation | None,
+                fingerprint: Callable[[], str | None] | None,
+                zygote: EarlyZygote | None) -> int:
     import trio
 
     from rootbuild.cache.spec import parse_cache_from, parse_cache_to
@@ -317,7 +364,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
     for item in args.labels:
         key, value = _key_value(item)
         labels[key] = value or ""
-    dockerfile_text = sys.stdin.read() if args.dockerfile == "-" else None
     sde = os.environ.get("SOURCE_DATE_EPOCH") or build_args.get("SOURCE_DATE_EPOCH")
     try:
         epoch = int(sde) if sde else None
@@ -366,10 +412,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
     recorder = replay.Recorder(progress)
     before = fingerprint() if fingerprint is not None else None
     try:
-        result = trio.run(build, options, store, recorder)
+        result = trio.run(functools.partial(build, zygote=zygote), options, store, recorder)
     finally:
         progress.close()
     summary = render_summary(result.checks)
+    ignore = invocation.ignore_matcher() if invocation is not None else None
     if invocation is not None and ignore is not None and before is not None \
             and result.replay is not None:
         replay.save_if_unchanged(store, invocation, ignore, before, result.replay,

@@ -24,6 +24,7 @@ import functools
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -64,6 +65,9 @@ from rootbuild.stages.config import settle_created
 from rootbuild.stages.plan import BuildPlan, StagePlan
 from rootbuild.stages.scheduler import run_plan
 
+if TYPE_CHECKING:
+    from rootbuild.sandbox.zygote import EarlyZygote
+
 __all__ = ["BuildOptions", "BuildResult", "build", "default_seams"]
 
 
@@ -72,16 +76,19 @@ class _SandboxOnFirstRun:
     build whose steps all come from the step cache never imports the sandbox's process
     machinery (issue 14: an unchanged rebuild pays only for what it does)."""
 
-    def __init__(self, slot: int | None, label: str = "") -> None:
+    def __init__(self, slot: int | None, label: str = "",
+                 early: EarlyZygote | None = None) -> None:
         self.slot = slot
         self.label = label  # the store: shown by the zygote's command line
+        self.early = early  # launched by the CLI (sandbox/zygote.py EarlyZygote)
         self._executor: Executor | None = None
 
     def _made(self) -> Executor:
         if self._executor is None:
             from rootbuild.sandbox.executor import SandboxExecutor
 
-            self._executor = SandboxExecutor(read_slot_plan(self.slot), label=self.label)
+            self._executor = SandboxExecutor(read_slot_plan(self.slot), label=self.label,
+                                             early=self.early)
         return self._executor
 
     async def run(self, spec: StepSpec, on_output: Callable[[str], None]) -> StepResult:
@@ -93,6 +100,8 @@ class _SandboxOnFirstRun:
     async def aclose(self) -> None:
         if self._executor is not None:
             await self._executor.aclose()
+        elif self.early is not None:  # no RUN ran: the zygote launched for it goes
+            self.early.close()
 
 
 def has_run(dockerfile: Dockerfile) -> bool:
@@ -100,10 +109,12 @@ def has_run(dockerfile: Dockerfile) -> bool:
     return any(isinstance(i, Run) for stage in dockerfile.stages for i in stage.instructions)
 
 
-def default_seams(store: Store, options: BuildOptions, progress: Progress) -> Seams:
-    """The real seams: the RUN sandbox, the store's base images and exporter."""
+def default_seams(store: Store, options: BuildOptions, progress: Progress,
+                  zygote: EarlyZygote | None = None) -> Seams:
+    """The real seams: the RUN sandbox (with ``zygote``: the one the CLI launched), the
+    store's base images and exporter."""
     return Seams(
-        executor=_SandboxOnFirstRun(options.slot, label=str(store.root)),
+        executor=_SandboxOnFirstRun(options.slot, label=str(store.root), early=zygote),
         base_images=StoreBaseImages(store, options.transport, progress, options.pull),
         exporter=StoreExporter(store, options.transport, docker_format=options.docker_format,
                                warn=progress.warn),
@@ -139,10 +150,13 @@ def _read_dockerfile(options: BuildOptions) -> tuple[str, str, Path | None]:
 
 
 async def build(
-    options: BuildOptions, store: Store, progress: Progress, *, seams: Seams | None = None
+    options: BuildOptions, store: Store, progress: Progress, *, seams: Seams | None = None,
+    zygote: EarlyZygote | None = None,
 ) -> BuildResult:
     """Run one build and return the image it stored (tagged with ``options.tags``).
-    ``seams`` replaces the real executor, base images and exporter (tests)."""
+    ``seams`` replaces the real executor, base images and exporter (tests); ``zygote``: a
+    RUN zygote launched ahead (the CLI's), adopted by the real executor. The caller closes
+    ``zygote`` too (``EarlyZygote.close`` does nothing once it is adopted or closed)."""
     options.validate()
     options, network_warning = resolve_network(options)  # engine/network.py
     if network_warning:
@@ -158,7 +172,7 @@ async def build(
     ignore = load_ignore(options.context_dir, path or options.context_dir / "Dockerfile")
     with store.shared_lock(), BuildContext.open(options.context_dir, ignore) as context, \
             store.stage() as staging, contextlib.ExitStack() as named:
-        seams = seams or default_seams(store, options, progress)
+        seams = seams or default_seams(store, options, progress, zygote)
         runs = has_run(dockerfile)
         try:  # a zygote started ahead is stopped on every path (also when planning fails)
             if runs and options.no_cache:  # every RUN will run: overlap its start-up with the

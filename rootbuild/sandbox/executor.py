@@ -28,15 +28,14 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterable
 
-from rootbuild import runtrace
 from rootbuild.errors import SandboxError
 from rootbuild.runtrace import mark
 from rootbuild.sandbox import dns_proxy
 from rootbuild.sandbox.idmap import IdMapPlan
 from rootbuild.sandbox.placement import CpuSlots
 from rootbuild.sandbox.run import run_init
-from rootbuild.sandbox.spec import DEFAULT_PATH, Bind, InitRequest, StepResult, StepSpec
-from rootbuild.sandbox.zygote import Zygote
+from rootbuild.sandbox.spec import Bind, InitRequest, StepResult, StepSpec
+from rootbuild.sandbox.zygote import EarlyZygote, Zygote, zygote_env
 
 PLACEMENT_ENV = "ROOTBUILD_CPU_PLACEMENT"  # "off": steps start on every CPU
 #: the files the sandbox provides in /etc, bound read-only over the image's
@@ -115,28 +114,21 @@ def prepare_scratch(spec: StepSpec) -> StepSpec:
     return dataclasses.replace(spec, binds=(*etc_binds, *spec.binds), dns_upstreams=upstreams)
 
 
-#: measurement switches, off unless set in the builder's environment, passed on to the
-#: zygote's minimal one (and so to the inits and FUSE servers): the step trace
-#: (runtrace.py) and the FUSE servers' request statistics (fuse_overlay/stats.py)
-MEASUREMENT_ENV = (runtrace.ENV, "ROOTBUILD_FUSE_STATS")
-
-
 class SandboxExecutor:
     """Runs the RUN steps of one build (see the module docstring). ``placement``: None
     reads ``ROOTBUILD_CPU_PLACEMENT`` now; ``cpus``: the CPUs steps may start on (default:
     this process's affinity, read now); ``label``: what the zygote's command line shows
-    (the store)."""
+    (the store); ``early``: a zygote the CLI launched for this build (adopted or killed)."""
 
     def __init__(self, idmap: IdMapPlan, *, placement: bool | None = None,
-                 cpus: Iterable[int] | None = None, label: str = "") -> None:
+                 cpus: Iterable[int] | None = None, label: str = "",
+                 early: EarlyZygote | None = None) -> None:
         self.idmap = idmap
         self.placement = placement_from_env() if placement is None else placement
         self._slots = CpuSlots(os.sched_getaffinity(0) if cpus is None else cpus)
         self._idmap_warned = False
         # forks each step's init (sandbox/zygote.py); started by the first RUN step
-        env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8"}
-        env.update({name: os.environ[name] for name in MEASUREMENT_ENV if os.environ.get(name)})
-        self._zygote = Zygote(env, label)
+        self._zygote = Zygote(zygote_env(), label, early)
 
     async def prestart(self) -> None:
         """Start the build's zygote now, in the background (``zygote.Zygote.prestart``):

@@ -19,7 +19,10 @@ Rules:
   closes, exactly as a directly started init does.
 - It may be started early (``prestart``: the build has RUN steps that will run), so that
   its interpreter start and imports overlap the build's base pulls and COPY steps instead
-  of delaying the first RUN; ``spawn`` waits for it to be ready.
+  of delaying the first RUN; ``spawn`` waits for it to be ready. Earliest of all, the CLI
+  launches it (``EarlyZygote.launch``) before it imports trio and the engine, when the
+  Dockerfile has a RUN line: both interpreters then import at once, on two CPUs, and the
+  build's ``Zygote`` adopts it. One never adopted is killed by ``close``.
 - A request may name layer metadata files (``"metas"``: the step's lower layers), which the
   zygote loads before it forks (``image/meta_cache.py``): each init and FUSE server
   inherits them instead of parsing them again per step. They are the builder's own files
@@ -53,6 +56,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from rootbuild import runtrace
 from rootbuild.errors import SandboxError
 from rootbuild.image import meta_cache
 from rootbuild.proctitle import ROOM, fresh_start, set_title
@@ -229,12 +233,106 @@ class InitProcess:
             self.pidfd = -1
 
 
-class Zygote:
-    """The builder's zygote (see the module rules): one per ``SandboxExecutor``."""
+# the builder's variables the zygote passes on (runtrace.py, fuse_overlay/stats.py)
+MEASUREMENT_ENV = (runtrace.ENV, "ROOTBUILD_FUSE_STATS")
 
-    def __init__(self, env: dict[str, str], label: str = "") -> None:
+
+def zygote_env() -> dict[str, str]:
+    """The zygote's whole environment: PATH, LANG, and the measurement variables set."""
+    path = os.environ.get("PATH")
+    if path is None:
+        from rootbuild.sandbox.spec import DEFAULT_PATH
+
+        path = DEFAULT_PATH
+    env = {"PATH": path, "LANG": "C.UTF-8"}
+    env.update({name: os.environ[name] for name in MEASUREMENT_ENV if os.environ.get(name)})
+    return env
+
+
+def zygote_argv(sock_fd: int, label: str) -> list[str]:
+    return [sys.executable, "-I", "-m", ZYGOTE_MODULE, str(sock_fd), label or "-", ROOM]
+
+
+class EarlyZygote:
+    """A zygote launched without trio, before the builder imports it (see the module
+    rules): ``launch``, then either a ``Zygote`` adopts it or ``close`` kills it."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], sock: socket.socket,
+                 errors: Any) -> None:
+        self.popen = popen
+        self.sock: socket.socket | None = sock
+        self.errors = errors
+
+    @classmethod
+    def launch(cls, env: dict[str, str], label: str = "") -> EarlyZygote:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close or the adopter)
+        try:
+            popen = subprocess.Popen(
+                zygote_argv(theirs.fileno(), label), pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+                start_new_session=True, env=env, cwd="/",
+            )
+        except BaseException:
+            ours.close()
+            errors.close()
+            raise
+        finally:
+            theirs.close()
+        return cls(popen, ours, errors)
+
+    def released(self) -> bool:
+        """Adopted by a ``Zygote`` or closed: this object has nothing left to close."""
+        return self.sock is None
+
+    def close(self) -> None:
+        """Kill and reap it unless a ``Zygote`` adopted it (then that one closes it)."""
+        if self.sock is None:
+            return
+        self.sock.close()
+        self.sock = None
+        self.errors.close()
+        self.popen.kill()  # never asked for a fork: it has no children
+        self.popen.wait()
+
+
+class _AdoptedProcess:
+    """An ``EarlyZygote``'s process with the part of ``trio.Process`` ``Zygote`` uses."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pidfd = os.pidfd_open(popen.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    async def wait(self) -> int:
+        import trio
+
+        if self.popen.poll() is None:
+            await trio.lowlevel.wait_readable(self.pidfd)
+        code = self.popen.wait()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        return code
+
+
+class Zygote:
+    """The builder's zygote (see the module rules): one per ``SandboxExecutor``. ``early``:
+    a zygote the CLI launched for this build, adopted at the first use."""
+
+    def __init__(self, env: dict[str, str], label: str = "",
+                 early: EarlyZygote | None = None) -> None:
         self.env = env
         self.label = label  # shown in its command line: the build's store
+        self._early = early
         self._proc: Any = None
         self._sock: Any = None
         self._lock: Any = None
@@ -254,13 +352,21 @@ class Zygote:
     async def _launch(self) -> None:
         import trio
 
+        early, self._early = self._early, None
+        if early is not None and not early.released():
+            assert early.sock is not None
+            self._proc = _AdoptedProcess(early.popen)
+            self._sock = trio.socket.from_stdlib_socket(early.sock)
+            self._errors = early.errors
+            early.sock = None  # adopted: this object closes it from now on
+            self._ready = False
+            return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # its stderr (an import error, say) is quoted if it does not start
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by aclose)
         try:
             self._proc = await trio.lowlevel.open_process(
-                [sys.executable, "-I", "-m", ZYGOTE_MODULE, str(theirs.fileno()),
-                 self.label or "-", ROOM],
+                zygote_argv(theirs.fileno(), self.label),
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=self._errors,
                 start_new_session=True, env=self.env, cwd="/",
@@ -341,6 +447,9 @@ class Zygote:
         """Close the zygote's socket and wait for it to exit (its inits are not touched)."""
         import trio
 
+        if self._early is not None:  # launched for this build, never used
+            self._early.close()
+            self._early = None
         sock, proc, ready = self._sock, self._proc, self._ready
         self._sock = self._proc = None
         self._ready = False

@@ -39,7 +39,7 @@ EDGES: dict[str, set[str]] = {
     "doctor": {"sandbox", "snapshot"},  # limits (sandbox/limits.py), snapshotter probes
     "cli": {
         "doctor", "errors", "platform", "progress", "image", "registry", "cache", "engine",
-        "service",
+        "service", "context", "sandbox",  # the Dockerfile and zygote launched early
     },
 }
 # Edges that must never appear, whatever the table above says (issue 11's seams).

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from rootbuild.sandbox.zygote import Zygote, expand_argv, fd_arg
+from rootbuild.sandbox.zygote import EarlyZygote, Zygote, expand_argv, fd_arg
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
 
@@ -108,3 +108,40 @@ async def test_a_dead_zygote_is_replaced(tmp_path: Path) -> None:
         assert "second-missing.json" in event["message"]
     finally:
         await zygote.aclose()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_an_early_zygote_is_adopted_and_closed_by_the_build(tmp_path: Path) -> None:
+    """Launched without trio (the CLI, before it imports the engine), then used by the
+    build's Zygote as its own: same process, and gone after ``aclose``."""
+    early = EarlyZygote.launch(ENV, label=str(tmp_path))
+    pid = early.popen.pid
+    zygote = Zygote(ENV, early=early)
+    try:
+        _, event = await _spawn_failing_init(zygote, tmp_path, "adopted")
+        assert "adopted-missing.json" in event["message"]
+        assert early.released() and zygote._proc is not None
+        assert zygote._proc.popen.pid == pid  # no second zygote was started
+    finally:
+        await zygote.aclose()
+    early.close()  # the CLI's own close: nothing left to do
+    assert _gone(pid)
+
+
+async def test_an_early_zygote_never_used_is_killed() -> None:
+    early = EarlyZygote.launch(ENV)
+    pid = early.popen.pid
+    zygote = Zygote(ENV, early=early)  # a build whose RUN steps all came from the cache
+    await zygote.aclose()
+    assert _gone(pid) and early.released()  # closed: nothing left to close
+    other = EarlyZygote.launch(ENV)  # a build that failed before it made its executor
+    other.close()
+    other.close()
+    assert _gone(other.popen.pid)
