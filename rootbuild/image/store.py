@@ -563,11 +563,13 @@ class Store:
     def prune(
         self, extra_roots: Iterable[str] = (), wait: bool = True,
         also_keep: Callable[[], tuple[Iterable[str], Iterable[str]]] | None = None,
+        remove: Callable[[Path], object] = force_rmtree,
     ) -> int:
         """Remove blobs and ``layers/<hex>`` trees no tagged image reaches, and everything in
         ``tmp/``; return the bytes freed. Waits for running builds unless ``wait`` is False.
         ``also_keep`` is called under the exclusive lock and names more (blob digests,
-        diffIDs) to keep: the step cache's entries."""
+        diffIDs) to keep: the step cache's entries. ``remove`` removes a tree (the caller's
+        may also remove what subordinate ids own: ``sandbox/userns_rm.py``)."""
         if self._shared_depth:
             raise StoreError(f"prune store {self.root}: this process holds the build lock")
         freed = 0
@@ -587,8 +589,8 @@ class Store:
             for entry in sorted(self.layers_dir.iterdir()):
                 if entry.name not in keep_hex:
                     freed += tree_size(entry) + entry.lstat().st_size
-                    force_rmtree(entry)
+                    remove(entry)
             for entry in sorted(self.tmp_dir.iterdir()):
                 freed += tree_size(entry) + entry.lstat().st_size
-                force_rmtree(entry)
+                remove(entry)
         return freed

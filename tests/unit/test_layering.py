@@ -28,7 +28,8 @@ EDGES: dict[str, set[str]] = {
     "snapshot": {"errors", "image", "fuse_overlay"},
     "sandbox": {"errors", "image", "snapshot", "netrules", "proctitle", "runtrace"},
     "registry": {"errors", "platform", "image"},
-    "cache": {"errors", "stages", "image", "registry"},
+    "cache": {"errors", "stages", "image", "registry",
+              "sandbox"},  # userns_rm.py: prune and reset remove subordinate ids' files
     "engine": {
         "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
         "snapshot", "sandbox", "registry", "cache", "netrules", "runtrace",
