@@ -31,6 +31,12 @@ from test_build_run import (
     unique_seconds,
 )
 from test_build_snapshotter import _foreign_owned
+from test_service_worker import (  # noqa: F401 (pytest fixtures)
+    Service,
+    redis_server,
+    service,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +197,37 @@ def test_reset_refuses_a_directory_that_is_not_a_store(rb: Harness) -> None:
         "blobs/ or tenants/); nothing removed"
     ], proc.stderr
     assert (ctx / "a" / "b").read_text() == "x"
+
+
+def test_a_worker_sweeps_a_killed_steps_files_and_reset_waits_for_the_worker(
+        rb: Harness, service: Service) -> None:  # noqa: F811 (the fixture)
+    """A tenant store of a worker's store with a killed kernel-overlay step's files: a
+    worker starting there sweeps them (inside the user namespace) with the scratch of dead
+    builds; while the worker runs, even idle, reset of the worker's store refuses (the
+    worker holds the store's lock); once it stopped, reset removes it all."""
+    rb.store = service.store / "tenants" / "acme" / "store"
+    _killed_overlay_build(rb)
+    _assert_user_cannot_remove(rb)
+    scratch = list((rb.store / "tmp").iterdir())  # what rm -rf could not remove
+
+    service.start_worker("w1")
+    wait_until("w1 to start", lambda: "claiming jobs" in service.worker_log("w1"), timeout=30)
+    log = service.worker_log("w1")
+    assert f"removed 0 job directories and {len(scratch)} build scratch entr" in log, log
+    assert "Traceback" not in log
+    assert list((rb.store / "tmp").iterdir()) == []
+    assert _foreign_owned(rb, service.store) == []
+
+    busy = rb.run("system", "reset", "--root", str(service.store), "--force", store=False,
+                  check=False)
+    assert busy.returncode == 1
+    assert error_lines(busy.stderr) == [
+        f"rootbuild: system reset: store {service.store} is in use by a running build or "
+        "worker; nothing removed (stop it, or wait, and try again)"
+    ], busy.stderr
+    assert (rb.store / "gc.lock").exists()
+
+    service.stop_all()
+    done = rb.run("system", "reset", "--root", str(service.store), "--force", store=False)
+    assert done.stdout.startswith(f"removed store {service.store}\n"), done.stdout
+    assert not os.path.lexists(service.store)
