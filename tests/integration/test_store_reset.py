@@ -94,6 +94,9 @@ def test_prune_removes_a_killed_kernel_overlay_steps_files(rb: Harness) -> None:
     namespace), where plain ``rm -rf`` as the user fails. The next build works."""
     _killed_overlay_build(rb)
     _assert_user_cannot_remove(rb)
+    doctor = rb.run("doctor", store=False, env={"ROOTBUILD_ROOT": str(rb.store)})
+    assert re.search(rf"^warn store: {re.escape(str(rb.store))}/tmp holds [1-9]\d* entries "
+                     r"of other ids .* — fix: rootbuild prune", doctor.stdout, re.M), doctor
 
     proc = rb.run("prune")
     assert "Traceback" not in proc.stderr and proc.stderr == "", proc.stderr
@@ -102,6 +105,8 @@ def test_prune_removes_a_killed_kernel_overlay_steps_files(rb: Harness) -> None:
     assert list((rb.store / "tmp").iterdir()) == []
     assert _foreign_owned(rb, rb.store) == []
     assert leftovers(rb, []) == []
+    doctor = rb.run("doctor", store=False, env={"ROOTBUILD_ROOT": str(rb.store)})
+    assert f"ok   store: {rb.store}: nothing of other ids left" in doctor.stdout, doctor
 
     ctx = busybox_context(rb, "after", "FROM scratch\nCOPY rootfs/ /\nRUN touch /ok\n")
     build(rb, ctx, "--snapshotter", "overlay")

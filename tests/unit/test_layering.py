@@ -37,7 +37,8 @@ EDGES: dict[str, set[str]] = {
     "testing": {"errors", "platform", "image", "sandbox", "snapshot"},
     "service": {"errors", "context", "image", "registry", "cache", "engine", "sandbox",
                 "dockerfile"},  # tenant_secrets.py: the RUN line of a missing secret
-    "doctor": {"sandbox", "snapshot"},  # limits (sandbox/limits.py), snapshotter probes
+    "doctor": {"sandbox", "snapshot",  # limits (sandbox/limits.py), snapshotter probes
+               "image"},  # default_root: the store whose scratch it looks at
     "cli": {
         "doctor", "errors", "platform", "progress", "image", "registry", "cache", "engine",
         "service",
