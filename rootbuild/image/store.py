@@ -163,6 +163,15 @@ def force_rmtree(path: Path) -> None:
             path.unlink()
 
 
+def _remove_counted(entry: Path, remove: Callable[[Path], int] | None) -> int:
+    """Remove ``entry`` with ``remove`` (which counts), else ``force_rmtree``; the bytes."""
+    if remove is not None:
+        return remove(entry)
+    freed = tree_size(entry) + entry.lstat().st_size
+    force_rmtree(entry)
+    return freed
+
+
 class BlobWriter:
     """A blob being written: ``write()`` bytes, then ``close()`` verifies and places it.
 
@@ -563,13 +572,14 @@ class Store:
     def prune(
         self, extra_roots: Iterable[str] = (), wait: bool = True,
         also_keep: Callable[[], tuple[Iterable[str], Iterable[str]]] | None = None,
-        remove: Callable[[Path], object] = force_rmtree,
+        remove: Callable[[Path], int] | None = None,
     ) -> int:
         """Remove blobs and ``layers/<hex>`` trees no tagged image reaches, and everything in
         ``tmp/``; return the bytes freed. Waits for running builds unless ``wait`` is False.
         ``also_keep`` is called under the exclusive lock and names more (blob digests,
-        diffIDs) to keep: the step cache's entries. ``remove`` removes a tree (the caller's
-        may also remove what subordinate ids own: ``sandbox/userns_rm.py``)."""
+        diffIDs) to keep: the step cache's entries. ``remove`` removes a tree and says the
+        bytes freed (the caller's may also remove what subordinate ids own:
+        ``sandbox/userns_rm.py``); without it, ``force_rmtree``."""
         if self._shared_depth:
             raise StoreError(f"prune store {self.root}: this process holds the build lock")
         freed = 0
@@ -588,9 +598,7 @@ class Store:
             keep_hex = {hex_of(d) for d in keep_diffs}
             for entry in sorted(self.layers_dir.iterdir()):
                 if entry.name not in keep_hex:
-                    freed += tree_size(entry) + entry.lstat().st_size
-                    remove(entry)
+                    freed += _remove_counted(entry, remove)
             for entry in sorted(self.tmp_dir.iterdir()):
-                freed += tree_size(entry) + entry.lstat().st_size
-                remove(entry)
+                freed += _remove_counted(entry, remove)
         return freed

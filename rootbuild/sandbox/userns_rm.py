@@ -154,10 +154,12 @@ def _open_dir(dfd: int, name: str, st: os.stat_result) -> int:
     return fd
 
 
-def remove_at(dfd: int, name: str, tally: Tally, where: str = "") -> None:
+def remove_at(dfd: int, name: str, tally: Tally) -> None:
     """Remove ``name`` in directory ``dfd`` and everything below it (never following a
-    symlink, never entering another filesystem). Depth-first with one fd per level; an
-    entry already gone is fine. Raises PermissionError on the first entry it may not
+    symlink, never entering another filesystem). Depth-first, holding one directory fd
+    whatever the depth (a step can make a tree deeper than the fd limit): going up is
+    ``..`` of the current directory, checked to be the directory that was come down from.
+    An entry already gone is fine. Raises PermissionError on the first entry it may not
     remove (what is removed by then stays removed, and counted)."""
     try:
         top = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -167,23 +169,31 @@ def remove_at(dfd: int, name: str, tally: Tally, where: str = "") -> None:
         os.unlink(name, dir_fd=dfd)
         tally.freed += top.st_size
         return
-    parent_dev = os.fstat(dfd).st_dev
-    if top.st_dev != parent_dev:
-        tally.other_fs.append(f"{where}{name}")
+    if top.st_dev != os.fstat(dfd).st_dev:
+        tally.other_fs.append(name)
         return
-    # a stack of (directory fd, its stat, its entries left, its name in its parent)
-    stack: list[tuple[int, os.stat_result, list[str], str]] = []
-    fd = _open_dir(dfd, name, top)
-    stack.append((fd, top, sorted(os.listdir(fd), reverse=True), name))
+    # the directories come down through: (stat, entries not yet removed, name in parent)
+    stack: list[tuple[os.stat_result, list[str], str]] = []
+    cur = _open_dir(dfd, name, top)
     try:
-        _make_writable(fd, top)
+        _make_writable(cur, top)
+        stack.append((top, sorted(os.listdir(cur), reverse=True), name))
         while stack:
-            cur, cur_st, names, cur_name = stack[-1]
-            if not names:  # emptied: close it, remove it from its parent
+            cur_st, names, cur_name = stack[-1]
+            if not names:  # emptied: go up, remove it from its parent
                 stack.pop()
+                if stack:
+                    up = os.open("..", _DIR, dir_fd=cur)
+                    got = os.fstat(up)
+                    if (got.st_dev, got.st_ino) != (stack[-1][0].st_dev, stack[-1][0].st_ino):
+                        os.close(up)
+                        raise OSError(errno.ESTALE, "moved while being removed", cur_name)
+                else:
+                    up = dfd
                 os.close(cur)
+                cur = up
                 try:
-                    os.rmdir(cur_name, dir_fd=stack[-1][0] if stack else dfd)
+                    os.rmdir(cur_name, dir_fd=cur)
                     tally.freed += cur_st.st_size
                 except FileNotFoundError:
                     pass
@@ -204,15 +214,16 @@ def remove_at(dfd: int, name: str, tally: Tally, where: str = "") -> None:
                     pass
                 continue
             if st.st_dev != cur_st.st_dev:
-                tally.other_fs.append(where + "/".join([e[3] for e in stack] + [child]))
+                tally.other_fs.append("/".join([e[2] for e in stack] + [child]))
                 continue
             sub = _open_dir(cur, child, st)
-            stack.append((sub, st, sorted(os.listdir(sub), reverse=True), child))
-            _make_writable(sub, st)
+            os.close(cur)
+            cur = sub
+            _make_writable(cur, st)
+            stack.append((st, sorted(os.listdir(cur), reverse=True), child))
     finally:
-        for entry in stack:
-            os.close(entry[0])
-
+        if cur != dfd:
+            os.close(cur)
 
 
 # -- removing in the user namespace -------------------------------------------------------------

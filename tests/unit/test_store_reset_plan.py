@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import resource
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_entries_the_user_may_not_remove_without_a_range_say_so(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "leftover").mkdir()
 
-    def refused(dfd: int, name: str, tally: Tally, where: str = "") -> None:
+    def refused(dfd: int, name: str, tally: Tally) -> None:
         raise PermissionError(13, "Permission denied", name)
 
     monkeypatch.setattr(userns_rm, "remove_at", refused)
@@ -99,6 +100,28 @@ def test_remove_at_removes_a_tree_without_following_symlinks(tmp_path: Path) -> 
     assert os.listdir(store) == []
     assert (outside / "keep").read_text() == "canary"
     assert tally.freed >= 1000 + 2 and tally.other_fs == []
+
+
+def test_remove_at_holds_one_fd_whatever_the_depth(tmp_path: Path) -> None:
+    """A tree deeper than the fd limit (a step can make one): removed all the same."""
+    depth = 300
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):  # fd-relative: the path would pass PATH_MAX
+        os.mkdir("d", dir_fd=fd)
+        sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = sub
+    os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    os.close(fd)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard))
+    try:
+        remove_at(dfd, "d", Tally())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        os.close(dfd)
+    assert os.listdir(tmp_path) == []
 
 
 def test_remove_tree_of_a_symlink_removes_the_link_only(tmp_path: Path) -> None:
