@@ -172,6 +172,10 @@ def _reset_open(root: Path, parent: int, root_fd: int,
             return None
         tally = remove_entries(root_fd, plan.entries, str(root))
         _refuse_mounts(root, tally)
+        if set(os.listdir(root_fd)) - {LOCK}:  # Store.open of a build now waiting on the lock
+            raise StoreError(f"system reset: a build started while {root} was being removed "
+                             "(it waits for the store); its contents are gone, the directory "
+                             "stays")
         for name in (*plan.last, LOCK):
             try:
                 tally.freed += os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_size

@@ -227,3 +227,24 @@ def test_reset_of_a_symlinked_root_is_refused(tmp_path: Path) -> None:
                                          r"\(a symlink\?\); name the store directory itself"):
         reset(tmp_path / "link", lambda text: True)
     assert (root / "blobs/sha256/00").exists()
+
+
+def test_reset_leaves_the_lock_to_a_build_that_started_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build's ``Store.open`` makes the store's directories again while reset removes
+    them, then waits on the lock reset holds: the lock file must stay, so that the build
+    and a later prune share one lock."""
+    root = tmp_path / "store"
+    _store(root)
+    real = reset_mod.remove_entries
+
+    def racing(dfd: int, names: tuple[str, ...], what: str) -> Tally:
+        tally = real(dfd, names, what)
+        (root / "tmp").mkdir()  # what Store.open makes, after the removal
+        return tally
+
+    monkeypatch.setattr(reset_mod, "remove_entries", racing)
+    with pytest.raises(StoreError, match=r"^system reset: a build started while .* was being "
+                                         r"removed .*the directory stays$"):
+        reset(root, lambda text: True)
+    assert sorted(os.listdir(root)) == ["gc.lock", "tmp"]
