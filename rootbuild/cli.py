@@ -610,7 +610,10 @@ def _cmd_system(args: argparse.Namespace) -> int:
                              "stdin is not a terminal (add --force)")
         sys.stderr.write(f"{summary}\nAre you sure you want to continue? [y/N] ")
         sys.stderr.flush()
-        return sys.stdin.readline().strip().lower() in ("y", "yes")
+        answer = sys.stdin.readline()
+        if not sys.stderr.isatty():  # the terminal echoed the answer's newline; a log did not
+            sys.stderr.write("\n")
+        return answer.strip().lower() in ("y", "yes")
 
     freed = reset(root, confirm)
     if freed is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Harness
+from conftest import ROOTBUILD, Harness
 from test_build_run import (
     build,
     build_until_sleeping,
@@ -236,3 +237,42 @@ def test_a_worker_sweeps_a_killed_steps_files_and_reset_waits_for_the_worker(
     done = rb.run("system", "reset", "--root", str(service.store), "--force", store=False)
     assert done.stdout.startswith(f"removed store {service.store}\n"), done.stdout
     assert not os.path.lexists(service.store)
+
+
+def _reset_on_a_terminal(rb: Harness, answer: bytes) -> subprocess.CompletedProcess[str]:
+    """``system reset`` without ``--force``, stdin a terminal (a pty) answering ``answer``."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            rb.command([str(ROOTBUILD), "system", "reset", "--root", str(rb.store)]),
+            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=rb.workdir)
+        os.close(slave)
+        slave = -1
+        os.write(master, answer)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if slave != -1:
+            os.close(slave)
+        os.close(master)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_reset_on_a_terminal_asks_first(rb: Harness) -> None:
+    """On a terminal reset asks, as Docker's prune commands do unless ``--force`` ("Do not
+    prompt for confirmation", BUILDX_PRUNE): anything but yes removes nothing; yes removes
+    the store."""
+    ctx = busybox_context(rb, "asked", "FROM scratch\nCOPY rootfs/ /\n")
+    build(rb, ctx)
+    before = rb.store_snapshot()
+    no = _reset_on_a_terminal(rb, b"n\n")
+    assert no.returncode == 2, no
+    assert "Are you sure you want to continue? [y/N]" in no.stderr
+    assert error_lines(no.stderr) == [
+        f"rootbuild: system reset: cancelled; nothing removed from {rb.store}"], no.stderr
+    assert rb.store_snapshot() == before
+
+    yes = _reset_on_a_terminal(rb, b"y\n")
+    assert yes.returncode == 0, yes
+    assert yes.stdout.startswith(f"removed store {rb.store}\n")
+    assert not os.path.lexists(rb.store)
