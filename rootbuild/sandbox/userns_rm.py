@@ -4,8 +4,9 @@ Job: ``remove_entries(dir_fd, names)`` / ``remove_tree(path)``: remove store ent
 dead build's scratch, a layer tree, a whole store for ``rootbuild system reset``) and say
 how many bytes that freed. A RUN step on the kernel overlay (``snapshot/kernel.py``)
 creates files owned by the build's ids: ``RUN chown 1000 /x`` leaves, on disk, a file of
-the user's subordinate uid 100999. The step removes them inside its user namespace when it
-ends; when the builder is killed (``kill -9`` of its process group, power loss) they stay,
+the user's subordinate uid (the range's first id + 999). The step removes them inside its
+user namespace when it ends; when every process of the build dies at once (``kill -9``,
+power loss) they stay,
 and neither ``rm -rf`` nor ``prune`` can remove them as the user (EACCES: the user has no
 write permission on a directory a subordinate id owns, nor may chmod it). What the user
 cannot remove is then removed by a child process in a fresh user namespace that maps the
@@ -25,8 +26,8 @@ Rules (SECURITY.md rule 1):
   writable, as ``force_rmtree`` does); only what that refuses with EACCES/EPERM goes to the
   namespace. Without a subordinate range there is nothing to map: one line says so and how
   to add a range (``usermod --add-subuids``, as doctor and kernel.py say).
-- ``full_plan`` and ``reset_refusal``-style messages are pure; the walker and the child
-  are the only I/O.
+- ``full_plan`` and ``no_range_message`` are pure; the walker (``remove_at``), the child
+  and ``read_full_plan`` do the I/O.
 """
 
 from __future__ import annotations
