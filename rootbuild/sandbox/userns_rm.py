@@ -6,14 +6,14 @@ how many bytes that freed. A RUN step on the kernel overlay (``snapshot/kernel.p
 creates files owned by the build's ids: ``RUN chown 1000 /x`` leaves, on disk, a file of
 the user's subordinate uid (the range's first id + 999). The step removes them inside its
 user namespace when it ends; when every process of the build dies at once (``kill -9``,
-power loss) they stay,
-and neither ``rm -rf`` nor ``prune`` can remove them as the user (EACCES: the user has no
-write permission on a directory a subordinate id owns, nor may chmod it). What the user
-cannot remove is then removed by a child process in a fresh user namespace that maps the
-user to 0 and EVERY subordinate range the user has (``full_plan``: more than a build's
-65536 ids, so the blocks of ``--slot`` builds are covered too), mapped by the same
-newuidmap/newgidmap helpers the builder uses (``idmap.apply_helpers``); as root of that
-namespace it holds CAP_DAC_OVERRIDE over every inode whose owner is mapped.
+power loss) they stay, and ``rm -rf`` cannot remove them as the user (EACCES: the user
+has no write permission on a directory a subordinate id owns, nor may chmod it). What the
+user cannot remove is then removed by a child process in a fresh user namespace that maps
+the user to 0 and EVERY subordinate range the user has (``full_plan``: more than a
+build's 65536 ids, so the blocks of ``--slot`` builds are covered too), mapped by the
+same newuidmap/newgidmap helpers the builder uses (``idmap.apply_helpers``); as root of
+that namespace it holds CAP_DAC_OVERRIDE over every inode whose owner and group are
+mapped.
 
 Rules (SECURITY.md rule 1):
 - Every removal is relative to a directory file descriptor, ``O_NOFOLLOW``: a symlink is
