@@ -16,7 +16,8 @@ Rules (after go-containerregistry's layout writer and containerd's content store
 - Indexes last: a name is tagged only after every blob it reaches is in place; images.json
   is replaced by temp file + fsync + rename under the exclusive ``images.lock``.
 - Builds hold ``shared_lock()`` while they run; ``prune()`` takes ``gc.lock`` exclusively,
-  so it never removes a blob or a staged file a running build may still tag.
+  so it never removes a blob or a staged file a running build may still tag. A build
+  starting where nothing holds the store sweeps what dead builds left (``sweep_scratch``).
 - ``prune()`` keeps what tagged images reach; an image that does not load (config or
   manifest missing or corrupt) keeps every blob and tree its verified documents name.
 - Imports are atomic: they ``stage()`` blobs in a private directory and ``commit()`` only
@@ -427,6 +428,24 @@ class Store:
                 yield
             finally:
                 self._shared_depth -= 1
+
+    def sweep_scratch(self, remove: Callable[[Path], int]) -> int | None:
+        """Remove the scratch dead builds and imports left in ``tmp/`` (their ``work-*`` and
+        ``stage-*`` directories, made only under the shared lock) when nothing holds the
+        store: ``gc.lock`` taken exclusively without waiting, else None (someone runs, and
+        their scratch is live). The bytes ``remove`` freed."""
+        if self._shared_depth:
+            return None
+        fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            return sum(remove(entry) for entry in sorted(self.tmp_dir.iterdir())
+                       if entry.name.startswith(("work-", "stage-")))
+        finally:
+            os.close(fd)
 
     # -- images.json ------------------------------------------------------------------------
 

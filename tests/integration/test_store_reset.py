@@ -276,3 +276,39 @@ def test_reset_on_a_terminal_asks_first(rb: Harness) -> None:
     assert yes.returncode == 0, yes
     assert yes.stdout.startswith(f"removed store {rb.store}\n")
     assert not os.path.lexists(rb.store)
+
+
+def test_the_next_build_sweeps_a_killed_steps_files(rb: Harness) -> None:
+    """A build starting where nothing holds the store removes what killed builds left in
+    its scratch, subordinate ids' files included (inside the user namespace), and says
+    nothing about it."""
+    _killed_overlay_build(rb)
+    _assert_user_cannot_remove(rb)
+    ctx = busybox_context(rb, "next", "FROM scratch\nCOPY rootfs/ /\nRUN touch /ok\n")
+    proc = build(rb, ctx, "--snapshotter", "overlay")
+    assert "warning" not in proc.stderr, proc.stderr
+    assert list((rb.store / "tmp").iterdir()) == []
+    assert _foreign_owned(rb, rb.store) == []
+
+
+def test_a_build_starting_beside_a_running_one_leaves_its_scratch_alone(rb: Harness) -> None:
+    """The sweep needs the store to itself: with a build running (the store's lock held
+    shared), a second build sweeps nothing, and the first one's step goes on."""
+    seconds = unique_seconds()
+    ctx = busybox_context(rb, "first", f"FROM scratch\nCOPY rootfs/ /\nRUN sleep {seconds}\n")
+    proc = build_until_sleeping(rb, ctx, seconds, "--snapshotter", "overlay")
+    try:
+        scratch = sorted(p.name for p in (rb.store / "tmp").iterdir())
+        assert scratch, "the running build has no scratch: the test proves nothing"
+        other = busybox_context(rb, "second", "FROM scratch\nCOPY rootfs/ /\nRUN true\n")
+        build(rb, other, "--snapshotter", "overlay")
+        assert set(scratch) <= {p.name for p in (rb.store / "tmp").iterdir()}
+        assert proc.poll() is None
+        assert any("sleep" in line for line in leftovers(rb, [f"sleep {seconds}"]))
+    finally:
+        proc.kill()  # the builder alone: its step tears itself down
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while leftovers(rb, [f"sleep {seconds}"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftovers(rb, [f"sleep {seconds}"]) == []

@@ -248,3 +248,35 @@ def test_reset_leaves_the_lock_to_a_build_that_started_meanwhile(
                                          r"removed .*the directory stays$"):
         reset(root, lambda text: True)
     assert sorted(os.listdir(root)) == ["gc.lock", "tmp"]
+
+
+# -- a build's start-up sweep (Store.sweep_scratch) -----------------------------------------------
+
+
+def test_sweep_scratch_removes_dead_builds_dirs_only_when_the_store_is_free(
+        tmp_path: Path) -> None:
+    from rootbuild.image.store import Store
+
+    store = Store.open(tmp_path / "store")
+    for name in ("work-dead", "stage-dead"):
+        (store.tmp_dir / name / "sub").mkdir(parents=True)
+        (store.tmp_dir / name / "sub" / "f").write_bytes(b"x" * 10)
+    (store.tmp_dir / "images-123").write_text("{}")  # a temp file of images.lock's writer
+    removed: list[str] = []
+
+    def remove(path: Path) -> int:
+        removed.append(path.name)
+        return userns_rm.remove_tree(path)
+
+    build = os.open(store.root / "gc.lock", os.O_RDWR)
+    try:
+        fcntl.flock(build, fcntl.LOCK_SH)  # another build runs: its scratch is live
+        assert store.sweep_scratch(remove) is None
+    finally:
+        os.close(build)
+    assert removed == []
+    freed = store.sweep_scratch(remove)
+    assert removed == ["stage-dead", "work-dead"] and freed is not None and freed >= 20
+    assert sorted(p.name for p in store.tmp_dir.iterdir()) == ["images-123"]
+    with store.shared_lock():  # this process's own build: never swept under it
+        assert store.sweep_scratch(remove) is None
