@@ -227,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="check that RUN steps can work here, and say how to fix it")
 
+    sy = sub.add_parser("system", help="manage the store as a whole")
+    sys_sub = sy.add_subparsers(dest="system_command", required=True, metavar="COMMAND")
+    rs = sys_sub.add_parser("reset", help="delete the whole store: images, layers, step "
+                                          "cache, cache mounts, scratch")
+    _add_root(rs)
+    rs.add_argument("--force", action="store_true", help="do not ask for confirmation")
+
     from rootbuild.service.commands import add_parsers  # worker, submit, ..., tenant-cap
 
     add_parsers(sub, _add_transport)
@@ -703,6 +710,36 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_system(args: argparse.Namespace) -> int:
+    from rootbuild.cache.reset import NO_STORE, reset
+    from rootbuild.image.store import default_root
+
+    root = (args.root or default_root()).absolute()
+
+    def confirm(summary: str) -> bool:
+        if args.force:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError(f"system reset: refusing to delete {root} without confirmation: "
+                             "stdin is not a terminal (add --force)")
+        sys.stderr.write(f"{summary}\nAre you sure you want to continue? [y/N] ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline()
+        if not sys.stderr.isatty():  # the terminal echoed the answer's newline; a log did not
+            sys.stderr.write("\n")
+        return answer.strip().lower() in ("y", "yes")
+
+    freed = reset(root, confirm)
+    if freed is None:
+        raise UsageError(f"system reset: cancelled; nothing removed from {root}")
+    if freed == NO_STORE:
+        print(f"no store at {root}; nothing to remove")
+        return 0
+    print(f"removed store {root}")
+    print(f"reclaimed {freed} bytes")
+    return 0
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from rootbuild.doctor import run_doctor
 
@@ -720,6 +757,7 @@ _COMMANDS = {
     "inspect": _cmd_inspect,
     "rmi": _cmd_rmi,
     "prune": _cmd_prune,
+    "system": _cmd_system,
 }
 
 

@@ -278,10 +278,44 @@ def check_snapshotters() -> list[Check]:
     return checks
 
 
+def check_store_leftovers() -> list[Check]:
+    """Files of other ids in the default store's scratch while no build runs there: a
+    kernel-overlay build killed mid-step (snapshot/kernel.py). ``rm -rf`` cannot remove
+    them; ``prune`` and ``system reset`` can (sandbox/userns_rm.py). No store, or a build
+    running (its gc.lock held): no line."""
+    import fcntl
+
+    from rootbuild.image.store import default_root
+
+    root = default_root()
+    try:
+        fd = os.open(root / "gc.lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []  # a build runs: its scratch is live
+        foreign = 0
+        for dirpath, dirnames, filenames in os.walk(root / "tmp"):
+            for name in [*dirnames, *filenames]:
+                with contextlib.suppress(OSError):
+                    foreign += os.lstat(os.path.join(dirpath, name)).st_uid != os.getuid()
+    finally:
+        os.close(fd)
+    if not foreign:
+        return [Check("store", "ok", f"{root}: nothing of other ids left in its scratch")]
+    return [Check("store", "warn", f"{root}/tmp holds {foreign} entries of other ids (a "
+                  "kernel-overlay build killed mid-step); rm -rf cannot remove them",
+                  "rootbuild prune (or rootbuild system reset) removes them in a user "
+                  "namespace")]
+
+
 def run_doctor(write: Callable[[str], object] = print) -> int:
     checks: list[Check] = [check_kernel(), *check_namespaces(), check_fuse(), *check_idmap(),
                            *check_snapshotters(), check_cgroups(), check_network(),
-                           *check_limits()]
+                           *check_limits(), *check_store_leftovers()]
     for check in checks:
         write(check.line())
     failed = [c for c in checks if c.status == "FAIL"]

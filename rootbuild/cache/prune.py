@@ -13,6 +13,9 @@ Rules (``docker buildx prune``, ``docker builder prune --keep-storage``):
 - Cache mounts (``RUN --mount=type=cache``, ``cache/mounts.py``) are cache records too,
   as in BuildKit: without ``keep_storage`` they all go; with it they compete for the same
   budget by last use, their cost being their size.
+- Scratch a killed build left (``tmp/``) may hold files its kernel-overlay step gave
+  subordinate ids: what the user may not remove is removed inside the user namespace
+  (``sandbox/userns_rm.py``), never left behind silently.
 - What ADD remembers of URLs (ETag and digest, ``store.remote_records_dir``) serves only
   cached steps: without ``keep_storage`` it goes with them (the next build downloads
   again); with it, the few hundred bytes per URL stay.
@@ -28,6 +31,7 @@ from rootbuild.cache.entry import CacheEntry
 from rootbuild.cache.index import CacheIndex
 from rootbuild.cache.mounts import CacheMountInfo, CacheMounts
 from rootbuild.image.store import Store, tree_size
+from rootbuild.sandbox.userns_rm import remove_tree
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ def prune(store: Store, keep_storage: int | None = None, wait: bool = True) -> P
         )
 
     try:
-        freed = store.prune(wait=wait, also_keep=also_keep)
+        freed = store.prune(wait=wait, also_keep=also_keep, remove=remove_tree)
     finally:
         index.close()
     return PruneResult(freed + counts["freed"], counts["removed"], counts["kept"],

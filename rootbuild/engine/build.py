@@ -47,6 +47,7 @@ from rootbuild.engine.options import BuildOptions, BuildResult
 from rootbuild.engine.planning import plan_build
 from rootbuild.engine.remote_source import RemoteSources
 from rootbuild.engine.replay import ReplayFacts
+from rootbuild.engine.scratch_sweep import sweep_dead_scratch
 from rootbuild.engine.seams import ChosenSnapshotter, Executor, Exporter, Seams
 from rootbuild.engine.secrets import BuildSources, check_required
 from rootbuild.engine.ssh_agent import SshAgents
@@ -170,6 +171,8 @@ async def build(
     for warning in dockerfile.warnings:
         progress.warn(warning)
     ignore = load_ignore(options.context_dir, path or options.context_dir / "Dockerfile")
+    if seams is None:  # the real sandbox: what killed builds left (engine/scratch_sweep.py)
+        sweep_dead_scratch(store, progress.warn)
     with store.shared_lock(), BuildContext.open(options.context_dir, ignore) as context, \
             store.stage() as staging, contextlib.ExitStack() as named:
         seams = seams or default_seams(store, options, progress, zygote)

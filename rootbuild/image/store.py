@@ -16,7 +16,8 @@ Rules (after go-containerregistry's layout writer and containerd's content store
 - Indexes last: a name is tagged only after every blob it reaches is in place; images.json
   is replaced by temp file + fsync + rename under the exclusive ``images.lock``.
 - Builds hold ``shared_lock()`` while they run; ``prune()`` takes ``gc.lock`` exclusively,
-  so it never removes a blob or a staged file a running build may still tag.
+  so it never removes a blob or a staged file a running build may still tag. A build
+  starting where nothing holds the store sweeps what dead builds left (``sweep_scratch``).
 - ``prune()`` keeps what tagged images reach; an image that does not load (config or
   manifest missing or corrupt) keeps every blob and tree its verified documents name.
 - Imports are atomic: they ``stage()`` blobs in a private directory and ``commit()`` only
@@ -161,6 +162,15 @@ def force_rmtree(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _remove_counted(entry: Path, remove: Callable[[Path], int] | None) -> int:
+    """Remove ``entry`` with ``remove`` (which counts), else ``force_rmtree``; the bytes."""
+    if remove is not None:
+        return remove(entry)
+    freed = tree_size(entry) + entry.lstat().st_size
+    force_rmtree(entry)
+    return freed
 
 
 class BlobWriter:
@@ -421,6 +431,24 @@ class Store:
             finally:
                 self._shared_depth -= 1
 
+    def sweep_scratch(self, remove: Callable[[Path], int]) -> int | None:
+        """Remove the scratch dead builds and imports left in ``tmp/`` (their ``work-*`` and
+        ``stage-*`` directories, made only under the shared lock) when nothing holds the
+        store: ``gc.lock`` taken exclusively without waiting, else None (someone runs, and
+        their scratch is live). The bytes ``remove`` freed."""
+        if self._shared_depth:
+            return None
+        fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            return sum(remove(entry) for entry in sorted(self.tmp_dir.iterdir())
+                       if entry.name.startswith(("work-", "stage-")))
+        finally:
+            os.close(fd)
+
     # -- images.json ------------------------------------------------------------------------
 
     def _read_records(self) -> dict[str, dict[str, Any]]:
@@ -565,11 +593,14 @@ class Store:
     def prune(
         self, extra_roots: Iterable[str] = (), wait: bool = True,
         also_keep: Callable[[], tuple[Iterable[str], Iterable[str]]] | None = None,
+        remove: Callable[[Path], int] | None = None,
     ) -> int:
         """Remove blobs and ``layers/<hex>`` trees no tagged image reaches, and everything in
         ``tmp/``; return the bytes freed. Waits for running builds unless ``wait`` is False.
         ``also_keep`` is called under the exclusive lock and names more (blob digests,
-        diffIDs) to keep: the step cache's entries."""
+        diffIDs) to keep: the step cache's entries. ``remove`` removes a tree and says the
+        bytes freed (the caller's may also remove what subordinate ids own:
+        ``sandbox/userns_rm.py``); without it, ``force_rmtree``."""
         if self._shared_depth:
             raise StoreError(f"prune store {self.root}: this process holds the build lock")
         freed = 0
@@ -588,11 +619,9 @@ class Store:
             keep_hex = {hex_of(d) for d in keep_diffs}
             for entry in sorted(self.layers_dir.iterdir()):
                 if entry.name not in keep_hex:
-                    freed += tree_size(entry) + entry.lstat().st_size
-                    force_rmtree(entry)
+                    freed += _remove_counted(entry, remove)
             for entry in sorted(self.tmp_dir.iterdir()):
-                freed += tree_size(entry) + entry.lstat().st_size
-                force_rmtree(entry)
+                freed += _remove_counted(entry, remove)
             if self.replay_dir.exists():  # a pruned store builds in full again
                 force_rmtree(self.replay_dir)
         return freed

@@ -7,7 +7,8 @@ Job: ``claim`` (a fresh ``STORE/tenants/T/jobs/ID.ATTEMPT`` directory, held by
 process holds (a worker killed with ``kill -9`` leaves its job's context and Dockerfile
 behind), and the scratch in ``tmp/`` of every tenant store no build holds (the store's own
 ``gc.lock`` protocol: builds hold it shared, so an exclusive try-lock that succeeds means no
-build runs in that store).
+build runs in that store). What a killed kernel-overlay step left owned by subordinate ids
+is removed inside the user namespace (``sandbox/userns_rm.py``).
 
 Rules:
 - The lock file is made and locked before the directory, and removed after it, so a job
@@ -26,6 +27,7 @@ import os
 from pathlib import Path
 
 from rootbuild.image.store import force_rmtree
+from rootbuild.sandbox.userns_rm import remove_tree
 
 LOCK_SUFFIX = ".lock"
 
@@ -100,7 +102,7 @@ def sweep_jobs(jobs: Path) -> list[Path]:
         if fd is None and lock.exists():
             continue  # a live worker holds it
         try:
-            force_rmtree(work)
+            remove_tree(work)
             removed.append(work)
             if fd is not None:
                 with contextlib.suppress(FileNotFoundError):
@@ -137,11 +139,20 @@ def sweep_store_tmp(store: Path) -> list[Path]:
         except BlockingIOError:
             return removed  # a build runs there
         for entry in sorted(tmp.iterdir()):
-            force_rmtree(entry)
+            remove_tree(entry)  # a killed kernel-overlay step's files: in the user namespace
             removed.append(entry)
     finally:
         os.close(fd)
     return removed
+
+
+def hold_store(store: Path) -> int:
+    """An fd holding the worker's ``store/gc.lock`` shared for the worker's life (released
+    when it exits, however it dies): ``rootbuild system reset`` (``cache/reset.py``) takes
+    it exclusively, so it refuses while a worker runs on that store, even an idle one."""
+    fd = os.open(store / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
 
 
 def sweep(store: Path) -> tuple[list[Path], list[Path]]:

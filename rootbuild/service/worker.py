@@ -349,6 +349,7 @@ class Worker:
     def prepare(self) -> None:
         self.config.store.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.config.store / "tenants").mkdir(mode=0o700, exist_ok=True)
+        self.held = jobdirs.hold_store(self.config.store)  # `system reset` refuses meanwhile
         self.anonymous.write_text(EMPTY_AUTH)
         self.anonymous.chmod(0o600)
         left = jobdirs.said(*jobdirs.sweep(self.config.store))  # what dead workers left

@@ -17,8 +17,13 @@ Design (ownership):
   directly below. These trees, the upper and overlayfs's work directory are made per step
   in the step's work directory, INSIDE the build's user namespace (owners are its ids),
   and removed there again by ``finish`` or on teardown: nothing owned by a subordinate id
-  outlives the step, so the store and the scratch stay removable by the user. Caching the
-  trees per layer in the store is the next step (it needs ``rootbuild system reset``).
+  outlives the step, so the store and the scratch stay removable by the user. When the
+  step cannot tear down (every process of the build killed at once: ``kill -9``, power
+  loss), those files stay in the step's scratch; the next build's start-up sweep
+  (``engine/scratch_sweep.py``), ``rootbuild prune``, a worker's start-up sweep and
+  ``rootbuild system reset`` remove them inside a user namespace that maps the
+  user and all its subordinate ranges (``sandbox/userns_rm.py``). Caching the trees per
+  layer in the store is the next step (``system reset`` can now remove them).
 - The layer of a step is the upper directory, translated: its files are moved (renamed)
   into an extracted-layer tree owned by the user with the extractor's disk shapes
   (``journal.write_tree``'s), whiteouts (character devices 0/0) and opaque markers

@@ -28,7 +28,8 @@ EDGES: dict[str, set[str]] = {
     "snapshot": {"errors", "image", "fuse_overlay"},
     "sandbox": {"errors", "image", "snapshot", "netrules", "proctitle", "runtrace"},
     "registry": {"errors", "platform", "image"},
-    "cache": {"errors", "stages", "image", "registry"},
+    "cache": {"errors", "stages", "image", "registry",
+              "sandbox"},  # userns_rm.py: prune and reset remove subordinate ids' files
     "engine": {
         "errors", "platform", "progress", "dockerfile", "stages", "context", "image",
         "snapshot", "sandbox", "registry", "cache", "netrules", "runtrace",
@@ -36,7 +37,8 @@ EDGES: dict[str, set[str]] = {
     "testing": {"errors", "platform", "image", "sandbox", "snapshot"},
     "service": {"errors", "context", "image", "registry", "cache", "engine", "sandbox",
                 "dockerfile"},  # tenant_secrets.py: the RUN line of a missing secret
-    "doctor": {"sandbox", "snapshot"},  # limits (sandbox/limits.py), snapshotter probes
+    "doctor": {"sandbox", "snapshot",  # limits (sandbox/limits.py), snapshotter probes
+               "image"},  # default_root: the store whose scratch it looks at
     "cli": {
         "doctor", "errors", "platform", "progress", "image", "registry", "cache", "engine",
         "service", "context", "sandbox",  # the Dockerfile and zygote launched early
