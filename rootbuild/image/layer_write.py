@@ -25,6 +25,7 @@ import os
 import queue
 import tarfile
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -185,19 +186,22 @@ def _tar_name(entry: TarEntry) -> str:
     return entry.path or "."
 
 
+_BAD_PARTS = frozenset(("", ".", ".."))
+
+
 def _check(entry: TarEntry) -> None:
+    path = entry.path
+    parts = path.split("/")
     bad = (
         entry.kind not in TAR_KINDS
-        or entry.path.startswith("/")
-        or entry.path.endswith("/")
-        or "\x00" in entry.path
-        or any(c in ("", ".", "..") for c in entry.path.split("/") if entry.path)
-        or (not entry.path and entry.kind not in ("dir", "opaque"))
+        or "\x00" in path
+        or (not path and entry.kind not in ("dir", "opaque"))
+        or (path and not _BAD_PARTS.isdisjoint(parts))  # also a leading or trailing "/"
     )
     if bad:
-        raise ImageError(f"write layer: invalid entry {entry.path!r} of kind {entry.kind!r}")
-    if any(c.startswith(".wh.") for c in entry.path.split("/")):
-        raise ImageError(f"write layer: {entry.path!r} would be read as a whiteout")
+        raise ImageError(f"write layer: invalid entry {path!r} of kind {entry.kind!r}")
+    if ".wh." in path and any(c.startswith(".wh.") for c in parts):
+        raise ImageError(f"write layer: {path!r} would be read as a whiteout")
     if entry.kind in ("symlink", "hardlink") and not entry.linkname:
         raise ImageError(f"write layer: {entry.kind} {entry.path!r} has no target")
 
@@ -234,7 +238,57 @@ def _sort_key_path(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
 
 
+_USTAR_LIMIT = 8 ** 7  # what an 8-byte octal field holds (uid, gid)
+_USTAR_LIMIT_12 = 8 ** 11  # a 12-byte one (size, mtime)
+_DEVICE_TYPES = (tarfile.CHRTYPE, tarfile.BLKTYPE)
+
+
+def _ustar_header(name: str, kind: bytes, mode: int, uid: int, gid: int, size: int,
+                  mtime: int, linkname: str, devmajor: int, devminor: int) -> bytes | None:
+    """The header ``tarfile`` writes in PAX format for an entry that needs no pax record
+    (ASCII names of at most 100 bytes, numbers that fit their octal fields, no xattrs),
+    byte for byte, about five times faster (a layer of 20,000 files has 20,000 headers);
+    None for any other entry (``tarfile`` writes it). tests/unit/test_layer_header.py
+    compares the two over every kind of entry."""
+    if kind == tarfile.DIRTYPE and not name.endswith("/"):
+        name += "/"
+    if not (name.isascii() and linkname.isascii() and len(name) <= 100
+            and len(linkname) <= 100 and 0 <= uid < _USTAR_LIMIT and 0 <= gid < _USTAR_LIMIT
+            and 0 <= size < _USTAR_LIMIT_12 and type(mtime) is int
+            and 0 <= mtime < _USTAR_LIMIT_12):
+        return None
+    if kind in _DEVICE_TYPES:
+        if not (0 <= devmajor < _USTAR_LIMIT and 0 <= devminor < _USTAR_LIMIT):
+            return None
+        devices = b"%07o\0%07o\0" % (devmajor, devminor)
+    else:
+        devices = bytes(16)
+    head = b"".join((
+        name.encode().ljust(100, b"\0"),
+        b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode & 0o7777, uid, gid, size, mtime),
+        b"        ", kind, linkname.encode().ljust(100, b"\0"), tarfile.POSIX_MAGIC,
+        bytes(64), devices,
+    ))
+    block = head.ljust(_BLOCK, b"\0")
+    return block[:148] + b"%06o\0" % sum(block) + block[155:]
+
+
 def _header(entry: TarEntry, name: str, clamp: int | None) -> bytes:
+    mtime = entry.mtime if clamp is None else min(entry.mtime, clamp)
+    if entry.kind in ("whiteout", "opaque"):
+        fast = _ustar_header(name, tarfile.REGTYPE, 0, 0, 0, 0, mtime, "", 0, 0)
+    elif not entry.xattrs:
+        fast = _ustar_header(
+            name, _TYPES[entry.kind], entry.mode, entry.uid, entry.gid,
+            entry.size if entry.kind == "file" else 0, mtime, entry.linkname,
+            entry.devmajor, entry.devminor,
+        )
+    else:
+        fast = None
+    return fast if fast is not None else _tarfile_header(entry, name, clamp)
+
+
+def _tarfile_header(entry: TarEntry, name: str, clamp: int | None) -> bytes:
     info = tarfile.TarInfo(name)
     info.type = _TYPES[entry.kind]
     mtime = entry.mtime if clamp is None else min(entry.mtime, clamp)
@@ -317,13 +371,43 @@ def write_layer(
     )
 
 
+class _ParentFds:
+    """Files of one tree opened through their parent directory's fd, the last one kept:
+    ``write_layer`` reads files in path order, so the files of a directory come one after
+    another and each costs one open(2) instead of one per path component. The fd kept is
+    closed with the object (when the entries holding its openers are dropped)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.rel: str | None = None
+        self._box = [-1]  # the parent's fd, shared with the finalizer
+        weakref.finalize(self, _ParentFds._close, self._box)
+
+    @staticmethod
+    def _close(box: list[int]) -> None:
+        if box[0] >= 0:
+            os.close(box[0])
+            box[0] = -1
+
+    def open_file(self, rel: str) -> int:
+        parent, _, name = rel.rpartition("/")
+        if not parent:
+            return open_beneath(self.root, rel)
+        if parent != self.rel:
+            fd = open_beneath(self.root, parent, os.O_RDONLY | os.O_DIRECTORY)
+            _ParentFds._close(self._box)
+            self._box[0], self.rel = fd, parent
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._box[0])
+
+
 def entries_from_extracted(layer_dir: Path, meta: LayerMeta) -> list[TarEntry]:
     """The entries of an extracted layer, for re-export: explicit entries as recorded
     (implicit parent directories are left out), then whiteouts and opaque directories.
     File content is read from ``layer_dir`` through directory fds, never following links."""
+    parents = _ParentFds(layer_dir)
 
     def opener(rel: str) -> Callable[[], BinaryIO]:
-        return lambda: os.fdopen(open_beneath(layer_dir, rel), "rb")
+        return lambda: os.fdopen(parents.open_file(rel), "rb", buffering=0)
 
     out: list[TarEntry] = []
     for e in meta.entries.values():
