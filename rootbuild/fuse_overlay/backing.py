@@ -106,9 +106,11 @@ class Backing:
         finally:
             os.close(fd)
 
-    def link_data(self, n: int, dir_fd: int, name: str) -> None:
-        """Give data file ``n`` a name in another tree (same filesystem) without copying."""
-        os.link(str(n), name, src_dir_fd=self.data_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    def move_data(self, n: int, dir_fd: int, name: str) -> None:
+        """Move data file ``n`` to a name in another tree (same filesystem), without copying
+        it; the data store is done with it (``journal.write_tree``, after the session), and
+        the step's scratch is left with nothing to unlink for it."""
+        os.rename(str(n), name, src_dir_fd=self.data_fd, dst_dir_fd=dir_fd)
 
     # -- lowers -----------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ Rules:
 - On-disk shapes follow the extractor: files at their paths with modes OR 0o600 and
   their mtimes; directories mode OR 0o700; symlinks as symlinks; devices and FIFOs as
   empty placeholder files; hardlinks as hardlinks; no setuid/setgid/sticky on disk.
-- Content of upper files is hardlinked from the data store (same filesystem: no copy);
+- Content of upper files is moved (renamed) from the data store (same filesystem: no copy;
+  each data file has one name in the change set, its other names are hardlink entries);
   content of lower files changed only in metadata or moved is hardlinked from the lower
   tree when the on-disk mode and mtime already match (the lower is shared and must not be
   modified), else copied (copy_file_range).
@@ -113,7 +114,7 @@ def _lower_file(store: Backing, ch: Change, pfd: int, name: str) -> int:
 def _file(store: Backing, ch: Change, pfd: int, name: str) -> int:
     """Write one regular file; returns its size on disk."""
     if ch.data is not None:
-        store.link_data(ch.data, pfd, name)
+        store.move_data(ch.data, pfd, name)
     elif ch.lower is not None:
         return _lower_file(store, ch, pfd, name)
     else:
