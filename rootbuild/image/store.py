@@ -498,7 +498,10 @@ class Store:
 
     def tag(self, name: str, manifest: Descriptor) -> str:
         """Point ``name`` (normalised, ``app`` -> ``app:latest``) at a stored manifest;
-        return the normalised name. The manifest and everything it reaches must be stored."""
+        return the normalised name. The manifest and everything it reaches must be stored.
+        A name that already points there is left as it is, with the time it was given
+        (``docker tag`` of an image to a tag it has changes nothing): an unchanged rebuild
+        writes no index."""
         key = normalize_name(name)
         if "@" in key:
             raise StoreError(f"tag image {name!r}: a tag cannot contain a digest")
@@ -513,6 +516,10 @@ class Store:
         }
         with self._flock("images.lock", fcntl.LOCK_EX):
             records = self._read_records()
+            old = records.get(key)
+            if old is not None and all(old.get(k) == row[k] for k in ("digest", "mediaType",
+                                                                        "size")):
+                return key
             records[key] = row
             self._write_records(records)
         return key

@@ -369,3 +369,20 @@ def test_save_if_unchanged_writes_nothing_after_a_change_during_the_build(
     save_if_unchanged(store, found, IgnoreMatcher(), fp(ctx), facts, store.load(manifest), [],
                       "")
     assert (store.replay_dir / found.key).exists()
+
+
+def test_tagging_a_name_with_its_own_image_again_writes_no_index(tmp_path: Path) -> None:
+    """``docker tag`` of an image to a tag it has changes nothing; an unchanged rebuild's
+    ``-t`` then costs no index write (and its fsyncs)."""
+    store = Store.open(tmp_path / "store")
+    manifest, _ = _image(store, b"layer")
+    store.tag("app", manifest)
+    index = store.root / "images.json"
+    before = index.stat()
+    store.tag("app:latest", manifest)
+    after = index.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    other, _ = _image(store, b"other")
+    store.tag("app", other)
+    found = store.resolve("app")
+    assert found is not None and found.manifest == other
