@@ -141,8 +141,9 @@ def read_id_file(path: str) -> str:
         raise SandboxError(f"read {path}: {exc.strerror}") from exc
 
 
-def read_host_plan() -> IdMapPlan:
-    """Plan the mapping for the invoking user from the host's files and helpers."""
+def invoking_user() -> tuple[int, int, str, bool]:
+    """(uid, gid, user name, whether newuidmap and newgidmap are installed) of this
+    process: what every id-mapping plan starts from."""
     import pwd
 
     uid, gid = os.getuid(), os.getgid()
@@ -151,6 +152,12 @@ def read_host_plan() -> IdMapPlan:
     except KeyError:
         name = str(uid)
     helpers = shutil.which(NEWUIDMAP) is not None and shutil.which(NEWGIDMAP) is not None
+    return uid, gid, name, helpers
+
+
+def read_host_plan() -> IdMapPlan:
+    """Plan the mapping for the invoking user from the host's files and helpers."""
+    uid, gid, name, helpers = invoking_user()
     return plan_idmap(
         uid=uid, gid=gid, name=name, subuid=read_id_file("/etc/subuid"),
         subgid=read_id_file("/etc/subgid"), helpers=helpers,

@@ -46,11 +46,10 @@ from typing import Any
 
 from rootbuild.errors import StoreError
 from rootbuild.sandbox.idmap import (
-    NEWGIDMAP,
-    NEWUIDMAP,
     IdMapPlan,
     IdRange,
     apply_helpers,
+    invoking_user,
     parse_subid,
     read_id_file,
 )
@@ -98,15 +97,7 @@ def no_range_message(what: str, name: str, helpers: bool) -> str:
 def read_full_plan(what: str) -> tuple[IdMapPlan | None, str]:
     """``full_plan`` for the invoking user, or None and the line saying why (about
     removing ``what``)."""
-    import pwd
-    import shutil
-
-    uid, gid = os.getuid(), os.getgid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = str(uid)
-    helpers = shutil.which(NEWUIDMAP) is not None and shutil.which(NEWGIDMAP) is not None
+    uid, gid, name, helpers = invoking_user()
     plan = full_plan(uid=uid, gid=gid, name=name, subuid=read_id_file("/etc/subuid"),
                      subgid=read_id_file("/etc/subgid")) if helpers else None
     return plan, ("" if plan is not None else no_range_message(what, name, helpers))
