@@ -49,7 +49,7 @@ import os
 import platform
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,10 +167,20 @@ def context_fingerprint(root: Path, ignore: IgnoreMatcher) -> str | None:
         digest.update(f"{st.st_mode} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} "
                       f"{st.st_ino} {st.st_dev} {len(link)}:".encode() + link)
 
-    def walk(path: str, rel: str) -> None:
+    def listing(path: str) -> Iterator[os.DirEntry[str]]:
         with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: os.fsencode(e.name))
-        for entry in entries:
+            return iter(sorted(it, key=lambda e: os.fsencode(e.name)))
+
+    try:
+        add(".", os.stat(root), b"")
+        # depth first, entries in bytewise order; a stack, not recursion: any depth
+        stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = [(".", listing(str(root)))]
+        while stack:
+            rel, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                continue
             child = entry.name if rel == "." else f"{rel}/{entry.name}"
             st = entry.stat(follow_symlinks=False)
             is_dir = stat.S_ISDIR(st.st_mode)
@@ -179,11 +189,7 @@ def context_fingerprint(root: Path, ignore: IgnoreMatcher) -> str | None:
             link = os.readlink(os.fsencode(entry.path)) if stat.S_ISLNK(st.st_mode) else b""
             add(child, st, link)
             if is_dir:
-                walk(entry.path, child)
-
-    try:
-        add(".", os.stat(root), b"")
-        walk(str(root), ".")
+                stack.append((child, listing(entry.path)))
     except (OSError, ValueError):
         return None
     return digest.hexdigest()

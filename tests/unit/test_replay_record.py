@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -186,6 +187,21 @@ def test_fingerprint_walks_ignored_directories_with_re_included_paths(ctx: Path)
     assert fp(ctx, rules) == first
     (ctx / "docs" / "keep.md").write_text("22")
     assert fp(ctx, rules) != first
+
+
+def test_fingerprint_of_a_context_deeper_than_the_recursion_limit(ctx: Path) -> None:
+    depth = sys.getrecursionlimit() + 100  # 1,100 levels, a path of ~2,200 bytes
+    fd = os.open(ctx, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        fd, old = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+        os.close(old)
+    leaf = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    first = fp(ctx)
+    os.write(leaf, b"22")
+    os.close(leaf)
+    os.close(fd)
+    assert fp(ctx) != first
 
 
 def test_fingerprint_of_an_unreadable_context_is_none(ctx: Path) -> None:
