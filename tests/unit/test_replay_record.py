@@ -4,6 +4,7 @@ lines are never replayed, the context fingerprint, the progress record, and the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -191,17 +192,24 @@ def test_fingerprint_walks_ignored_directories_with_re_included_paths(ctx: Path)
 
 def test_fingerprint_of_a_context_deeper_than_the_recursion_limit(ctx: Path) -> None:
     depth = sys.getrecursionlimit() + 100  # 1,100 levels, a path of ~2,200 bytes
-    fd = os.open(ctx, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(depth):
-        os.mkdir("d", dir_fd=fd)
-        fd, old = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
-        os.close(old)
-    leaf = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-    first = fp(ctx)
-    os.write(leaf, b"22")
-    os.close(leaf)
-    os.close(fd)
-    assert fp(ctx) != first
+    fds = [os.open(ctx, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fds[-1])
+            fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        leaf = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fds[-1])
+        first = fp(ctx)
+        os.write(leaf, b"22")
+        os.close(leaf)
+        assert fp(ctx) != first
+    finally:  # bottom up: pytest's own clean-up of old temp dirs recurses
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("leaf", dir_fd=fds[-1])
+        while len(fds) > 1:
+            os.close(fds.pop())
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir("d", dir_fd=fds[-1])
+        os.close(fds.pop())
 
 
 def test_fingerprint_of_an_unreadable_context_is_none(ctx: Path) -> None:
