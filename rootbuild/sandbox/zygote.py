@@ -296,11 +296,13 @@ class EarlyZygote:
         self.popen.wait()
 
 
-class _AdoptedProcess:
-    """An ``EarlyZygote``'s process with the part of ``trio.Process`` ``Zygote`` uses."""
+class _ZygoteProcess:
+    """The zygote's process (an ``EarlyZygote``'s, adopted) with the part of
+    ``trio.Process`` that ``Zygote`` uses, its exit awaited through a pidfd."""
 
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self.popen = popen
+        self.pid = popen.pid
         self.pidfd = os.pidfd_open(popen.pid)
 
     @property
@@ -353,30 +355,13 @@ class Zygote:
         import trio
 
         early, self._early = self._early, None
-        if early is not None and not early.released():
-            assert early.sock is not None
-            self._proc = _AdoptedProcess(early.popen)
-            self._sock = trio.socket.from_stdlib_socket(early.sock)
-            self._errors = early.errors
-            early.sock = None  # adopted: this object closes it from now on
-            self._ready = False
-            return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # its stderr (an import error, say) is quoted if it does not start
-        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by aclose)
-        try:
-            self._proc = await trio.lowlevel.open_process(
-                zygote_argv(theirs.fileno(), self.label),
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=self._errors,
-                start_new_session=True, env=self.env, cwd="/",
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self._sock = trio.socket.from_stdlib_socket(ours)
+        if early is None or early.released():
+            early = EarlyZygote.launch(self.env, self.label)  # no early one: started now
+        assert early.sock is not None
+        self._proc = _ZygoteProcess(early.popen)
+        self._sock = trio.socket.from_stdlib_socket(early.sock)
+        self._errors = early.errors  # its stderr (an import error, say): quoted if it fails
+        early.sock = None  # this object closes it from now on
         self._ready = False
 
     async def _hello(self) -> None:
