@@ -302,7 +302,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     build_args = _build_args(args)
     invocation = Invocation.of(vars(args), build_args, args.outputs, VERSION)
-    ignore = invocation.ignore_matcher() if invocation is not None else None
+    ignore = invocation.ignore_matcher if invocation is not None else None
     fingerprint: Callable[[], str | None] | None = None
     if invocation is not None and ignore is not None:  # an unchanged rebuild: none of below
         fingerprint = functools.cache(
@@ -423,7 +423,7 @@ def _full_build(args: argparse.Namespace, build_args: dict[str, str],
     finally:
         progress.close()
     summary = render_summary(result.checks)
-    ignore = invocation.ignore_matcher() if invocation is not None else None
+    ignore = invocation.ignore_matcher if invocation is not None else None  # parsed once
     if invocation is not None and ignore is not None and before is not None \
             and result.replay is not None:
         replay.save_if_unchanged(store, invocation, ignore, before, result.replay,

@@ -43,6 +43,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -143,6 +144,7 @@ class Invocation:
         except OSError:
             return False
 
+    @functools.cached_property
     def ignore_matcher(self) -> IgnoreMatcher | None:
         """The ignore rules (None if the file does not parse: the build will say why)."""
         if self.ignore is None:

@@ -285,13 +285,12 @@ def _header(entry: TarEntry, name: str, clamp: int | None) -> bytes:
         )
     else:
         fast = None
-    return fast if fast is not None else _tarfile_header(entry, name, clamp)
+    return fast if fast is not None else _tarfile_header(entry, name, mtime)
 
 
-def _tarfile_header(entry: TarEntry, name: str, clamp: int | None) -> bytes:
+def _tarfile_header(entry: TarEntry, name: str, mtime: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.type = _TYPES[entry.kind]
-    mtime = entry.mtime if clamp is None else min(entry.mtime, clamp)
     info.mtime = mtime
     info.uname = info.gname = ""
     if entry.kind in ("whiteout", "opaque"):
