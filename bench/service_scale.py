@@ -56,7 +56,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
-SPAN = 65536  # ids per slot block (sandbox/idmap.py SLOT_SPAN)
+sys.path.insert(0, str(HERE))  # run by Debian's python3 as root: this checkout's modules
+from rootbuild.sandbox.idmap import SLOT_SPAN as SPAN  # noqa: E402 (ids per slot block)
+from rootbuild.sandbox.idmap import blocks_of  # noqa: E402
+from rootbuild.service import slots  # noqa: E402
+
 # scripts/test.sh puts test user k's blocks at 100000 + k * 65536 for k < 2000 (two blocks
 # per user, placed by uid): the bench user's ranges go above that space
 TEST_SPACE_END = 100000 + 2000 * SPAN
@@ -117,24 +121,13 @@ def pct(values: list[float], p: float) -> float:
 
 def subid_blocks(text: str, name: str, uid: int) -> int:
     """Whole blocks of 65536 ids ``name`` (or ``uid``) holds in subuid(5)-format ``text``."""
-    blocks = 0
-    for raw in text.splitlines():
-        fields = raw.strip().split(":")
-        if len(fields) == 3 and fields[0] in (name, str(uid)) and fields[2].isdigit():
-            blocks += int(fields[2]) // SPAN
-    return blocks
+    return blocks_of(text, name, uid)
 
 
 def free_start(*texts: str) -> int:
     """A first id past every range of every user in the texts and past scripts/test.sh's
     space, on a block boundary."""
-    end = TEST_SPACE_END
-    for text in texts:
-        for raw in text.splitlines():
-            fields = raw.strip().split(":")
-            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
-                end = max(end, int(fields[1]) + int(fields[2]))
-    return -(-end // SPAN) * SPAN
+    return slots.free_start(*texts, floor=TEST_SPACE_END)
 
 
 def ensure_bench_user(user: str, blocks: int) -> None:

@@ -30,9 +30,10 @@ def worker_slots(base: int, concurrency: int) -> tuple[int, ...]:
     return tuple(range(base, base + concurrency))
 
 
-def _free_start(*texts: str) -> int:
-    """A first id past every range of every user in the files, rounded up to a block."""
-    end = 100000
+def free_start(*texts: str, floor: int = 100000) -> int:
+    """A first id past every range of every user in the files (and past ``floor``),
+    rounded up to a block."""
+    end = floor
     for text in texts:
         for raw in text.splitlines():
             fields = raw.strip().split(":")
@@ -59,7 +60,7 @@ def slot_shortage(base: int, concurrency: int, *, subuid: str, subgid: str, name
         return None
     held = " and ".join(f"{path} holds {n}" for path, n in short.items())
     more = need - min(short.values())
-    first = _free_start(subuid, subgid)
+    first = free_start(subuid, subgid)
     last = first + more * SLOT_SPAN - 1
     verb = "needs" if len(slots) == 1 else "need"
     return (f"{why} {verb} {need} block(s) of {SLOT_SPAN} subordinate ids for {name!r}; {held}; "
